@@ -1,0 +1,19 @@
+"""Deliver Segment-spec events to Wigzo, Segmentify, D·engage and eSputnik."""
+
+from .base import Destination, HttpRequest
+from .errors import ConfigurationError, DeliveryError, DestinationError, Filtered, InvalidMessage
+from .registry import destination_types, get_destination
+
+__all__ = [
+    "ConfigurationError",
+    "DeliveryError",
+    "Destination",
+    "DestinationError",
+    "Filtered",
+    "HttpRequest",
+    "InvalidMessage",
+    "destination_types",
+    "get_destination",
+]
+
+__version__ = "0.1.0"

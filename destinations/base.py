@@ -1,0 +1,187 @@
+"""The destination framework: `HttpRequest`, settings validation and dispatch by type and event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage
+from .redaction import mask_headers, mask_params
+from .spec import Call, Message, check_envelope, format_path, integration_setting, parse_message, raw_label
+
+log = logging.getLogger(__name__)
+
+Mapper = Callable[[Call], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One HTTP call to a vendor. `url` has no query string; `params` holds it.
+
+    A batchable request has a JSON array body that may be concatenated with other batchable
+    requests to the same method, url, params and headers.
+    """
+
+    method: str
+    url: str
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    batchable: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """What is sent, secrets included (the fixtures and `transform` compare this)."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "params": dict(self.params),
+            "headers": dict(self.headers),
+            "json": self.json,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpRequest(method={self.method!r}, url={self.url!r}, params={mask_params(self.params)!r}, "
+            f"headers={mask_headers(self.headers)!r}, json={self.json!r}, batchable={self.batchable!r})"
+        )
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+class SettingsModel(BaseModel):
+    """Base of every destination's settings: camelCase keys, unknown keys rejected, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def http_url(value: str) -> str:
+    """An http(s) URL with a host, without a trailing slash (paths are appended to it)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as https://host.example.com")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return value.rstrip("/")
+
+
+def non_empty_secret(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+_SETTING_RULES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a setting of this destination",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def describe_settings_errors(exc: ValidationError) -> list[str]:
+    """One line per bad key; never the value (a secret's value must not reach an error text)."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        known = _SETTING_RULES.get(err["type"])
+        rule = known.format(**(err.get("ctx") or {})) if known else str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{format_path(err['loc']) or 'settings'} {rule}")
+    return lines
+
+
+# --- destinations -------------------------------------------------------------------------------
+
+
+class Destination:
+    """Base of every destination: a pure function of (settings, message) to HTTP requests.
+
+    A vendor module declares `name`, `display_name` (its key in `integrations`), `Settings`, the
+    tables `calls` (message type -> mapper) and `events` (canonical track event -> mapper) with
+    `other_event` for any other track, and `build` to wrap what a mapper returns into requests.
+    """
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    Settings: ClassVar[type[SettingsModel]]
+    calls: ClassVar[Mapping[str, Mapper]] = {}
+    events: ClassVar[Mapping[str, Mapper]] = {}
+    other_event: ClassVar[Mapper | None] = None
+
+    def __init__(self, settings: Mapping[str, Any] | SettingsModel | None = None) -> None:
+        self.settings = self.parse_settings(settings)
+
+    @classmethod
+    def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
+        if isinstance(settings, cls.Settings):
+            return settings
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ConfigurationError(f"{cls.name} settings must be an object of key/value pairs")
+        try:
+            return cls.Settings.model_validate(dict(settings or {}))
+        except ValidationError as exc:
+            problems = describe_settings_errors(exc)
+            raise ConfigurationError(f"{cls.name} settings: " + "; ".join(problems), problems) from None
+
+    @classmethod
+    def describe_settings(cls) -> list[dict[str, Any]]:
+        """Name, required and secret for each setting (for `destinations list`)."""
+        out = []
+        for key, info in cls.Settings.model_fields.items():
+            secret = info.annotation is SecretStr or "SecretStr" in str(info.annotation)
+            out.append({"name": key, "required": info.is_required(), "secret": secret})
+        return out
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} settings={self.settings!r}>"
+
+    # -- the public entry point
+
+    def handle(self, message: Mapping[str, Any] | Message) -> list[HttpRequest]:
+        """Map one Segment message to the vendor requests it means.
+
+        Raises InvalidMessage or Filtered, and nothing else, for any input.
+        """
+        try:
+            return self._handle(message)
+        except DestinationError:
+            raise
+        except Exception as exc:  # a mapping bug must not take a caller's loop down with it
+            log.exception("%s could not map a message", self.name)
+            label = raw_label(message) if isinstance(message, dict) else "message"
+            raise InvalidMessage(
+                label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True
+            ) from None
+
+    def _handle(self, message: Mapping[str, Any] | Message) -> list[HttpRequest]:
+        if isinstance(message, Message):
+            kind, integrations = message.type, message.integrations
+        else:
+            raw = check_envelope(message)
+            kind, integrations = raw["type"], raw.get("integrations")
+        enabled, options = integration_setting(integrations, self.display_name)
+        if not enabled:
+            raise Filtered(f"integrations.{self.display_name} turns {self.display_name} off for this message")
+        if kind != "track" and kind not in self.calls:
+            raise Filtered(f"{self.display_name} does not take {kind} calls")
+        parsed = parse_message(message)
+        if parsed.userId is None and parsed.anonymousId is None:
+            raise InvalidMessage(parsed.event_label, "userId", "or anonymousId is required by the Segment spec")
+        call = Call(parsed, options, self.settings, self.display_name)
+        if kind == "track":
+            mapper = self.events.get(call.event) or self.other_event
+            if mapper is None:
+                raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
+        else:
+            mapper = self.calls[kind]
+        return self.build(call, mapper(call))
+
+    def build(self, call: Call, mapped: Any) -> list[HttpRequest]:
+        """Wrap what a mapper returned into requests; the default takes requests as they are."""
+        return list(mapped)

@@ -1,0 +1,129 @@
+"""The `destinations` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .conformance import run_cases
+from .errors import ConfigurationError, Filtered, InvalidMessage
+from .registry import destination_types, get_destination
+
+
+class UsageError(Exception):
+    """Bad usage or settings: exit status 2."""
+
+
+def _load_settings(arg: str) -> dict[str, Any]:
+    text = arg if arg.lstrip().startswith("{") else None
+    if text is None:
+        try:
+            text = Path(arg).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--settings: not JSON and not a readable file: {exc.strerror}") from None
+    try:
+        settings = json.loads(text)
+    except ValueError as exc:
+        # The position only: the text may hold a secret.
+        raise UsageError(f"--settings: not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(settings, dict):
+        raise UsageError("--settings: must be a JSON object")
+    return settings
+
+
+def read_messages(stream: TextIO) -> Iterator[tuple[Any, str | None]]:
+    """(message, None) per message of a JSON value, a JSON array or JSON Lines; (None, error) when unreadable."""
+    text = stream.read()
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    else:
+        yield from ((m, None) for m in (whole if isinstance(whole, list) else [whole]))
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line), None
+        except ValueError as exc:
+            yield None, f"line {number}: not valid JSON ({exc.msg})"
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    destination = get_destination(args.name, _load_settings(args.settings))
+    with open(args.file, encoding="utf-8") if args.file else sys.stdin as stream:
+        invalid = 0
+        for message, problem in read_messages(stream):
+            message_id = message.get("messageId") if isinstance(message, dict) else None
+            out: dict[str, Any] = {"messageId": message_id}
+            if problem:
+                out["error"] = problem
+                invalid += 1
+            else:
+                try:
+                    out["requests"] = [r.to_dict() for r in destination.handle(message)]
+                except InvalidMessage as exc:
+                    out["error"] = str(exc)
+                    invalid += 1
+                except Filtered as exc:
+                    out["filtered"] = exc.reason
+            print(json.dumps(out, ensure_ascii=False), flush=False)
+    return 1 if invalid else 0
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    for name, cls in sorted(destination_types().items()):
+        print(f"{name}  (integrations key: {cls.display_name})")
+        for s in cls.describe_settings():
+            flags = ["required" if s["required"] else "optional"] + (["secret"] if s["secret"] else [])
+            print(f"    {s['name']:<16} {', '.join(flags)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    dirs = args.dirs or ["fixtures"]
+    missing = [d for d in dirs if not Path(d).exists()]
+    if missing:
+        raise UsageError(f"no such folder or file: {', '.join(missing)}")
+    results = run_cases(dirs)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"FAIL {r.path}\n{r.detail}\n")
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed or not results else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="destinations", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="the destinations and their settings")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("transform", help="map Segment messages to vendor requests, one JSON line each")
+    p.add_argument("name", help="destination type, e.g. segmentify")
+    p.add_argument("--settings", required=True, help="settings as JSON text or a JSON file's path")
+    p.add_argument("file", nargs="?", help="JSON, JSON array or JSON Lines (standard input when absent)")
+    p.set_defaults(func=cmd_transform)
+
+    p = sub.add_parser("check", help="run fixture cases (default: fixtures/)")
+    p.add_argument("dirs", nargs="*", help="folders or case files")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UsageError, ConfigurationError) as exc:
+        print(f"destinations {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0

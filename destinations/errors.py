@@ -1,0 +1,43 @@
+"""The package's own errors: the only exceptions `Destination.handle` and `get_destination` raise."""
+
+from __future__ import annotations
+
+
+class DestinationError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidMessage(DestinationError):
+    """The message cannot be sent as the vendor requires.
+
+    The text names the event, the field by its Segment path and the rule, so the person reading a
+    dead-letter listing knows what to fix at the source.
+    """
+
+    def __init__(self, event: str, path: str, rule: str, *, internal: bool = False) -> None:
+        self.event = event
+        self.path = path
+        self.rule = rule
+        # True only for the safety net in `Destination.handle`: a mapping bug, not bad input.
+        self.internal = internal
+        super().__init__(f"{event}: {path} {rule}" if path else f"{event}: {rule}")
+
+
+class Filtered(DestinationError):
+    """The message is deliberately not sent; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ConfigurationError(DestinationError):
+    """Settings or configuration are wrong; `problems` lists one line per bad key."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or []
+        super().__init__(message)
+
+
+class DeliveryError(DestinationError):
+    """A request could not be delivered (raised by the delivery layer, never by a handler)."""

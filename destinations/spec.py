@@ -1,0 +1,645 @@
+"""Segment message models (pydantic v2) and the spec helpers every destination shares.
+
+Everything a second vendor would need lives here: reading products and totals, traits and identity,
+numbers, times, the e-commerce v1 event aliases and the `integrations` rule. Vendor modules only
+decide which of these values go where.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from .errors import InvalidMessage
+
+Number = int | float
+
+# --- field types --------------------------------------------------------------------------------
+
+
+def _lenient_str(value: Any) -> str | None:
+    """Segment libraries send ids and context strings as numbers at times; keep them as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be a string")
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    raise ValueError("must be a string")
+
+
+def _id(value: Any) -> str | None:
+    """An id: text or a number; `null` and blank text count as absent."""
+    text = _lenient_str(value)
+    if text is None:
+        return None
+    text = text.strip()
+    return text or None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise ValueError("must be an object")
+
+
+_ISO_FRACTION = re.compile(r"(\.\d+)")
+
+
+def parse_iso_datetime(value: str) -> datetime:
+    """ISO-8601 date or date-time; naive values are taken as UTC. Raises ValueError otherwise."""
+    text = value.strip()
+    if not re.match(r"^\d{4}-\d{2}-\d{2}", text):
+        raise ValueError("must be an ISO-8601 date-time")
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    # Python 3.10's fromisoformat wants 3 or 6 fraction digits; libraries send 1 to 9.
+    text = _ISO_FRACTION.sub(lambda m: (m.group(1) + "000000")[:7], text, count=1)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("must be an ISO-8601 date-time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        return parse_iso_datetime(value)
+    raise ValueError("must be an ISO-8601 date-time")
+
+
+Str = Annotated[str | None, BeforeValidator(_lenient_str)]
+Id = Annotated[str | None, BeforeValidator(_id)]
+Obj = Annotated[dict[str, Any], BeforeValidator(_object)]
+Time = Annotated[datetime | None, BeforeValidator(_time)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class PageContext(_Model):
+    url: Str = None
+    referrer: Str = None
+    path: Str = None
+    title: Str = None
+    search: Str = None
+
+
+class DeviceContext(_Model):
+    type: Str = None
+    id: Str = None
+    manufacturer: Str = None
+    model: Str = None
+
+
+class OSContext(_Model):
+    name: Str = None
+    version: Str = None
+
+
+class CampaignContext(_Model):
+    name: Str = None
+    source: Str = None
+    medium: Str = None
+    term: Str = None
+    content: Str = None
+
+
+class Context(_Model):
+    page: PageContext | None = None
+    device: DeviceContext | None = None
+    os: OSContext | None = None
+    campaign: CampaignContext | None = None
+    traits: Obj = {}
+    locale: Str = None
+    userAgent: Str = None
+    ip: Str = None
+    sessionId: Id = None
+    session_id: Id = None
+
+
+def _context(value: Any) -> Any:
+    return {} if value is None else value
+
+
+class Message(_Model):
+    """Fields common to every Segment call."""
+
+    type: str
+    messageId: Str = None
+    userId: Id = None
+    anonymousId: Id = None
+    timestamp: Time = None
+    originalTimestamp: Time = None
+    receivedAt: Time = None
+    sentAt: Time = None
+    context: Annotated[Context, BeforeValidator(_context)] = Context()
+    integrations: Obj = {}
+
+    label: ClassVar[str] = "message"
+
+    @property
+    def event_label(self) -> str:
+        """How errors name this message: the event name for track, the call type otherwise."""
+        return self.type
+
+
+def _event_name(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class Track(Message):
+    type: Literal["track"]
+    event: Annotated[str, BeforeValidator(_event_name)]
+    properties: Obj = {}
+
+    @property
+    def event_label(self) -> str:
+        return self.event
+
+
+class Page(Message):
+    type: Literal["page"]
+    name: Str = None
+    category: Str = None
+    properties: Obj = {}
+
+
+class Screen(Message):
+    type: Literal["screen"]
+    name: Str = None
+    category: Str = None
+    properties: Obj = {}
+
+
+class Identify(Message):
+    type: Literal["identify"]
+    traits: Obj = {}
+
+
+class Group(Message):
+    type: Literal["group"]
+    groupId: Id = None
+    traits: Obj = {}
+
+
+class Alias(Message):
+    type: Literal["alias"]
+    previousId: Id = None
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    "track": Track,
+    "page": Page,
+    "screen": Screen,
+    "identify": Identify,
+    "group": Group,
+    "alias": Alias,
+}
+
+_PYDANTIC_RULES = {
+    "missing": "is required by the Segment spec",
+    "string_type": "must be a string",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "literal_error": "has an unexpected value",
+}
+
+
+def raw_label(raw: Mapping[str, Any]) -> str:
+    """The label of a raw message for errors raised before it is parsed."""
+    event = raw.get("event")
+    if raw.get("type") == "track" and isinstance(event, str) and event.strip():
+        return event
+    kind = raw.get("type")
+    return kind if isinstance(kind, str) and kind in MESSAGE_TYPES else "message"
+
+
+def check_envelope(raw: Any) -> dict[str, Any]:
+    """The first checks of MAPPINGS.md 'Shared': an object with a known `type`."""
+    if not isinstance(raw, dict):
+        raise InvalidMessage("message", "", f"must be a JSON object, not {type(raw).__name__}")
+    kind = raw.get("type")
+    if kind is None:
+        raise InvalidMessage("message", "type", "is required by the Segment spec")
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        raise InvalidMessage(
+            "message", "type", f"must be one of {', '.join(MESSAGE_TYPES)} (Segment spec message types)"
+        )
+    return raw
+
+
+def parse_message(raw: Mapping[str, Any] | Message) -> Message:
+    """Validate a raw Segment message into its model; errors name the Segment path."""
+    if isinstance(raw, Message):
+        return raw
+    raw = check_envelope(raw)
+    model = MESSAGE_TYPES[raw["type"]]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        path = format_path(err["loc"])
+        rule = _PYDANTIC_RULES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
+        raise InvalidMessage(raw_label(raw), path, rule) from None
+
+
+def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('properties', 'products', 1, 'price') -> 'properties.products[1].price'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# --- event names --------------------------------------------------------------------------------
+
+V1_ALIASES: dict[str, str] = {
+    "Viewed Product Category": "Product List Viewed",
+    "Viewed Product": "Product Viewed",
+    "Clicked Product": "Product Clicked",
+    "Added Product": "Product Added",
+    "Removed Product": "Product Removed",
+    "Started Order": "Checkout Started",
+    "Viewed Checkout Step": "Checkout Step Viewed",
+    "Completed Checkout Step": "Checkout Step Completed",
+    "Completed Order": "Order Completed",
+    "Updated Order": "Order Updated",
+    "Refunded Order": "Order Refunded",
+    "Viewed Promotion": "Promotion Viewed",
+    "Clicked Promotion": "Promotion Clicked",
+}
+
+
+def canonical_event(name: str) -> str:
+    """The e-commerce v2 name of an event (v1 aliases matched exactly)."""
+    return V1_ALIASES.get(name, name)
+
+
+_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def snake_case(name: str) -> str:
+    """'Coupon Applied' -> 'coupon_applied'; 'checkoutStepViewed' -> 'checkout_step_viewed'."""
+    return "_".join(w.lower() for w in _WORDS.findall(name))
+
+
+def lower_camel(name: str) -> str:
+    """'Order Completed' -> 'orderCompleted'."""
+    words = [w.lower() for w in _WORDS.findall(name)]
+    return words[0] + "".join(w.capitalize() for w in words[1:]) if words else ""
+
+
+# --- integrations -------------------------------------------------------------------------------
+
+
+def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dict[str, Any]]:
+    """Whether `display_name` gets the message, and its options (DESIGN.md section 4).
+
+    `All` (any case) sets the default; the destination's own key overrides it: `false` turns it
+    off, `true` or an object turns it on (an object also carries options). Other values are absent.
+    """
+    if not isinstance(integrations, dict):
+        return True, {}
+    own = integrations.get(display_name)
+    if own is True:
+        return True, {}
+    if isinstance(own, dict):
+        return True, own
+    if own is False:
+        return False, {}
+    enabled = True
+    for key, value in integrations.items():
+        if isinstance(key, str) and key.lower() == "all" and isinstance(value, bool):
+            enabled = value
+    return enabled, {}
+
+
+# --- values -------------------------------------------------------------------------------------
+
+_INT_TEXT = re.compile(r"^[+-]?\d+$")
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def as_number(value: Any) -> Number | None:
+    """A number from a number or numeric text; None when `value` is not one (bools, NaN, inf)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        text = value.strip()
+        if _INT_TEXT.match(text):
+            return int(text)
+        if _FLOAT_TEXT.match(text):
+            number = float(text)
+            return number if math.isfinite(number) else None
+    return None
+
+
+def first(mapping: Mapping[str, Any], *keys: str) -> Any:
+    """The first value among `keys` that is present and not null."""
+    for key in keys:
+        value = mapping.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def first_key(mapping: Mapping[str, Any], *keys: str) -> tuple[str, Any]:
+    """Like `first`, with the key it came from (for error paths); the first key when none is set."""
+    for key in keys:
+        value = mapping.get(key)
+        if value is not None:
+            return key, value
+    return keys[0], None
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+
+
+def flat_map(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Scalars as they are, objects and lists as compact JSON text, nulls left out."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        out[str(key)] = compact_json(value) if isinstance(value, dict | list | tuple) else value
+    return out
+
+
+def language(locale: str | None) -> str | None:
+    """'en-US' -> 'en'; None when there is no usable locale."""
+    if not locale:
+        return None
+    lang = re.split(r"[-_]", locale.strip(), maxsplit=1)[0]
+    return lang or None
+
+
+def money_sum(terms: list[tuple[Number, Number]]) -> Number:
+    """Sum of price x quantity without binary-float noise (349.99 * 2 + 249.99 == 949.97)."""
+    total = sum((Decimal(str(p)) * Decimal(str(q)) for p, q in terms), Decimal(0))
+    return int(total) if total == total.to_integral_value() else float(total)
+
+
+# --- products -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """A product as MAPPINGS.md 'Shared' reads it, with the Segment path it came from."""
+
+    path: str
+    id: str | None
+    sku: str | None
+    name: str | None
+    brand: str | None
+    variant: str | None
+    category: str | None
+    price: Number | None
+    quantity: Number
+    url: str | None
+    image_url: str | None
+    currency: str | None
+    in_stock: bool | None
+    variant_id: str | None
+    raw: Mapping[str, Any]
+
+    @property
+    def id_path(self) -> str:
+        return f"{self.path}.product_id"
+
+
+# --- the per-message view handed to vendor mappers -----------------------------------------------
+
+
+class Call:
+    """One message as a vendor mapper sees it: the parsed model, options and the shared readers.
+
+    Errors raised through it name the event, the Segment path and the vendor rule.
+    """
+
+    __slots__ = ("_products", "event", "message", "options", "settings", "vendor")
+
+    def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
+        self.message = message
+        self.options = options
+        self.settings = settings
+        self.vendor = vendor
+        self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
+        self._products: list[Product] | None = None
+
+    # errors and checked values
+
+    def fail(self, path: str, rule: str) -> InvalidMessage:
+        return InvalidMessage(self.message.event_label, path, rule)
+
+    def require(self, value: Any, path: str, target: str) -> Any:
+        """`value`, or an InvalidMessage saying `path` is required by `target` (vendor event/field)."""
+        if value is None or value in ("", []):
+            raise self.fail(path, f"is required by {self.vendor} {target}")
+        return value
+
+    def number(self, value: Any, path: str, target: str) -> Number | None:
+        """A number or None when absent; present but not a number is an error, never a silent 0."""
+        if value is None:
+            return None
+        number = as_number(value)
+        if number is None:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise self.fail(path, f"must be a number for {self.vendor} {target} (got {shown})")
+        return number
+
+    def text(self, value: Any, path: str) -> str | None:
+        """Text from text or a number; objects and lists where text is expected are errors."""
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(path, "must be text")
+        return _lenient_str(value)
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise self.fail(path, "must be true or false")
+
+    def date(self, value: Any, path: str) -> date | None:
+        """A calendar date from ISO-8601 text (the date as written, before any zone shift)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return parse_iso_datetime(value).date()
+            except ValueError:
+                pass
+        raise self.fail(path, "must be an ISO-8601 date (YYYY-MM-DD)")
+
+    # identity and traits
+
+    @property
+    def user_id(self) -> str | None:
+        return self.message.userId
+
+    @property
+    def visitor_id(self) -> str:
+        """userId || anonymousId (the handler has checked that one exists)."""
+        return self.message.userId or self.message.anonymousId or ""
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return getattr(self.message, "properties", {})
+
+    @property
+    def traits(self) -> dict[str, Any]:
+        """`traits` on identify, `context.traits` on every other call."""
+        if isinstance(self.message, Identify):
+            return self.message.traits
+        return self.message.context.traits
+
+    def trait(self, *keys: str) -> Any:
+        """A trait, falling back to the same keys in properties on track calls (MAPPINGS 'Shared')."""
+        value = first(self.traits, *keys)
+        if value is None and isinstance(self.message, Track):
+            value = first(self.message.properties, *keys)
+        return value
+
+    @property
+    def email(self) -> str | None:
+        return self.text(self.trait("email"), "traits.email")
+
+    @property
+    def phone(self) -> str | None:
+        return self.text(self.trait("phone"), "traits.phone")
+
+    @property
+    def first_name(self) -> str | None:
+        return self.text(self.trait("firstName", "first_name"), "traits.firstName")
+
+    @property
+    def last_name(self) -> str | None:
+        return self.text(self.trait("lastName", "last_name"), "traits.lastName")
+
+    @property
+    def full_name(self) -> str | None:
+        name = self.text(self.trait("name"), "traits.name")
+        if name:
+            return name
+        parts = [p for p in (self.first_name, self.last_name) if p]
+        return " ".join(parts) or None
+
+    @property
+    def address(self) -> dict[str, Any]:
+        address = self.trait("address")
+        return address if isinstance(address, dict) else {}
+
+    @property
+    def time(self) -> datetime | None:
+        """timestamp || originalTimestamp || receivedAt || sentAt."""
+        m = self.message
+        return m.timestamp or m.originalTimestamp or m.receivedAt or m.sentAt
+
+    # page context
+
+    @property
+    def page_url(self) -> str | None:
+        page = self.message.context.page
+        return page.url if page else None
+
+    @property
+    def referrer(self) -> str | None:
+        page = self.message.context.page
+        return page.referrer if page else None
+
+    @property
+    def language(self) -> str | None:
+        return language(self.message.context.locale)
+
+    # products and totals
+
+    @property
+    def currency(self) -> str | None:
+        return self.text(self.properties.get("currency"), "properties.currency")
+
+    def product(self, data: Mapping[str, Any] | None = None, path: str = "properties") -> Product:
+        """Read one product from `data` (the event's properties by default)."""
+        p = self.properties if data is None else data
+        id_key, pid = first_key(p, "product_id", "productId", "id", "sku")
+        price_key, price = first_key(p, "price")
+        qty_key, qty = first_key(p, "quantity")
+        product_id = self.text(pid, f"{path}.{id_key}")
+        quantity = self.number(qty, f"{path}.{qty_key}", "product quantity")
+        return Product(
+            path=path,
+            id=product_id,
+            sku=self.text(p.get("sku"), f"{path}.sku"),
+            name=self.text(p.get("name"), f"{path}.name"),
+            brand=self.text(p.get("brand"), f"{path}.brand"),
+            variant=self.text(p.get("variant"), f"{path}.variant"),
+            category=self.text(p.get("category"), f"{path}.category"),
+            price=self.number(price, f"{path}.{price_key}", "product price"),
+            quantity=1 if quantity is None else quantity,
+            url=self.text(p.get("url"), f"{path}.url"),
+            image_url=self.text(first(p, "image_url", "imageUrl"), f"{path}.image_url"),
+            currency=self.text(p.get("currency"), f"{path}.currency") or self.currency,
+            in_stock=self.boolean(first(p, "in_stock", "inStock"), f"{path}.in_stock"),
+            variant_id=self.text(first(p, "variant_id", "variantId"), f"{path}.variant_id") or product_id,
+            raw=p,
+        )
+
+    @property
+    def has_products(self) -> bool:
+        return self.properties.get("products") is not None
+
+    @property
+    def products(self) -> list[Product]:
+        """`properties.products[]`, each item read as a product; [] when absent."""
+        if self._products is None:
+            items = self.properties.get("products")
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                raise self.fail("properties.products", "must be a list of products")
+            out = []
+            for i, item in enumerate(items):
+                path = f"properties.products[{i}]"
+                if not isinstance(item, dict):
+                    raise self.fail(path, "must be an object")
+                out.append(self.product(item, path))
+            self._products = out
+        return self._products
+
+    def order_total(self, target: str) -> Number | None:
+        """total || revenue || value || sum(price x quantity) of the products that have a price."""
+        key, value = first_key(self.properties, "total", "revenue", "value")
+        if value is not None:
+            return self.number(value, f"properties.{key}", target)
+        priced = [(p.price, p.quantity) for p in self.products if p.price is not None]
+        return money_sum(priced) if priced else None
