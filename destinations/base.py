@@ -175,7 +175,8 @@ class Destination:
             raise InvalidMessage(parsed.event_label, "userId", "or anonymousId is required by the Segment spec")
         call = Call(parsed, options, self.settings, self.display_name)
         if kind == "track":
-            mapper = self.events.get(call.event) or self.other_event
+            # Through the class: a plain function stored on it must not become a bound method.
+            mapper = self.events.get(call.event) or type(self).other_event
             if mapper is None:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
@@ -185,3 +186,17 @@ class Destination:
     def build(self, call: Call, mapped: Any) -> list[HttpRequest]:
         """Wrap what a mapper returned into requests; the default takes requests as they are."""
         return list(mapped)
+
+    # -- delivery hooks (used by destinations.delivery, never by handle)
+
+    def credentials(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The (query params, headers) that carry this instance's secrets.
+
+        The outbox stores requests without them and the sender adds them back, so no secret is
+        ever written to disk.
+        """
+        return {}, {}
+
+    def response_problem(self, status: int, body: bytes) -> tuple[str, str] | None:
+        """A vendor-specific failure hidden in an HTTP answer: ("permanent" or "config", code), or None."""
+        return None

@@ -98,6 +98,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(users=args.users, out_dir=Path(args.out) if args.out else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="destinations", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", help="JSON, JSON array or JSON Lines (standard input when absent)")
     p.set_defaults(func=cmd_transform)
 
+    p = sub.add_parser("demo", help="map a realistic shop session for every destination (no network)")
+    p.add_argument("--users", type=int, default=3, help="visitors in the session (default 3)")
+    p.add_argument("--out", help="folder for requests.jsonl (default: a new temporary folder)")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("check", help="run fixture cases (default: fixtures/)")
     p.add_argument("dirs", nargs="*", help="folders or case files")
     p.set_defaults(func=cmd_check)
@@ -119,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills an optional positional greedily: `transform NAME --settings S FILE` leaves FILE over.
+    if getattr(args, "file", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.file, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except (UsageError, ConfigurationError) as exc:

@@ -21,6 +21,7 @@ Every request: POST {dataCenterUrl}/add/events/v1.json?apiKey=..., a JSON array 
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timezone
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -267,6 +268,13 @@ def origin_of(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
+# A 200 answer whose body has a `statusCode` other than SUCCESS is a failure (seed 004, API Errors).
+PERMANENT_CODES = frozenset({"BAD_INPUT", "NO_EVENT", "NO_USERID", "NO_SESSIONID"})
+CONFIGURATION_CODES = frozenset(
+    {"NO_API_KEY", "NO_ACCOUNT", "UNVERIFIED_ACCOUNT", "FAILED_ACCOUNT", "NO_DOMAIN_APIKEY_MATCH"}
+)
+
+
 class SegmentifyDestination(Destination):
     name = "segmentify"
     display_name = "Segmentify"
@@ -274,6 +282,20 @@ class SegmentifyDestination(Destination):
     calls = {"page": page_view, "screen": page_view, "identify": user_update}  # noqa: RUF012
     events = EVENTS
     other_event = custom_event
+
+    def credentials(self) -> tuple[dict[str, str], dict[str, str]]:
+        return {"apiKey": self.settings.apiKey.get_secret_value()}, {}
+
+    def response_problem(self, status: int, body: bytes) -> tuple[str, str] | None:
+        if not 200 <= status < 300 or b"statusCode" not in body:
+            return None
+        try:
+            code = json.loads(body).get("statusCode")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(code, str) or code == "SUCCESS":
+            return None
+        return ("config" if code in CONFIGURATION_CODES else "permanent"), code
 
     def build(self, call: Call, mapped: dict[str, Any]) -> list[HttpRequest]:
         settings: Settings = self.settings
@@ -300,7 +322,7 @@ class SegmentifyDestination(Destination):
             HttpRequest(
                 method="POST",
                 url=f"{settings.dataCenterUrl}/add/events/v1.json",
-                params={"apiKey": settings.apiKey.get_secret_value()},
+                params=self.credentials()[0],
                 headers=headers,
                 json=[{k: v for k, v in event.items() if v is not None}],
                 batchable=True,

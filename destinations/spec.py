@@ -11,12 +11,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 
 from .errors import InvalidMessage
 
@@ -72,22 +71,31 @@ def parse_iso_datetime(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def _time(value: Any) -> datetime | None:
+_ISO_START = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
+
+
+def _time_text(value: Any) -> Any:
+    """Only ISO-8601 text: pydantic alone would also take unix numbers and digit strings."""
     if value is None or isinstance(value, datetime):
         return value
-    if isinstance(value, str):
-        return parse_iso_datetime(value)
+    if isinstance(value, str) and _ISO_START.match(value):
+        return value.strip()
     raise ValueError("must be an ISO-8601 date-time")
 
 
-Str = Annotated[str | None, BeforeValidator(_lenient_str)]
+def _utc_if_naive(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+Str = str | None  # numbers become text through the models' coerce_numbers_to_str
 Id = Annotated[str | None, BeforeValidator(_id)]
-Obj = Annotated[dict[str, Any], BeforeValidator(_object)]
-Time = Annotated[datetime | None, BeforeValidator(_time)]
+# A plain validator: properties and traits are read as they are, not copied key by key.
+Obj = Annotated[dict[str, Any], PlainValidator(_object)]
+Time = Annotated[datetime | None, BeforeValidator(_time_text), AfterValidator(_utc_if_naive)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, coerce_numbers_to_str=True)
 
 
 class PageContext(_Model):
@@ -123,7 +131,7 @@ class Context(_Model):
     device: DeviceContext | None = None
     os: OSContext | None = None
     campaign: CampaignContext | None = None
-    traits: Obj = {}
+    traits: Obj = Field(default_factory=dict)
     locale: Str = None
     userAgent: Str = None
     ip: Str = None
@@ -146,8 +154,8 @@ class Message(_Model):
     originalTimestamp: Time = None
     receivedAt: Time = None
     sentAt: Time = None
-    context: Annotated[Context, BeforeValidator(_context)] = Context()
-    integrations: Obj = {}
+    context: Annotated[Context, BeforeValidator(_context)] = Field(default_factory=Context)
+    integrations: Obj = Field(default_factory=dict)
 
     label: ClassVar[str] = "message"
 
@@ -166,7 +174,7 @@ def _event_name(value: Any) -> Any:
 class Track(Message):
     type: Literal["track"]
     event: Annotated[str, BeforeValidator(_event_name)]
-    properties: Obj = {}
+    properties: Obj = Field(default_factory=dict)
 
     @property
     def event_label(self) -> str:
@@ -177,25 +185,25 @@ class Page(Message):
     type: Literal["page"]
     name: Str = None
     category: Str = None
-    properties: Obj = {}
+    properties: Obj = Field(default_factory=dict)
 
 
 class Screen(Message):
     type: Literal["screen"]
     name: Str = None
     category: Str = None
-    properties: Obj = {}
+    properties: Obj = Field(default_factory=dict)
 
 
 class Identify(Message):
     type: Literal["identify"]
-    traits: Obj = {}
+    traits: Obj = Field(default_factory=dict)
 
 
 class Group(Message):
     type: Literal["group"]
     groupId: Id = None
-    traits: Obj = {}
+    traits: Obj = Field(default_factory=dict)
 
 
 class Alias(Message):
@@ -257,6 +265,8 @@ def parse_message(raw: Mapping[str, Any] | Message) -> Message:
         err = exc.errors(include_input=False, include_url=False)[0]
         path = format_path(err["loc"])
         rule = _PYDANTIC_RULES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
+        if err["type"].startswith(("datetime_", "date_")):
+            rule = "must be an ISO-8601 date-time"
         raise InvalidMessage(raw_label(raw), path, rule) from None
 
 
@@ -396,8 +406,7 @@ def language(locale: str | None) -> str | None:
     """'en-US' -> 'en'; None when there is no usable locale."""
     if not locale:
         return None
-    lang = re.split(r"[-_]", locale.strip(), maxsplit=1)[0]
-    return lang or None
+    return locale.strip().replace("_", "-").partition("-")[0] or None
 
 
 def money_sum(terms: list[tuple[Number, Number]]) -> Number:
@@ -409,29 +418,88 @@ def money_sum(terms: list[tuple[Number, Number]]) -> Number:
 # --- products -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Product:
-    """A product as MAPPINGS.md 'Shared' reads it, with the Segment path it came from."""
+    """A product as MAPPINGS.md 'Shared' reads it, from the Segment path `path`.
 
-    path: str
-    id: str | None
-    sku: str | None
-    name: str | None
-    brand: str | None
-    variant: str | None
-    category: str | None
-    price: Number | None
-    quantity: Number
-    url: str | None
-    image_url: str | None
-    currency: str | None
-    in_stock: bool | None
-    variant_id: str | None
-    raw: Mapping[str, Any]
+    Fields are read when asked for, so a vendor is never refused a message over a field it does
+    not send; a field that is read and malformed is an InvalidMessage naming its path.
+    """
+
+    __slots__ = ("_call", "path", "raw")
+
+    def __init__(self, call: Call, raw: Mapping[str, Any], path: str) -> None:
+        self._call = call
+        self.raw = raw
+        self.path = path
+
+    def _text(self, *keys: str) -> str | None:
+        key, value = first_key(self.raw, *keys)
+        return self._call.text(value, f"{self.path}.{key}")
+
+    def _number(self, key: str, what: str) -> Number | None:
+        return self._call.number(self.raw.get(key), f"{self.path}.{key}", what)
 
     @property
     def id_path(self) -> str:
         return f"{self.path}.product_id"
+
+    @property
+    def id(self) -> str | None:
+        """product_id || productId || id || sku."""
+        return self._text("product_id", "productId", "id", "sku")
+
+    @property
+    def sku(self) -> str | None:
+        return self._text("sku")
+
+    @property
+    def name(self) -> str | None:
+        return self._text("name")
+
+    @property
+    def brand(self) -> str | None:
+        return self._text("brand")
+
+    @property
+    def variant(self) -> str | None:
+        return self._text("variant")
+
+    @property
+    def category(self) -> str | None:
+        return self._text("category")
+
+    @property
+    def url(self) -> str | None:
+        return self._text("url")
+
+    @property
+    def image_url(self) -> str | None:
+        return self._text("image_url", "imageUrl")
+
+    @property
+    def price(self) -> Number | None:
+        return self._number("price", "product price")
+
+    @property
+    def quantity(self) -> Number:
+        """Default 1."""
+        quantity = self._number("quantity", "product quantity")
+        return 1 if quantity is None else quantity
+
+    @property
+    def currency(self) -> str | None:
+        """The item's currency, else the event's."""
+        return self._text("currency") or self._call.currency
+
+    @property
+    def in_stock(self) -> bool | None:
+        key, value = first_key(self.raw, "in_stock", "inStock")
+        return self._call.boolean(value, f"{self.path}.{key}")
+
+    @property
+    def variant_id(self) -> str | None:
+        """variant_id || variantId || the product id, so a vendor that needs one never gets null."""
+        return self._text("variant_id", "variantId") or self.id
 
 
 # --- the per-message view handed to vendor mappers -----------------------------------------------
@@ -443,7 +511,7 @@ class Call:
     Errors raised through it name the event, the Segment path and the vendor rule.
     """
 
-    __slots__ = ("_products", "event", "message", "options", "settings", "vendor")
+    __slots__ = ("_currency", "_products", "event", "message", "options", "settings", "vendor")
 
     def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
         self.message = message
@@ -452,6 +520,7 @@ class Call:
         self.vendor = vendor
         self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
         self._products: list[Product] | None = None
+        self._currency: str | None = None
 
     # errors and checked values
 
@@ -476,11 +545,12 @@ class Call:
 
     def text(self, value: Any, path: str) -> str | None:
         """Text from text or a number; objects and lists where text is expected are errors."""
-        if value is None or isinstance(value, str):
+        if value is None or type(value) is str:
             return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(path, "must be text")
-        return _lenient_str(value)
+        try:
+            return _lenient_str(value)
+        except ValueError:
+            raise self.fail(path, "must be text") from None
 
     def boolean(self, value: Any, path: str) -> bool | None:
         if value is None or isinstance(value, bool):
@@ -497,6 +567,8 @@ class Call:
             return None
         if isinstance(value, str):
             try:
+                if len(value) == 10:  # the common YYYY-MM-DD, without the date-time machinery
+                    return date.fromisoformat(value)
                 return parse_iso_datetime(value).date()
             except ValueError:
                 pass
@@ -525,31 +597,41 @@ class Call:
         return self.message.context.traits
 
     def trait(self, *keys: str) -> Any:
-        """A trait, falling back to the same keys in properties on track calls (MAPPINGS 'Shared')."""
-        value = first(self.traits, *keys)
+        """A trait's value (see `trait_at`)."""
+        return self.trait_at(*keys)[1]
+
+    def trait_at(self, *keys: str) -> tuple[str, Any]:
+        """(Segment path, value) of a trait, falling back to properties on track calls (MAPPINGS 'Shared')."""
+        root = "traits" if isinstance(self.message, Identify) else "context.traits"
+        key, value = first_key(self.traits, *keys)
         if value is None and isinstance(self.message, Track):
-            value = first(self.message.properties, *keys)
-        return value
+            root = "properties"
+            key, value = first_key(self.message.properties, *keys)
+        return f"{root}.{key}", value
+
+    def trait_text(self, *keys: str) -> str | None:
+        path, value = self.trait_at(*keys)
+        return self.text(value, path)
 
     @property
     def email(self) -> str | None:
-        return self.text(self.trait("email"), "traits.email")
+        return self.trait_text("email")
 
     @property
     def phone(self) -> str | None:
-        return self.text(self.trait("phone"), "traits.phone")
+        return self.trait_text("phone")
 
     @property
     def first_name(self) -> str | None:
-        return self.text(self.trait("firstName", "first_name"), "traits.firstName")
+        return self.trait_text("firstName", "first_name")
 
     @property
     def last_name(self) -> str | None:
-        return self.text(self.trait("lastName", "last_name"), "traits.lastName")
+        return self.trait_text("lastName", "last_name")
 
     @property
     def full_name(self) -> str | None:
-        name = self.text(self.trait("name"), "traits.name")
+        name = self.trait_text("name")
         if name:
             return name
         parts = [p for p in (self.first_name, self.last_name) if p]
@@ -586,33 +668,14 @@ class Call:
 
     @property
     def currency(self) -> str | None:
-        return self.text(self.properties.get("currency"), "properties.currency")
+        """The event's `properties.currency`."""
+        if self._currency is None:
+            self._currency = self.text(self.properties.get("currency"), "properties.currency") or ""
+        return self._currency or None
 
     def product(self, data: Mapping[str, Any] | None = None, path: str = "properties") -> Product:
-        """Read one product from `data` (the event's properties by default)."""
-        p = self.properties if data is None else data
-        id_key, pid = first_key(p, "product_id", "productId", "id", "sku")
-        price_key, price = first_key(p, "price")
-        qty_key, qty = first_key(p, "quantity")
-        product_id = self.text(pid, f"{path}.{id_key}")
-        quantity = self.number(qty, f"{path}.{qty_key}", "product quantity")
-        return Product(
-            path=path,
-            id=product_id,
-            sku=self.text(p.get("sku"), f"{path}.sku"),
-            name=self.text(p.get("name"), f"{path}.name"),
-            brand=self.text(p.get("brand"), f"{path}.brand"),
-            variant=self.text(p.get("variant"), f"{path}.variant"),
-            category=self.text(p.get("category"), f"{path}.category"),
-            price=self.number(price, f"{path}.{price_key}", "product price"),
-            quantity=1 if quantity is None else quantity,
-            url=self.text(p.get("url"), f"{path}.url"),
-            image_url=self.text(first(p, "image_url", "imageUrl"), f"{path}.image_url"),
-            currency=self.text(p.get("currency"), f"{path}.currency") or self.currency,
-            in_stock=self.boolean(first(p, "in_stock", "inStock"), f"{path}.in_stock"),
-            variant_id=self.text(first(p, "variant_id", "variantId"), f"{path}.variant_id") or product_id,
-            raw=p,
-        )
+        """One product from `data` (the event's properties by default)."""
+        return Product(self, self.properties if data is None else data, path)
 
     @property
     def has_products(self) -> bool:

@@ -1,0 +1,157 @@
+"""The public API of DESIGN.md section 3: get_destination, settings errors, HttpRequest, reprs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import destinations
+from destinations import ConfigurationError, Filtered, HttpRequest, InvalidMessage, get_destination
+from destinations.base import Destination
+
+SECRET = "sk-live-0123456789abcdef"
+
+
+def segmentify(**overrides: Any) -> Destination:
+    return get_destination(
+        "segmentify", {"apiKey": SECRET, "dataCenterUrl": "https://dce1.segmentify.com", **overrides}
+    )
+
+
+def test_public_names_are_exported() -> None:
+    for name in ("get_destination", "Destination", "HttpRequest", "InvalidMessage", "Filtered", "ConfigurationError"):
+        assert hasattr(destinations, name)
+
+
+@pytest.mark.parametrize("name", ["segmentify", "dengage"])
+def test_settings_errors_name_each_bad_key(name: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        get_destination(name, {"dataCenterUrl": "ftp://dce1.segmentify.com", "apikey": SECRET})
+    text = str(info.value)
+    assert "apiKey is required" in text
+    assert "dataCenterUrl must be an http(s) URL" in text
+    assert "apikey is not a setting" in text  # a typo is caught, not ignored
+    assert SECRET not in text
+    assert len(info.value.problems) == 3
+
+
+def test_missing_data_center_and_empty_key() -> None:
+    with pytest.raises(ConfigurationError, match=r"apiKey must not be empty.*dataCenterUrl is required"):
+        get_destination("segmentify", {"apiKey": "  "})
+
+
+def test_secret_never_echoed_by_pydantic_errors() -> None:
+    # pydantic echoes input values in its own messages; a wrong-typed secret must not leak through.
+    with pytest.raises(ConfigurationError) as info:
+        get_destination("segmentify", {"apiKey": SECRET, "dataCenterUrl": "https://d.example", "testMode": SECRET})
+    assert "testMode must be true or false" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value)
+
+
+def test_unknown_destination_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown destination 'segmentfy'; known: .*segmentify"):
+        get_destination("segmentfy", {})
+
+
+def test_settings_must_be_an_object() -> None:
+    with pytest.raises(ConfigurationError, match="must be an object"):
+        get_destination("segmentify", ["apiKey"])  # type: ignore[arg-type]
+
+
+def test_destination_repr_hides_the_key() -> None:
+    dest = segmentify()
+    assert SECRET not in repr(dest)
+    assert SECRET not in repr(dest.settings)
+    assert "dce1.segmentify.com" in repr(dest)
+
+
+def test_http_request_repr_masks_credentials_but_to_dict_keeps_them() -> None:
+    req = HttpRequest(
+        method="POST",
+        url="https://x.example/e",
+        params={"apiKey": SECRET, "token": SECRET, "org_token": SECRET, "page": "1"},
+        headers={"Authorization": f"Basic {SECRET}", "Accept": "application/json"},
+        json=[{"a": 1}],
+    )
+    shown = repr(req)
+    assert SECRET not in shown
+    assert "'page': '1'" in shown
+    assert "application/json" in shown
+    assert req.to_dict()["params"]["apiKey"] == SECRET
+    assert req.to_dict()["headers"]["Authorization"] == f"Basic {SECRET}"
+
+
+def test_http_requests_are_equal_when_their_fields_are() -> None:
+    a = HttpRequest("POST", "https://x/e", {"k": "v"}, {"h": "1"}, [1])
+    assert a == HttpRequest("POST", "https://x/e", {"k": "v"}, {"h": "1"}, [1])
+    assert a != HttpRequest("POST", "https://x/e", {"k": "v"}, {"h": "1"}, [2])
+    with pytest.raises(AttributeError):
+        a.url = "https://y/e"  # type: ignore[misc]
+
+
+def test_handle_accepts_a_dict_or_a_parsed_model() -> None:
+    from destinations.spec import parse_message
+
+    raw = {"type": "page", "userId": "u1", "name": "Home", "context": {"sessionId": "s1"}}
+    dest = segmentify()
+    assert dest.handle(raw) == dest.handle(parse_message(raw))
+    (req,) = dest.handle(raw)
+    assert req.batchable
+    assert req.json[0]["category"] == "Home"
+
+
+def test_order_of_decisions() -> None:
+    dest = segmentify()
+    # integrations off beats a missing identity; a missing identity is checked before vendor rules.
+    with pytest.raises(Filtered):
+        dest.handle({"type": "track", "event": "X", "integrations": {"Segmentify": False}})
+    with pytest.raises(Filtered, match="does not take group calls"):
+        dest.handle({"type": "group", "groupId": "g"})
+    with pytest.raises(InvalidMessage, match=r"^Product Viewed: userId or anonymousId is required"):
+        dest.handle({"type": "track", "event": "Product Viewed", "properties": {}})
+    # ...but an unknown type is invalid before integrations are read.
+    with pytest.raises(InvalidMessage, match="type must be one of"):
+        dest.handle({"type": "purchase", "integrations": {"Segmentify": False}})
+
+
+def test_a_mapping_bug_surfaces_as_an_internal_invalid_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = segmentify()
+
+    def broken(call: Any) -> Any:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(type(dest), "other_event", staticmethod(broken))
+    with pytest.raises(InvalidMessage) as info:
+        dest.handle({"type": "track", "event": "Anything", "userId": "u"})
+    assert info.value.internal
+    assert "could not be mapped for Segmentify (KeyError)" in str(info.value)
+
+
+def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from destinations import registry
+    from destinations.segmentify import SegmentifyDestination
+
+    class Plugin(SegmentifyDestination):
+        name = "acme"
+        display_name = "Acme"
+
+    class FakeEntryPoint:
+        name = "acme"
+
+        def load(self) -> type:
+            return Plugin
+
+    class Hijack(FakeEntryPoint):
+        name = "segmentify"
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint(), Hijack()])
+    registry.destination_types.cache_clear()
+    try:
+        assert registry.destination_types()["acme"] is Plugin
+        assert registry.destination_types()["segmentify"] is SegmentifyDestination
+        dest = get_destination("acme", {"apiKey": "k", "dataCenterUrl": "https://acme.example"})
+        assert isinstance(dest, Plugin)
+    finally:
+        registry.destination_types.cache_clear()

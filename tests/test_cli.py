@@ -1,0 +1,178 @@
+"""The `destinations` console script, run for real in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = shutil.which("destinations", path=str(Path(sys.executable).parent)) or "destinations"
+SECRET = "sk-cli-5f1e2d3c4b5a"
+SETTINGS = json.dumps({"apiKey": SECRET, "dataCenterUrl": "https://dce1.segmentify.com"})
+
+
+def run(*args: str, stdin: str = "", cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, *args], check=False, input=stdin, capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_list_shows_settings_with_required_and_secret() -> None:
+    res = run("list")
+    assert res.returncode == 0, res.stderr
+    assert "segmentify  (integrations key: Segmentify)" in res.stdout
+    assert "dengage  (integrations key: Dengage)" in res.stdout
+    assert any(line.split() == ["apiKey", "required,", "secret"] for line in res.stdout.splitlines())
+    assert any(line.split() == ["testMode", "optional"] for line in res.stdout.splitlines())
+
+
+def test_python_dash_m_works_too() -> None:
+    res = subprocess.run([sys.executable, "-m", "destinations", "list"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0
+    assert "segmentify" in res.stdout
+
+
+def test_transform_json_lines_from_stdin() -> None:
+    stdin = "\n".join(
+        [
+            json.dumps(
+                {
+                    "messageId": "m1",
+                    "type": "track",
+                    "event": "Product Added",
+                    "userId": "u1",
+                    "context": {"sessionId": "s1"},
+                    "properties": {"product_id": "P1", "price": "19.90", "quantity": "2", "currency": "TRY"},
+                }
+            ),
+            json.dumps({"messageId": "m2", "type": "group", "userId": "u1", "groupId": "g"}),
+            json.dumps(
+                {"messageId": "m3", "type": "track", "event": "Product Added", "userId": "u1", "properties": {}}
+            ),
+            "{not json",
+        ]
+    )
+    res = run("transform", "segmentify", "--settings", SETTINGS, stdin=stdin)
+    assert res.returncode == 1  # one message was invalid
+    out = lines(res.stdout)
+    assert [o["messageId"] for o in out] == ["m1", "m2", "m3", None]
+    (request,) = out[0]["requests"]
+    assert request["url"] == "https://dce1.segmentify.com/add/events/v1.json"
+    assert request["params"] == {"apiKey": SECRET}  # what is sent: the user asked for it
+    event = request["json"][0]
+    assert (event["name"], event["step"], event["price"], event["quantity"]) == ("BASKET_OPERATIONS", "add", 19.9, 2)
+    assert "group" in out[1]["filtered"]
+    assert out[2]["error"].startswith("Product Added: properties.product_id is required by Segmentify")
+    assert out[3]["error"].startswith("line 4: not valid JSON")
+
+
+def test_transform_a_json_array_file_exits_0(tmp_path: Path) -> None:
+    file = tmp_path / "events.json"
+    file.write_text(
+        json.dumps(
+            [
+                {"type": "page", "anonymousId": "a1", "name": "Home", "context": {"sessionId": "s"}},
+                {
+                    "type": "identify",
+                    "userId": "u9",
+                    "traits": {"email": "u9@example.com"},
+                    "context": {"sessionId": "s"},
+                },
+            ]
+        )
+    )
+    res = run("transform", "dengage", "--settings", SETTINGS, str(file))
+    assert res.returncode == 0, res.stderr
+    out = lines(res.stdout)
+    assert [o["requests"][0]["json"][0]["name"] for o in out] == ["PAGE_VIEW", "USER_OPERATIONS"]
+
+
+def test_transform_settings_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(SETTINGS)
+    res = run("transform", "segmentify", "--settings", str(path), stdin='{"type":"page","userId":"u"}')
+    assert res.returncode == 0, res.stderr
+    assert lines(res.stdout)[0]["requests"][0]["json"][0]["category"] == "Page"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (json.dumps({"apiKey": SECRET}), "dataCenterUrl is required"),
+        (
+            json.dumps({"apiKey": SECRET, "dataCenterUrl": "dce1.segmentify.com"}),
+            "dataCenterUrl must be an http(s) URL",
+        ),
+        ('{"apiKey": "' + SECRET + '", oops}', "--settings: not valid JSON"),
+        ("/no/such/settings.json", "--settings: not JSON and not a readable file"),
+    ],
+)
+def test_transform_bad_settings_exit_2_without_the_secret(settings: str, expected: str) -> None:
+    res = run("transform", "segmentify", "--settings", settings, stdin="{}")
+    assert res.returncode == 2
+    assert expected in res.stderr
+    assert SECRET not in res.stderr
+    assert SECRET not in res.stdout
+
+
+def test_transform_unknown_destination_exits_2() -> None:
+    res = run("transform", "nope", "--settings", "{}", stdin="{}")
+    assert res.returncode == 2
+    assert "unknown destination 'nope'" in res.stderr
+
+
+def test_check_passes_on_the_shipped_fixtures() -> None:
+    res = run("check")
+    assert res.returncode == 0, res.stdout[-3000:]
+    last = res.stdout.strip().splitlines()[-1]
+    passed, failed = last.split(", ")
+    assert failed == "0 failed"
+    assert int(passed.split()[0]) >= 35
+
+
+def test_check_reports_a_failing_case_with_a_diff(tmp_path: Path) -> None:
+    folder = tmp_path / "segmentify"
+    folder.mkdir()
+    case = {
+        "description": "a wrong expectation",
+        "settings": {"apiKey": "k", "dataCenterUrl": "https://dce1.segmentify.com"},
+        "message": {"type": "page", "userId": "u", "name": "Home", "context": {"sessionId": "s"}},
+        "expect": {
+            "requests": [
+                {
+                    "method": "POST",
+                    "url": "https://dce1.segmentify.com/add/events/v1.json",
+                    "params": {"apiKey": "k"},
+                    "headers": {"Content-Type": "application/json", "Accept": "application/json"},
+                    "json": [
+                        {"name": "PAGE_VIEW", "userId": "u", "sessionId": "s", "device": "PC", "category": "Shop"}
+                    ],
+                }
+            ]
+        },
+    }
+    (folder / "wrong.json").write_text(json.dumps(case))
+    good = dict(case, expect={"filtered": "x"}, message={"type": "alias", "userId": "u", "previousId": "x"})
+    good["expect"] = {"filtered": "alias"}
+    (folder / "good.json").write_text(json.dumps(good))
+    res = run("check", str(tmp_path))
+    assert res.returncode == 1
+    assert f"FAIL {folder / 'wrong.json'}" in res.stdout
+    assert '-        "category": "Shop",' in res.stdout
+    assert '+        "category": "Home",' in res.stdout
+    assert res.stdout.strip().endswith("1 passed, 1 failed")
+
+
+def test_check_missing_folder_is_usage_error(tmp_path: Path) -> None:
+    res = run("check", str(tmp_path / "absent"))
+    assert res.returncode == 2
+    assert "no such folder" in res.stderr
