@@ -8,6 +8,7 @@ validation: the ceiling of a mapper in pure Python. Run: python benchmarks/trans
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from destinations import get_destination
 SETTINGS: dict[str, dict[str, Any]] = {
     "segmentify": {"apiKey": "bench-key", "dataCenterUrl": "https://dce1.segmentify.com"},
     "dengage": {"apiKey": "bench-key", "dataCenterUrl": "https://dce1.dengage.example"},
+    "esputnik": {"apiKey": "bench-key"},
 }
 
 CONTEXT = {
@@ -163,9 +165,46 @@ def segmentify_baseline(m: dict[str, Any]) -> list[dict[str, Any]]:
     return _segmentify_request(m, event)
 
 
+ESPUTNIK_AUTH = {"Authorization": "Basic " + base64.b64encode(b"destinations:bench-key").decode()}
+
+
+def esputnik_baseline(m: dict[str, Any]) -> list[dict[str, Any]]:
+    t = m["context"]["traits"]
+    who = [{"name": "email", "value": t["email"]}, {"name": "externalCustomerId", "value": m["userId"]}]
+    if m["type"] == "identify":
+        t = m["traits"]
+        path = "/api/v1/contact"
+        body: Any = {
+            "externalCustomerId": m["userId"],
+            "firstName": t["firstName"],
+            "lastName": t["lastName"],
+            "channels": [{"type": "email", "value": t["email"]}, {"type": "sms", "value": t["phone"]}],
+        }
+    elif m["event"] == "Product Viewed":
+        p = m["properties"]
+        path = "/api/v2/event"
+        product = json.dumps({"productId": p["product_id"], "price": p["price"]}, separators=(",", ":"))
+        body = {
+            "eventTypeKey": "productViewed",
+            "keyValue": t["email"],
+            "params": [*who, {"name": "product", "value": product}, {"name": "currencyCode", "value": p["currency"]}],
+        }
+    else:
+        p = m["properties"]
+        path = "/api/v2/event"
+        params = [
+            {"name": k, "value": json.dumps(v, separators=(",", ":")) if isinstance(v, list | dict) else v}
+            for k, v in p.items()
+        ]
+        body = {"eventTypeKey": "orderCompleted", "keyValue": t["email"], "params": [*who, *params]}
+    headers = {**ESPUTNIK_AUTH, "Content-Type": "application/json"}
+    return [{"method": "POST", "url": f"https://esputnik.com{path}", "params": {}, "headers": headers, "json": body}]
+
+
 BASELINES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "segmentify": segmentify_baseline,
     "dengage": segmentify_baseline,
+    "esputnik": esputnik_baseline,
 }
 
 

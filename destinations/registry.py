@@ -7,7 +7,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from . import dengage, segmentify
+from . import dengage, esputnik, segmentify
 from .base import Destination, SettingsModel
 from .errors import ConfigurationError
 
@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "destinations"
 BUILT_IN: dict[str, type[Destination]] = {
     "segmentify": segmentify.SegmentifyDestination,
     "dengage": dengage.DengageDestination,
+    "esputnik": esputnik.EsputnikDestination,
 }
 
 
