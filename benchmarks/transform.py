@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "segmentify": {"apiKey": "bench-key", "dataCenterUrl": "https://dce1.segmentify.com"},
     "dengage": {"apiKey": "bench-key", "dataCenterUrl": "https://dce1.dengage.example"},
     "esputnik": {"apiKey": "bench-key"},
+    "wigzo": {"orgToken": "bench-org", "token": "bench-token"},
 }
 
 CONTEXT = {
@@ -201,10 +203,81 @@ def esputnik_baseline(m: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"method": "POST", "url": f"https://esputnik.com{path}", "params": {}, "headers": headers, "json": body}]
 
 
+WIGZO_NAMESPACE = uuid.UUID("3e278de4-edb2-5a21-980a-b21ae59db985")
+
+
+def wigzo_baseline(m: dict[str, Any]) -> list[dict[str, Any]]:
+    wigzo_id = str(uuid.UUID(bytes=uuid.uuid5(WIGZO_NAMESPACE, m["userId"]).bytes, version=4))
+    if m["type"] == "identify":
+        t = m["traits"]
+        path = "/rest/v1/learn/identify"
+        body: dict[str, Any] = {
+            "birthday": t["birthday"],
+            "plan": t["plan"],
+            "userId": wigzo_id,
+            "email": t["email"],
+            "phone": t["phone"],
+            "firstName": t["firstName"],
+            "lastName": t["lastName"],
+            "customer_id": m["userId"],
+            "is_active": True,
+            "source": "web",
+        }
+    else:
+        p = m["properties"]
+        path = "/rest/v1/learn/event"
+        if m["event"] == "Product Viewed":
+            name = "product_view"
+            price = str(p["price"])
+            eventval: dict[str, Any] = {
+                "canonicalUrl": p["url"],
+                "productId": p["product_id"],
+                "title": p["name"],
+                "price": price,
+                "image": p["image_url"],
+                "category": p["category"],
+                "language": m["context"]["locale"].split("-")[0],
+                "vendor": p["brand"],
+                "variants": [
+                    {"variant_id": p["product_id"], "product_id": p["product_id"], "title": p["name"], "price": price,
+                     "image": p["image_url"]}
+                ],
+            }  # fmt: skip
+        else:
+            name = "order_completed"
+            items = p["products"]
+            eventval = {
+                "orderId": p["order_id"],
+                "customer_id": m["userId"],
+                "email": m["context"]["traits"]["email"],
+                "total_price": p["total"],
+                "total_line_items_price": round(sum(i["price"] * i["quantity"] for i in items), 2),
+                "currency": p["currency"],
+                "created_at": m["timestamp"][:19] + "Z",
+                "line_items": [
+                    {"product_id": i["product_id"], "variant_id": i["product_id"], "price": i["price"],
+                     "quantity": i["quantity"], "categories": i["category"]}
+                    for i in items
+                ],
+            }  # fmt: skip
+        body = {"eventName": name, "eventval": eventval, "eventCategory": "EXTERNAL", "userId": wigzo_id,
+                "is_active": True, "source": "web"}  # fmt: skip
+    return [
+        {
+            "method": "POST",
+            "url": f"https://tracker.wigzopush.com{path}",
+            "params": {"token": "bench-token", "org_token": "bench-org"},
+            "headers": {"Content-Type": "application/json"},
+            "json": body,
+        }
+    ]
+
+
 BASELINES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "segmentify": segmentify_baseline,
     "dengage": segmentify_baseline,
     "esputnik": esputnik_baseline,
+    "wigzo": wigzo_baseline,
 }
 
 

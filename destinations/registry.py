@@ -7,7 +7,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from . import dengage, esputnik, segmentify
+from . import dengage, esputnik, segmentify, wigzo
 from .base import Destination, SettingsModel
 from .errors import ConfigurationError
 
@@ -17,6 +17,7 @@ BUILT_IN: dict[str, type[Destination]] = {
     "segmentify": segmentify.SegmentifyDestination,
     "dengage": dengage.DengageDestination,
     "esputnik": esputnik.EsputnikDestination,
+    "wigzo": wigzo.WigzoDestination,
 }
 
 
