@@ -98,6 +98,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
+def _messages(files: list[str]) -> Iterator[Any]:
+    """Messages from files (or standard input); unreadable lines are reported and skipped."""
+    for name in files or ["-"]:
+        with sys.stdin if name == "-" else open(name, encoding="utf-8") as stream:
+            for message, problem in read_messages(stream):
+                if problem:
+                    print(f"{name}: {problem}", file=sys.stderr)
+                else:
+                    yield message
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .delivery.commands import cmd_send as send
+
+    config = load_config(args.config)
+    if not config.destinations:
+        raise UsageError(f"{args.config}: no [destinations.NAME] table; nothing to send to")
+    return send(config, _messages(args.inputs), wait=not args.no_wait, quiet=args.quiet)
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .delivery.commands import cmd_outbox as outbox
+
+    config = load_config(args.config)
+    return outbox(
+        config,
+        args.action,
+        destination=getattr(args, "destination", None),
+        limit=getattr(args, "limit", 50),
+        ids=getattr(args, "id", None) or [],
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -122,6 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for requests.jsonl (default: a new temporary folder)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("send", help="route messages to every configured destination and deliver them")
+    p.add_argument("--config", required=True, help="destinations.toml")
+    p.add_argument("inputs", nargs="*", help="JSON, JSON array or JSON Lines files (standard input when none)")
+    p.add_argument("--no-wait", action="store_true", help="commit to the outbox and return without delivering")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("outbox", help="inspect and operate the outbox")
+    osub = p.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("stats", "requests per destination and state"),
+        ("dead", "dead requests with their last answer"),
+        ("replay", "put dead requests back in the outbox"),
+        ("drain", "deliver until nothing is pending"),
+    ):
+        q = osub.add_parser(action, help=text)
+        q.add_argument("--config", required=True, help="destinations.toml")
+        if action in ("dead", "replay"):
+            q.add_argument("--destination", help="only this destination instance")
+        if action == "dead":
+            q.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+        if action == "replay":
+            q.add_argument("--id", type=int, nargs="+", help="only these request ids")
+        q.set_defaults(func=cmd_outbox)
+
     p = sub.add_parser("check", help="run fixture cases (default: fixtures/)")
     p.add_argument("dirs", nargs="*", help="folders or case files")
     p.set_defaults(func=cmd_check)
@@ -132,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse fills an optional positional greedily: `transform NAME --settings S FILE` leaves FILE over.
+    if getattr(args, "inputs", None) is not None and extra:
+        args.inputs, extra = [*args.inputs, *extra], []
     if getattr(args, "file", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
         args.file, extra = extra[0], []
     if extra:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,3 +27,33 @@ def redact_text(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
+
+
+_QUERY_SECRET = re.compile(r"(?i)\b(" + "|".join(sorted(SECRET_PARAMS)) + r")=([^&\s\"']+)")
+
+
+def redact_query(text: str) -> str:
+    """Mask secret query parameters in a URL or log line: `?apiKey=abc` -> `?apiKey=***`."""
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
+
+
+class QuerySecretFilter(logging.Filter):
+    """Masks secret query parameters in records of loggers that print URLs (urllib3 at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        record.msg = redact_query(str(record.msg))
+        return True
+
+
+_FILTER = QuerySecretFilter()
+
+
+def guard_http_logs() -> None:
+    """Attach the filter to urllib3's loggers (once): they log request lines with the query string."""
+    for name in ("urllib3.connectionpool", "urllib3.connection", "requests"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

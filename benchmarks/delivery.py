@@ -1,0 +1,167 @@
+"""Delivery throughput: events per second from enqueue to vendor acknowledgement, beside a baseline.
+
+For a batched destination (Segmentify) and an unbatched one (Wigzo), against a local sink running in
+its own process: the outbox path (route -> SQLite outbox -> workers -> sender) and a baseline measured
+in the same run, a plain loop of `requests` posts of the same payloads with the same concurrency and no
+outbox. Then the outbox's enqueue rate and the peak memory of enqueueing 10k, 50k and 100k messages
+(each in a fresh process), which must stay flat as the count grows.
+
+Run: python benchmarks/delivery.py [--events N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from destinations.config import parse_config
+from destinations.delivery import Delivery, Outbox, route
+from destinations.delivery.sender import merge
+
+
+def messages(n: int, users: int = 5000) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "track",
+            "event": "Product Viewed",
+            "messageId": f"bench-{i}",
+            "userId": f"user-{i % users}",
+            "timestamp": "2026-11-20T10:00:00Z",
+            "context": {"sessionId": f"s-{i % users}", "page": {"url": "https://www.exampleshop.com/p"}},
+            "properties": {
+                "product_id": f"P{i}",
+                "name": "Trail Runner",
+                "price": 349.99,
+                "category": "Shoes",
+                "url": "https://www.exampleshop.com/p",
+                "image_url": "https://cdn.exampleshop.com/p.png",
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def sink_stats(url: str) -> dict[str, int]:
+    return requests.get(f"{url}/_sink/stats", timeout=5).json()
+
+
+def config_for(kind: str, url: str, path: Path, concurrency: int, batch_size: int) -> Any:
+    settings = (
+        {"type": "segmentify", "apiKey": "bench", "dataCenterUrl": url}
+        if kind == "segmentify"
+        else {"type": "wigzo", "orgToken": "bench", "baseUrl": url}
+    )
+    outbox = {"path": str(path), "concurrency": concurrency, "batch_size": batch_size}
+    return parse_config({"outbox": outbox, "destinations": {kind: settings}}, environ={})
+
+
+def through_outbox(kind: str, url: str, msgs: list[dict[str, Any]], concurrency: int, batch_size: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_for(kind, url, Path(tmp) / "outbox.sqlite3", concurrency, batch_size)
+        dest = config.destinations[kind]
+        # The same payloads as the baseline: mapped before the clock starts; enqueue is timed.
+        items = [(kind, m["messageId"], m["userId"], dest.handle(m)) for m in msgs]
+        start_events = sink_stats(url)["events"]
+        outbox = Outbox(config.outbox.path)
+        delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox)
+        delivery.start()  # as in a running server: workers deliver while the intake commits
+        started = time.perf_counter()
+        for i in range(0, len(items), 500):
+            outbox.enqueue(items[i : i + 500])
+            delivery.notify()
+        while outbox.pending_count():
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        delivery.stop()
+        got = sink_stats(url)["events"] - start_events
+        assert got >= len(msgs), (got, len(msgs))
+        return len(msgs) / elapsed
+
+
+def baseline(kind: str, url: str, msgs: list[dict[str, Any]], concurrency: int, batch_size: int) -> float:
+    """The same payloads posted by a plain thread pool: no outbox, no retries, no bookkeeping."""
+    config = config_for(kind, url, Path(tempfile.gettempdir()) / "unused.sqlite3", concurrency, batch_size)
+    dest = config.destinations[kind]
+    reqs = [r for m in msgs for r in dest.handle(m)]
+    if kind == "segmentify":
+        reqs = [merge(reqs[i : i + batch_size]) for i in range(0, len(reqs), batch_size)]
+    bodies = [(r.url, r.params, r.headers, json.dumps(r.json, separators=(",", ":")).encode()) for r in reqs]
+    sessions: dict[int, requests.Session] = {}
+
+    def post(item: tuple[str, dict[str, Any], dict[str, str], bytes]) -> None:
+        import threading
+
+        session = sessions.setdefault(threading.get_ident(), requests.Session())
+        session.post(item[0], params=item[1], headers=item[2], data=item[3], timeout=(5, 30)).raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(post, bodies))
+    return len(msgs) / (time.perf_counter() - started)
+
+
+def enqueue_child(n: int) -> None:
+    """In a fresh process: enqueue n messages for Segmentify; print rate and peak RSS."""
+    msgs_per_chunk = 500
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_for("segmentify", "http://127.0.0.1:9", Path(tmp) / "o.sqlite3", 4, 100)
+        outbox = Outbox(config.outbox.path)
+        started = time.perf_counter()
+        for i in range(0, n, msgs_per_chunk):
+            # Built per chunk, as an intake would receive them: memory must not grow with n.
+            chunk = messages(min(msgs_per_chunk, n - i))
+            for j, m in enumerate(chunk):
+                m["messageId"] = f"e-{i + j}"
+            route(chunk, config.destinations, outbox)
+        rate = n / (time.perf_counter() - started)
+        assert outbox.pending_count() == n
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"n": n, "rate": rate, "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5000, help="events per delivery measurement")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--enqueue-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.enqueue_child:
+        enqueue_child(args.enqueue_child)
+        return
+
+    sink = subprocess.Popen([sys.executable, "-m", "destinations.sink"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = sink.stdout.readline().strip()  # type: ignore[union-attr]
+        print(f"sink {url} (own process); concurrency {args.concurrency}, batch size {args.batch_size}\n")
+        print(f"{'destination':<12} {'events':>7} {'outbox ev/s':>12} {'baseline ev/s':>14} {'ratio':>6}")
+        for kind, n in (("segmentify", args.events), ("wigzo", max(args.events // 5, 200))):
+            msgs = messages(n)
+            base = baseline(kind, url, msgs, args.concurrency, args.batch_size)
+            ours = through_outbox(kind, url, msgs, args.concurrency, args.batch_size)
+            print(f"{kind:<12} {n:>7} {ours:>12,.0f} {base:>14,.0f} {ours / base:>6.2f}   (target 0.50)")
+    finally:
+        sink.terminate()
+        sink.wait()
+
+    print("\nenqueue (route + commit, 500 messages a transaction), each size in a fresh process:")
+    for n in (10_000, 50_000, 100_000):
+        out = subprocess.run(
+            [sys.executable, __file__, "--enqueue-child", str(n)], capture_output=True, text=True, check=True
+        ).stdout
+        result = json.loads(out)
+        print(f"  {n:>7} messages: {result['rate']:>8,.0f} messages/s committed, peak RSS {result['peak_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

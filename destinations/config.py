@@ -1,0 +1,171 @@
+"""`destinations.toml`: loading, `${ENV}` references and validation with errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .base import Destination, describe_settings_errors
+from .errors import ConfigurationError
+from .registry import get_destination
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def duration(value: Any) -> float:
+    """Seconds from a number or text such as "90s", "15m", "4h", "1d"."""
+    if isinstance(value, bool):
+        raise ValueError('must be a duration such as 30, "90s", "15m" or "4h"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError('must be a duration such as 30, "90s", "15m" or "4h"')
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Table):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    write_keys: list[SecretStr] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    delivery: Literal["outbox", "direct"] = "outbox"
+    max_body_bytes: int = Field(default=512_000, gt=0)
+
+    @field_validator("write_keys")
+    @classmethod
+    def _no_blank_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        return [k for k in keys if k.get_secret_value().strip()]
+
+
+class OutboxConfig(_Table):
+    """Where the outbox lives and how it delivers; durations in seconds or as "15m", "4h"."""
+
+    path: Path = Path("var/outbox.sqlite3")
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    batch_bytes: int = Field(default=500_000, ge=1_000)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retry_window: float = 4 * 3600.0
+    min_attempts: int = Field(default=3, ge=1)
+    backoff_base: float = 1.0
+    backoff_cap: float = 600.0
+    max_retry_after: float = 600.0
+    lease: float | None = None  # seconds a claim is held; default connect + read timeout + 10 s
+    dedupe_window: float = 24 * 3600.0
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed request stays with its worker before another may take it (a crash)."""
+        return self.lease if self.lease is not None else self.connect_timeout + self.read_timeout + 10.0
+
+    @field_validator(
+        "connect_timeout", "read_timeout", "retry_window", "backoff_base", "backoff_cap", "max_retry_after",
+        "lease", "dedupe_window", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else duration(value)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration: server, outbox and the destination instances by name."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    destinations: dict[str, Destination] = field(default_factory=dict)
+    source: str = "(defaults)"
+
+
+def expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string; a missing variable is an error naming `where`."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigurationError(f"{where}: environment variable {name} is not set")
+
+        return _ENV_REF.sub(replace, value)
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}", environ) for k, v in value.items()}
+    return value
+
+
+def _validate(model: type[_Table], data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where} must be a table")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{where} {line}" for line in describe_settings_errors(exc)]
+        raise ConfigurationError("; ".join(problems), problems) from None
+
+
+def parse_config(
+    data: dict[str, Any], source: str = "destinations.toml", environ: dict[str, str] | None = None
+) -> Config:
+    env = dict(os.environ) if environ is None else environ
+    unknown = sorted(set(data) - {"server", "outbox", "destinations"})
+    if unknown:
+        raise ConfigurationError(f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations)")
+    server = _validate(ServerConfig, expand_env(data.get("server", {}), "server", env), f"{source}: [server]")
+    outbox = _validate(OutboxConfig, expand_env(data.get("outbox", {}), "outbox", env), f"{source}: [outbox]")
+    tables = data.get("destinations", {})
+    if not isinstance(tables, dict):
+        raise ConfigurationError(f"{source}: [destinations] must hold one table per destination instance")
+    instances: dict[str, Destination] = {}
+    for name, table in tables.items():
+        where = f"{source}: [destinations.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where} must be a table")
+        settings = expand_env(dict(table), f"[destinations.{name}]", env)
+        kind = settings.pop("type", None)
+        if not isinstance(kind, str) or not kind:
+            raise ConfigurationError(f"{where} type is required (one of: segmentify, dengage, wigzo, esputnik, ...)")
+        try:
+            instances[name] = get_destination(kind, settings)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where} {exc}", exc.problems) from None
+    return Config(server=server, outbox=outbox, destinations=instances, source=source)
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate a `destinations.toml`; relative outbox paths are taken from the working directory."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path), environ)

@@ -1,0 +1,171 @@
+"""`destinations send` and `destinations outbox …`: the command-line face of delivery."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from itertools import islice
+from typing import Any, TextIO
+
+from ..config import Config
+from .intake import IntakeReport, route
+from .outbox import Outbox
+from .worker import Counters, Delivery
+
+CHUNK = 500  # messages committed per transaction by `send`
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class Progress:
+    """One status line on stderr: redrawn in place on a terminal, every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr, every: float = 5.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = 0.2 if self.tty else every
+        self.last = 0.0
+
+    def show(self, accepted: int, counters: Counters, pending: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        delivered, dead = sum(counters.delivered.values()), sum(counters.dead.values())
+        done = accepted - pending
+        width = 24
+        filled = int(width * done / accepted) if accepted else width
+        bar = "#" * filled + "-" * (width - filled)
+        line = (
+            f"[{bar}] accepted {accepted} | delivered {delivered} | retrying {pending} | dead {dead}"
+            if accepted
+            else "nothing to deliver"
+        )
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def deliver_until_drained(config: Config, outbox: Outbox, accepted: int, *, quiet: bool = False) -> Counters:
+    """Run the workers until no request of the configured instances is pending."""
+    delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox)
+    progress = Progress()
+    delivery.start()
+    try:
+        accepted = max(accepted, _pending(outbox, config))
+        while (pending := _pending(outbox, config)) > 0:
+            if not quiet:
+                progress.show(accepted, delivery.counters, pending)
+            time.sleep(0.1)
+        if not quiet:
+            progress.show(accepted, delivery.counters, 0, force=True)
+            progress.end()
+    finally:
+        delivery.stop()
+    return delivery.counters
+
+
+def _pending(outbox: Outbox, config: Config) -> int:
+    return sum(outbox.pending_count(name) for name in config.destinations)
+
+
+def summary_table(config: Config, report: IntakeReport | None, counters: Counters | None) -> str:
+    header = ["destination", "accepted", "filtered", "invalid", "delivered", "retried", "dead"]
+    rows = [header]
+    rows.extend(
+        [
+            name,
+            str(report.accepted[name]) if report else "-",
+            str(report.filtered[name]) if report else "-",
+            str(report.invalid[name]) if report else "-",
+            str(counters.delivered[name]) if counters else "-",
+            str(counters.retried[name]) if counters else "-",
+            str(counters.dead[name]) if counters else "-",
+        ]
+        for name in config.destinations
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                     for r in rows)  # fmt: skip
+
+
+def cmd_send(config: Config, messages: Iterable[Any], *, wait: bool, quiet: bool = False) -> int:
+    outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
+    report = IntakeReport()
+    for chunk in _chunks(messages, CHUNK):
+        part = route(chunk, config.destinations, outbox)
+        report.messages += part.messages
+        report.accepted.update(part.accepted)
+        report.filtered.update(part.filtered)
+        report.invalid.update(part.invalid)
+        report.duplicates += part.duplicates
+        report.errors.extend(part.errors[: max(0, 20 - len(report.errors))])
+    outbox.prune()
+    print(
+        f"{report.messages} messages: {sum(report.accepted.values())} requests committed to {config.outbox.path}"
+        f" ({report.duplicates} already there)",
+        file=sys.stderr,
+    )
+    for mid, name, reason in report.errors:
+        print(f"  invalid for {name}: {mid}: {reason}", file=sys.stderr)
+    counters = deliver_until_drained(config, outbox, sum(report.accepted.values()), quiet=quiet) if wait else None
+    print(summary_table(config, report, counters))
+    failed = sum(report.invalid.values()) + (sum(counters.dead.values()) if counters else 0)
+    return 1 if failed else 0
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: int, ids: list[int]) -> int:
+    outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
+    if action == "stats":
+        stats = outbox.stats()
+        print(f"{'destination':<24} {'pending':>8} {'retrying':>8} {'delivered':>9} {'dead':>6} {'oldest pending':>15}")
+        for name in sorted(set(stats) | set(config.destinations)):
+            s = stats.get(name, {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0})
+            age = f"{s['oldest_pending_age']:.0f}s" if s["pending"] else "-"
+            print(f"{name:<24} {s['pending']:>8} {s['retrying']:>8} {s['delivered']:>9} {s['dead']:>6} {age:>15}")
+        return 0
+    if action == "dead":
+        rows = outbox.dead_rows(destination, limit)
+        for row in rows:
+            print(
+                json.dumps(
+                    {
+                        "id": row["id"],
+                        "destination": row["destination"],
+                        "messageId": row["message_id"],
+                        "request": row["index"],
+                        "url": row["url"],
+                        "attempts": row["attempts"],
+                        "lastStatus": row["last_status"],
+                        "lastError": row["last_error"],
+                        "created": _when(row["created_at"]),
+                        "died": _when(row["finished_at"]),
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        print(f"{len(rows)} dead request(s) shown", file=sys.stderr)
+        return 0
+    if action == "replay":
+        n = outbox.replay(destination, ids or None)
+        print(f"{n} dead request(s) back in the outbox; run `destinations outbox drain` or a worker to deliver them")
+        return 0
+    if action == "drain":
+        counters = deliver_until_drained(config, outbox, outbox.pending_count())
+        print(summary_table(config, None, counters))
+        return 1 if sum(counters.dead.values()) else 0
+    raise ValueError(action)

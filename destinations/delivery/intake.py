@@ -1,0 +1,74 @@
+"""Routing messages to destination instances and committing their requests to the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..base import Destination, HttpRequest
+from ..errors import Filtered, InvalidMessage
+from .outbox import Outbox
+
+
+def message_id_of(message: Any) -> str:
+    """The message's `messageId`, or a digest of its content, so a message sent twice dedupes either way."""
+    if isinstance(message, dict):
+        mid = message.get("messageId")
+        if isinstance(mid, str) and mid.strip():
+            return mid
+    text = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def user_key(message: Any) -> str:
+    """Whose order a request keeps: userId || anonymousId, as the handlers saw them."""
+    if isinstance(message, dict):
+        for key in ("userId", "anonymousId"):
+            value = message.get(key)
+            if value is not None and not isinstance(value, bool) and str(value).strip():
+                return str(value).strip()
+    return ""
+
+
+@dataclass
+class IntakeReport:
+    """What routing did with a set of messages."""
+
+    messages: int = 0
+    accepted: Counter[str] = field(default_factory=Counter)  # requests committed, per instance
+    duplicates: int = 0
+    filtered: Counter[str] = field(default_factory=Counter)
+    invalid: Counter[str] = field(default_factory=Counter)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (messageId, instance, reason)
+
+
+def route(
+    messages: Iterable[Any], destinations: Mapping[str, Destination], outbox: Outbox, *, keep_errors: int = 100
+) -> IntakeReport:
+    """Map every message for every instance and commit all resulting requests in one transaction."""
+    report = IntakeReport()
+    items: list[tuple[str, str, str, list[HttpRequest]]] = []
+    for message in messages:
+        report.messages += 1
+        mid, user = message_id_of(message), user_key(message)
+        for name, destination in destinations.items():
+            try:
+                requests_ = destination.handle(message)
+            except Filtered:
+                report.filtered[name] += 1
+                continue
+            except InvalidMessage as exc:
+                report.invalid[name] += 1
+                if len(report.errors) < keep_errors:
+                    report.errors.append((mid, name, str(exc)))
+                continue
+            if requests_:
+                items.append((name, mid, user, requests_))
+    result = outbox.enqueue(items)
+    report.duplicates = result.duplicates
+    report.accepted.update(result.accepted)
+    return report

@@ -1,0 +1,194 @@
+"""Delivery workers: one loop and one small thread pool per destination instance.
+
+Each instance has its own session, its own threads and its own pause after a 429, so a slow,
+failing or rate-limited instance never delays another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from ..base import Destination
+from ..config import OutboxConfig
+from .outbox import Outbox, Row
+from .sender import Outcome, Sender, merge_bodies
+
+log = logging.getLogger("destinations.delivery")
+
+
+@dataclass
+class Counters:
+    """What the workers did since start, per instance (for progress, summaries and metrics)."""
+
+    delivered: Counter[str] = field(default_factory=Counter)
+    retried: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+    attempts: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str, name: str, n: int) -> None:
+        with self.lock:
+            getattr(self, kind)[name] += n
+
+
+class InstanceWorker(threading.Thread):
+    """Claims due batches of one instance and keeps up to `concurrency` of them in flight."""
+
+    def __init__(
+        self,
+        name: str,
+        destination: Destination,
+        outbox: Outbox,
+        config: OutboxConfig,
+        counters: Counters,
+        *,
+        observe: Callable[[str, Outcome, float], None] | None = None,
+    ) -> None:
+        super().__init__(name=f"deliver-{name}", daemon=True)
+        self.instance = name
+        self.destination = destination
+        self.outbox = outbox
+        self.config = config
+        self.counters = counters
+        self.observe = observe
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.paused_until = 0.0
+        self.sender = Sender(
+            destination,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            pool_size=config.concurrency,
+            max_retry_after=config.max_retry_after,
+        )
+
+    def run(self) -> None:
+        cfg = self.config
+        inflight: set[Future[None]] = set()
+        with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"send-{self.instance}") as pool:
+            while not self.stopping.is_set():
+                free = cfg.concurrency - len(inflight)
+                if free > 0 and time.time() >= self.paused_until:
+                    try:
+                        batches = self.outbox.claim(
+                            self.instance,
+                            max_batches=free,
+                            batch_size=cfg.batch_size,
+                            batch_bytes=cfg.batch_bytes,
+                            lease=cfg.lease_seconds,
+                        )
+                    except Exception:
+                        log.exception("%s: claiming from the outbox failed; trying again", self.instance)
+                        batches = []
+                        self.stopping.wait(1.0)
+                    inflight.update(pool.submit(self._deliver, batch) for batch in batches)
+                if inflight:
+                    inflight = set(wait(inflight, timeout=0.25, return_when=FIRST_COMPLETED).not_done)
+                    continue
+                self._idle()
+            wait(inflight)  # a graceful stop finishes what is in flight; the rest stays in the outbox
+        self.sender.close()
+        self.outbox.close()
+
+    def _idle(self) -> None:
+        """Sleep until new work is announced, the next retry is due, or a short poll elapses."""
+        timeout = 0.5
+        if self.paused_until > time.time():
+            timeout = min(timeout, self.paused_until - time.time())
+        else:
+            due = self.outbox.next_due(self.instance)
+            if due is not None:
+                timeout = min(timeout, max(due - time.time(), 0.01))
+        self.wake.wait(timeout)
+        self.wake.clear()
+
+    def _deliver(self, batch: list[Row]) -> None:
+        started = time.monotonic()
+        first = batch[0]
+        data = merge_bodies([row.body for row in batch], first.batchable)
+        outcome = self.sender.send_raw(first.method, first.url, first.params, first.headers, data)
+        if self.observe:
+            self.observe(self.instance, outcome, time.monotonic() - started)
+        try:
+            self._record(batch, outcome)
+        except Exception:  # the lease will give these rows back; nothing is lost
+            log.exception("%s: recording an outcome failed; the rows return after their lease", self.instance)
+
+    def _record(self, batch: list[Row], outcome: Outcome) -> None:
+        cfg, n = self.config, len(batch)
+        self.counters.add("attempts", self.instance, n)
+        if outcome.kind == "delivered":
+            self.outbox.delivered(batch, outcome.status)
+            self.counters.add("delivered", self.instance, n)
+        elif outcome.kind == "retry":
+            if outcome.status == "429" and outcome.retry_after:
+                self.paused_until = max(self.paused_until, time.time() + outcome.retry_after)
+            died = self.outbox.retry(
+                batch,
+                outcome.status,
+                outcome.detail,
+                delay=outcome.retry_after,
+                retry_window=cfg.retry_window,
+                min_attempts=cfg.min_attempts,
+                backoff_base=cfg.backoff_base,
+                backoff_cap=cfg.backoff_cap,
+            )
+            self.counters.add("retried", self.instance, n - died)
+            self.counters.add("dead", self.instance, died)
+        elif outcome.kind == "permanent" and outcome.split and n > 1:
+            log.warning("%s: a batch of %d was refused (%s); sending its events one by one", self.instance, n,
+                        outcome.status)  # fmt: skip
+            self.outbox.split(batch, outcome.status, outcome.detail)
+            self.wake.set()
+        else:
+            if outcome.kind == "config":
+                log.error(
+                    "%s: the vendor refused the account (%s): every event to it will fail until its settings"
+                    " change; dead requests can be replayed with `destinations outbox replay`",
+                    self.instance,
+                    outcome.status,
+                )
+            self.outbox.dead(batch, outcome.status, outcome.detail)
+            self.counters.add("dead", self.instance, n)
+
+
+class Delivery:
+    """All instance workers over one outbox."""
+
+    def __init__(
+        self,
+        outbox_path: str,
+        destinations: Mapping[str, Destination],
+        config: OutboxConfig,
+        observe: Callable[[str, Outcome, float], None] | None = None,
+    ) -> None:
+        self.counters = Counters()
+        self.workers = {
+            name: InstanceWorker(name, dest, Outbox(outbox_path), config, self.counters, observe=observe)
+            for name, dest in destinations.items()
+        }
+
+    def start(self) -> None:
+        for w in self.workers.values():
+            w.start()
+
+    def notify(self, names: list[str] | None = None) -> None:
+        """New requests were committed: wake the workers of these instances (all by default)."""
+        for name in names or list(self.workers):
+            worker = self.workers.get(name)
+            if worker:
+                worker.wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for w in self.workers.values():
+            w.stopping.set()
+            w.wake.set()
+        deadline = time.time() + timeout
+        for w in self.workers.values():
+            w.join(max(deadline - time.time(), 0.1))

@@ -1,0 +1,104 @@
+"""destinations.toml: env references, validation errors that name the file, table and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from destinations import ConfigurationError
+from destinations.config import duration, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "sk-config-4a5b6c7d8e"
+ENV = {
+    "SEGMENTIFY_API_KEY": SECRET,
+    "DENGAGE_API_KEY": "d-key",
+    "DENGAGE_DATA_CENTER_URL": "https://dce1.dengage.example",
+    "WIGZO_ORG_TOKEN": "org",
+    "ESPUTNIK_API_KEY": "e-key",
+}
+
+
+def test_the_example_file_documents_every_key_and_loads() -> None:
+    config = load_config(ROOT / "examples" / "destinations.toml", environ=ENV)
+    assert sorted(config.destinations) == ["shop-dengage", "shop-esputnik", "shop-segmentify", "shop-wigzo"]
+    assert config.destinations["shop-segmentify"].settings.apiKey.get_secret_value() == SECRET
+    assert config.outbox.retry_window == 4 * 3600
+    assert config.outbox.lease_seconds == 45
+    assert config.server.write_keys == []  # "${SEGMENT_WRITE_KEY:-}" unset: no keys
+    text = (ROOT / "examples" / "destinations.toml").read_text()
+    from destinations.config import OutboxConfig, ServerConfig
+
+    for key in [*OutboxConfig.model_fields, *ServerConfig.model_fields]:
+        assert f"{key} =" in text, f"examples/destinations.toml does not document {key}"
+
+
+def test_missing_environment_variable_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(
+        '[destinations.shop]\ntype = "segmentify"\napiKey = "${NOPE}"\ndataCenterUrl = "https://x.example"\n'
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"\[destinations\.shop\]\.apiKey: environment variable NOPE is not set"
+    ):
+        load_config(path, environ={})
+
+
+def test_bad_destination_settings_name_file_table_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(f'[destinations.shop]\ntype = "segmentify"\napiKey = "{SECRET}"\ndataCenterUrl = "ftp://x"\n')
+    with pytest.raises(ConfigurationError) as info:
+        load_config(path, environ={})
+    assert f"{path}: [destinations.shop] segmentify settings: dataCenterUrl must be an http(s) URL" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"outbox": {"batch_size": 0}}, "[outbox] batch_size Input should be greater than or equal to 1"),
+        ({"outbox": {"retry_window": "soon"}}, "[outbox] retry_window must be a duration"),
+        ({"outbox": {"colour": "red"}}, "[outbox] colour is not a setting"),
+        ({"server": {"delivery": "later"}}, "[server] delivery must be one of 'outbox' or 'direct'"),
+        ({"servers": {}}, "unknown table [servers]"),
+        ({"destinations": {"shop": {"apiKey": "k"}}}, "[destinations.shop] type is required"),
+        ({"destinations": {"shop": {"type": "segmentfy"}}}, "unknown destination 'segmentfy'"),
+        ({"destinations": {"shop": "segmentify"}}, "[destinations.shop] must be a table"),
+    ],
+)
+def test_validation_errors(data: dict, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(data, "d.toml", environ={})
+    assert message in str(info.value)
+
+
+def test_not_toml_and_unreadable(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[outbox\npath = 1")
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(30, 30.0), (1.5, 1.5), ("90s", 90.0), ("15m", 900.0), ("4h", 14400.0), ("1d", 86400.0), ("250ms", 0.25)],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert duration(value) == seconds
+
+
+def test_two_instances_of_one_type() -> None:
+    config = parse_config(
+        {
+            "destinations": {
+                "tr": {"type": "segmentify", "apiKey": "a", "dataCenterUrl": "https://dce1.segmentify.com"},
+                "de": {"type": "segmentify", "apiKey": "b", "dataCenterUrl": "https://dce2.segmentify.com"},
+            }
+        },
+        environ={},
+    )
+    assert config.destinations["tr"].settings.apiKey.get_secret_value() == "a"
+    assert config.destinations["de"].settings.dataCenterUrl == "https://dce2.segmentify.com"

@@ -1,0 +1,262 @@
+"""Delivery end to end: outbox (a real SQLite file), workers, sender and a real local vendor server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from destinations.config import Config, parse_config
+from destinations.delivery import Delivery, Outbox, route
+from destinations.sink import Answer, Received, RecordingServer, sequence
+
+SECRET = "sk-delivery-7e3f9a1b2c4d"
+
+
+def make_config(tmp_path: Path, url: str, kind: str = "segmentify", **outbox: Any) -> Config:
+    settings: dict[str, Any] = {"type": kind}
+    if kind in ("segmentify", "dengage"):
+        settings |= {"apiKey": SECRET, "dataCenterUrl": url}
+    elif kind == "wigzo":
+        settings |= {"orgToken": SECRET, "baseUrl": url}
+    else:
+        settings |= {"apiKey": SECRET, "baseUrl": url}
+    table = {
+        "path": str(tmp_path / "outbox.sqlite3"),
+        "backoff_base": 0.01,
+        "backoff_cap": 0.05,
+        "retry_window": 0,
+        "min_attempts": 3,
+        "connect_timeout": 1,
+        "read_timeout": 0.5,
+        "concurrency": 2,
+        **outbox,
+    }
+    return parse_config({"outbox": table, "destinations": {"shop": settings}}, environ={})
+
+
+def message(n: int, user: str = "u1", **props: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": "Product Added",
+        "messageId": f"{user}-m{n}",
+        "userId": user,
+        "context": {"sessionId": f"s-{user}"},
+        "properties": {"product_id": f"P{n}", "price": 10, **props},
+    }
+
+
+def deliver(config: Config, messages: list[dict[str, Any]], timeout: float = 30.0) -> Delivery:
+    outbox = Outbox(config.outbox.path)
+    route(messages, config.destinations, outbox)
+    delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox)
+    delivery.start()
+    deadline = time.time() + timeout
+    try:
+        while outbox.pending_count() and time.time() < deadline:
+            time.sleep(0.02)
+        assert outbox.pending_count() == 0, "the outbox did not drain"
+    finally:
+        delivery.stop()
+    return delivery
+
+
+def states(config: Config) -> list[tuple[str, int, str | None]]:
+    outbox = Outbox(config.outbox.path)
+    return list(outbox._db().execute("SELECT state, attempts, last_status FROM requests ORDER BY id"))
+
+
+def body_error(code: str) -> Answer:
+    return Answer(200, {"timestamp": "", "responses": [], "statusCode": code})
+
+
+@pytest.mark.parametrize(
+    ("answers", "state", "attempts", "status"),
+    [
+        ([], "delivered", 1, "200"),
+        ([Answer(500), Answer(502)], "delivered", 3, "200"),
+        ([Answer(503)] * 5, "dead", 3, "503"),
+        ([Answer(408), Answer(423)], "delivered", 3, "200"),
+        ([Answer(501)], "dead", 1, "501"),
+        ([Answer(400)], "dead", 1, "400"),
+        ([Answer(404)], "dead", 1, "404"),
+        ([Answer(401)], "dead", 1, "401"),
+        ([body_error("BAD_INPUT")], "dead", 1, "200 BAD_INPUT"),
+        ([body_error("NO_SESSIONID")], "dead", 1, "200 NO_SESSIONID"),
+        ([body_error("NO_ACCOUNT")], "dead", 1, "200 NO_ACCOUNT"),
+        ([body_error("NO_DOMAIN_APIKEY_MATCH")], "dead", 1, "200 NO_DOMAIN_APIKEY_MATCH"),
+        ([Answer(delay=1.5)], "delivered", 2, "200"),  # past the 0.5 s read timeout, then answered
+        ([Answer(drop=True)], "delivered", 2, "200"),
+    ],
+)
+def test_each_response_class(
+    tmp_path: Path, answers: list[Answer], state: str, attempts: int, status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with RecordingServer(sequence(*answers)) as sink:
+        config = make_config(tmp_path, sink.url)
+        deliver(config, [message(1)])
+        time.sleep(0.05)  # a slow answer may still be on its way out of the sink
+        assert sink.arrivals == attempts
+    assert states(config) == [(state, attempts, status)]
+    if status in ("200 NO_ACCOUNT", "401"):
+        assert "every event to it will fail until its settings change" in caplog.text
+
+
+def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    with RecordingServer(sequence(Answer(429, headers={"Retry-After": "1"}))) as sink:
+        config = make_config(tmp_path, sink.url)
+        deliver(config, [message(1)])
+        first, second = sink.received
+    assert second.at - first.at >= 0.95
+    assert states(config) == [("delivered", 2, "200")]
+
+
+def test_the_same_message_id_is_delivered_once(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url)
+        outbox = Outbox(config.outbox.path)
+        first = route([message(1)], config.destinations, outbox)
+        again = route([message(1), message(1)], config.destinations, outbox)
+        assert (first.accepted["shop"], first.duplicates) == (1, 0)
+        assert (again.accepted["shop"], again.duplicates) == (0, 2)
+        deliver(config, [message(1)])
+        assert len(sink.delivered()) == 1
+
+
+def test_credentials_are_added_at_send_time_and_never_stored(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url)
+        deliver(config, [message(1)])
+        (got,) = sink.delivered()
+    assert got.path == "/add/events/v1.json"
+    assert got.params == {"apiKey": SECRET}
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.json[0]["productId"] == "P1"
+    for file in tmp_path.glob("outbox.sqlite3*"):
+        assert SECRET.encode() not in file.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["segmentify", "esputnik"])
+def test_per_user_order_and_nothing_lost_under_failures(tmp_path: Path, kind: str) -> None:
+    rng = random.Random(7)
+    lock_free_failures = [rng.random() < 0.25 for _ in range(2000)]
+    count = iter(range(10**6))
+
+    def flaky(_: Received) -> Answer:
+        n = next(count)
+        return (
+            Answer(rng.choice([500, 503, 429])) if n < len(lock_free_failures) and lock_free_failures[n] else Answer()
+        )
+
+    users = [f"user{u}" for u in range(20)]
+    messages = [
+        message(
+            n, user, email=f"{user}@example.com", cart_id=f"c-{user}", products=[{"product_id": f"P{n}", "price": 1}]
+        )
+        for n in range(20)
+        for user in users
+    ]
+    with RecordingServer(flaky) as sink:
+        config = make_config(tmp_path, sink.url, kind, min_attempts=50, batch_size=7)
+        deliver(config, messages, timeout=60)
+        seen: dict[str, list[int]] = defaultdict(list)
+        for received in sink.delivered():
+            events = received.json if isinstance(received.json, list) else [received.json]
+            for event in events:
+                user, n = _user_and_number(event)
+                seen[user].append(n)
+    assert sorted(seen) == sorted(users)
+    for user in users:
+        assert seen[user] == list(range(20)), f"{user} received out of order or lost: {seen[user]}"
+    assert {s for s, _, _ in states(config)} == {"delivered"}
+
+
+def _user_and_number(event: dict[str, Any]) -> tuple[str, int]:
+    if "userId" in event:  # Segmentify
+        return event["userId"], int(event["productId"][1:])
+    params = {p["name"]: p["value"] for p in event["params"]}  # eSputnik cartUpdated
+    return params["externalCustomerId"], int(json.loads(params["products"])[0]["productId"][1:])
+
+
+def test_one_bad_event_does_not_sink_its_batch(tmp_path: Path) -> None:
+    def picky(received: Received) -> Answer:
+        if any(e.get("productId") == "P4" for e in received.json):
+            return body_error("BAD_INPUT")
+        return Answer()
+
+    with RecordingServer(picky) as sink:
+        config = make_config(tmp_path, sink.url, batch_size=50)
+        deliver(config, [message(n, f"user{n}") for n in range(10)])
+        accepted = [r for r, a in zip(sink.received, sink.answers, strict=True) if a.body == Answer().body]
+        delivered = sorted(e["productId"] for r in accepted for e in r.json)
+        assert any(len(r.json) == 10 for r in sink.received), "the ten were first sent as one batch"
+    assert delivered == [f"P{n}" for n in range(10) if n != 4]
+    rows = states(config)
+    assert sorted(s for s, _, _ in rows) == ["dead"] + ["delivered"] * 9
+    assert ("dead", 2, "200 BAD_INPUT") in rows  # the merged try and its own
+
+
+def test_a_failing_destination_never_delays_another(tmp_path: Path) -> None:
+    with RecordingServer(lambda _: Answer(delay=0.4)) as slow, RecordingServer() as fast:
+        config = parse_config(
+            {
+                "outbox": {"path": str(tmp_path / "o.sqlite3"), "concurrency": 1, "batch_size": 1, "read_timeout": 5},
+                "destinations": {
+                    "slow": {"type": "segmentify", "apiKey": "a", "dataCenterUrl": slow.url},
+                    "fast": {"type": "segmentify", "apiKey": "b", "dataCenterUrl": fast.url},
+                },
+            },
+            environ={},
+        )
+        outbox = Outbox(config.outbox.path)
+        route([message(n, f"user{n}") for n in range(20)], config.destinations, outbox)
+        delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox)
+        started = time.time()
+        delivery.start()
+        try:
+            while outbox.pending_count("fast") and time.time() - started < 10:
+                time.sleep(0.01)
+            fast_done = time.time() - started
+            slow_left = outbox.pending_count("slow")
+        finally:
+            delivery.stop(timeout=5)
+    assert len(fast.delivered()) == 20
+    assert fast_done < 2.0
+    assert slow_left >= 10  # the slow one had sent only a few when the fast one was done
+
+
+def test_a_crashed_workers_claims_come_back_after_the_lease(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, lease=0.3)
+        outbox = Outbox(config.outbox.path)
+        route([message(1)], config.destinations, outbox)
+        (claimed,) = outbox.claim("shop", max_batches=1, batch_size=10, batch_bytes=10**6, lease=0.3)
+        assert [row.message_id for row in claimed] == ["u1-m1"]
+        assert outbox.claim("shop", max_batches=1, batch_size=10, batch_bytes=10**6, lease=0.3) == []
+        time.sleep(0.35)  # the claiming worker "died"; its lease runs out
+        deliver(config, [])
+        assert len(sink.delivered()) == 1
+
+
+def test_dead_requests_can_be_listed_and_replayed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    answers = [Answer(400, {"error": f"bad apiKey={SECRET}"})]
+    with RecordingServer(sequence(*answers)) as sink:
+        config = make_config(tmp_path, sink.url)
+        deliver(config, [message(1)])
+        outbox = Outbox(config.outbox.path)
+        (dead,) = outbox.dead_rows()
+        assert dead["last_status"] == "400"
+        assert "bad apiKey=***" in dead["last_error"]
+        assert outbox.replay("shop") == 1
+        deliver(config, [])
+        assert len(sink.delivered()) == 1
+    assert SECRET not in caplog.text
+    for file in tmp_path.glob("outbox.sqlite3*"):
+        assert SECRET.encode() not in file.read_bytes()

@@ -1,0 +1,171 @@
+"""`destinations send` and `destinations outbox …` as a user runs them: real subprocesses, a real
+SQLite outbox and a real local vendor server; includes the SIGKILL crash test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from destinations.sink import Answer, Received, RecordingServer
+
+SCRIPT = shutil.which("destinations", path=str(Path(sys.executable).parent)) or "destinations"
+SECRET = "sk-send-9f8e7d6c5b4a"
+TOKEN = "wz-token-1122334455"
+
+
+def write_config(tmp_path: Path, segmentify_url: str, wigzo_url: str, **outbox: object) -> Path:
+    table = {"path": str(tmp_path / "outbox.sqlite3"), "backoff_base": 0.01, "backoff_cap": 0.05, "retry_window": 0,
+             "min_attempts": 2, "read_timeout": 5, **outbox}  # fmt: skip
+    lines = ["[outbox]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    lines += [
+        "[destinations.shop-segmentify]",
+        'type = "segmentify"',
+        'apiKey = "${SEG_KEY}"',
+        f'dataCenterUrl = "{segmentify_url}"',
+        "[destinations.shop-wigzo]",
+        'type = "wigzo"',
+        'orgToken = "${WIGZO_ORG}"',
+        'token = "${WIGZO_TOKEN}"',
+        f'baseUrl = "{wigzo_url}"',
+    ]
+    path = tmp_path / "destinations.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "SEG_KEY": SECRET, "WIGZO_ORG": SECRET, "WIGZO_TOKEN": TOKEN}
+
+
+def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, *args], check=False, input=stdin, capture_output=True, text=True, env=env(), timeout=120
+    )
+
+
+def events(n: int, users: int = 10) -> list[dict]:
+    return [
+        {
+            "type": "track",
+            "event": "Product Added",
+            "messageId": f"m{i}",
+            "userId": f"user{i % users}",
+            "context": {"sessionId": "s", "page": {"url": "https://shop.example/p"}},
+            "properties": {"product_id": f"P{i}", "price": 5},
+        }
+        for i in range(n)
+    ]
+
+
+def product_ids(received: list[Received]) -> list[str]:
+    out = []
+    for r in received:
+        body = r.json
+        if isinstance(body, list):  # Segmentify
+            out += [e["productId"] for e in body]
+        else:  # Wigzo
+            out.append(body["eventval"]["productId"])
+    return out
+
+
+def test_send_delivers_everything_and_prints_a_summary(tmp_path: Path) -> None:
+    with RecordingServer() as seg, RecordingServer() as wz:
+        config = write_config(tmp_path, seg.url, wz.url)
+        stdin = "\n".join(json.dumps(e) for e in [*events(30), {"type": "track", "event": "x"}])
+        res = run("send", "--config", str(config), stdin=stdin)
+        assert sorted(product_ids(seg.delivered())) == sorted(f"P{i}" for i in range(30))
+        assert sorted(product_ids(wz.delivered())) == sorted(f"P{i}" for i in range(30))
+        assert seg.received[0].params == {"apiKey": SECRET}
+        assert wz.received[0].params == {"token": TOKEN, "org_token": SECRET}
+    assert res.returncode == 1  # one message had no userId/anonymousId
+    table = res.stdout.splitlines()
+    assert table[0].split() == ["destination", "accepted", "filtered", "invalid", "delivered", "retried", "dead"]
+    assert table[1].split() == ["shop-segmentify", "30", "0", "1", "30", "0", "0"]
+    assert table[2].split() == ["shop-wigzo", "30", "0", "1", "30", "0", "0"]
+    assert "userId or anonymousId is required" in res.stderr
+    assert SECRET not in res.stdout + res.stderr
+    assert TOKEN not in res.stdout + res.stderr
+
+    # The same file again: nothing new to deliver (dedupe by messageId).
+    again = run("send", "--config", str(config), stdin="\n".join(json.dumps(e) for e in events(30)))
+    assert again.returncode == 0
+    assert "(60 already there)" in again.stderr
+
+
+def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path: Path) -> None:
+    def refuse(_: Received) -> Answer:
+        return Answer(400, {"error": f"invalid apiKey {SECRET}"})
+
+    with RecordingServer(refuse) as seg, RecordingServer() as wz:
+        config = write_config(tmp_path, seg.url, wz.url)
+        res = run("send", "--config", str(config), stdin="\n".join(json.dumps(e) for e in events(3)))
+        assert res.returncode == 1
+        stats = run("outbox", "stats", "--config", str(config))
+        assert stats.returncode == 0
+        rows = {line.split()[0]: line.split()[1:] for line in stats.stdout.splitlines()[1:]}
+        assert rows["shop-segmentify"][:4] == ["0", "0", "0", "3"]
+        assert rows["shop-wigzo"][:4] == ["0", "0", "3", "0"]
+
+        dead = run("outbox", "dead", "--config", str(config), "--destination", "shop-segmentify", "--limit", "2")
+        listed = [json.loads(line) for line in dead.stdout.splitlines()]
+        assert len(listed) == 2
+        assert listed[0]["lastStatus"] == "400"
+        assert listed[0]["lastError"] == '{"error": "invalid apiKey ***"}'
+        assert listed[0]["attempts"] == 2  # once in the merged batch (400: split), once alone
+
+        seg.script = lambda _: Answer()
+        replay = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify")
+        assert replay.stdout.startswith("3 dead request(s) back in the outbox")
+        drain = run("outbox", "drain", "--config", str(config))
+        assert drain.returncode == 0
+        assert sorted(product_ids(seg.delivered())) == ["P0", "P1", "P2"]
+    for result in (res, stats, dead, replay, drain):
+        assert SECRET not in result.stdout + result.stderr
+    for file in tmp_path.glob("outbox.sqlite3*"):
+        data = file.read_bytes()
+        assert SECRET.encode() not in data
+        assert TOKEN.encode() not in data
+
+
+def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:
+    """2,000 messages against a slow vendor; the first `send` is killed with SIGKILL mid-way, a
+    second `send` of the same file drains the outbox. Every message arrives at least once; those
+    that arrive twice were in flight at the kill, so they are bounded by concurrency x batch size."""
+    concurrency, batch = 2, 5
+    with RecordingServer(lambda _: Answer(delay=0.03)) as seg, RecordingServer() as wz:
+        config = write_config(tmp_path, seg.url, wz.url, concurrency=concurrency, batch_size=batch, lease=1.0)
+        # Only Segmentify is slow and killed mid-way; Wigzo is removed to keep the run short.
+        text = config.read_text()
+        config.write_text(text[: text.index("[destinations.shop-wigzo]")])
+        file = tmp_path / "events.jsonl"
+        file.write_text("\n".join(json.dumps(e) for e in events(2000, users=100)))
+
+        first = subprocess.Popen(
+            [SCRIPT, "send", "--config", str(config), "--quiet", str(file)],
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 60
+        while len(product_ids(seg.delivered())) < 300 and time.time() < deadline:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        before = len(product_ids(seg.delivered()))
+        assert 300 <= before < 2000, "the kill landed mid-way"
+
+        second = run("send", "--config", str(config), "--quiet", str(file))
+        assert second.returncode == 0, second.stderr
+        assert "(2000 already there)" in second.stderr
+        counts = Counter(product_ids(seg.delivered()))
+    assert set(counts) == {f"P{i}" for i in range(2000)}
+    twice = sum(c - 1 for c in counts.values())
+    print(f"crash test: {before} delivered before SIGKILL, {twice} delivered twice (bound {concurrency * batch})")
+    assert twice <= concurrency * batch

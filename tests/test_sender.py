@@ -1,0 +1,126 @@
+"""The sender and the one place that classifies answers (requests-mock: unit level only)."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+
+import pytest
+import requests
+import requests_mock as rm
+
+from destinations import get_destination
+from destinations.base import HttpRequest
+from destinations.delivery.sender import Sender, merge, parse_retry_after
+from destinations.redaction import redact_query
+
+SECRET = "sk-sender-1a2b3c4d5e"
+URL = "https://dce1.segmentify.com/add/events/v1.json"
+
+
+@pytest.fixture
+def sender() -> Sender:
+    dest = get_destination("segmentify", {"apiKey": SECRET, "dataCenterUrl": "https://dce1.segmentify.com"})
+    return Sender(dest, connect_timeout=1, read_timeout=1)
+
+
+def request(*events: dict) -> HttpRequest:
+    return HttpRequest("POST", URL, {}, {"Content-Type": "application/json"}, list(events), batchable=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "shown"),
+    [
+        (200, b'{"responses":[],"timestamp":1}', "delivered", "200"),
+        (200, b'{"statusCode":"SUCCESS"}', "delivered", "200"),
+        (200, b"not json", "delivered", "200"),
+        (204, b"", "delivered", "204"),
+        (200, b'{"statusCode":"BAD_INPUT"}', "permanent", "200 BAD_INPUT"),
+        (200, b'{"statusCode":"NO_USERID"}', "permanent", "200 NO_USERID"),
+        (200, b'{"statusCode":"NO_API_KEY"}', "config", "200 NO_API_KEY"),
+        (200, b'{"statusCode":"UNVERIFIED_ACCOUNT"}', "config", "200 UNVERIFIED_ACCOUNT"),
+        (408, b"", "retry", "408"),
+        (423, b"", "retry", "423"),
+        (429, b"", "retry", "429"),
+        (500, b"", "retry", "500"),
+        (502, b"", "retry", "502"),
+        (599, b"", "retry", "599"),
+        (501, b"", "permanent", "501"),
+        (400, b"", "permanent", "400"),
+        (404, b"", "permanent", "404"),
+        (401, b"", "config", "401"),
+        (403, b"", "config", "403"),
+    ],
+)
+def test_classification(sender: Sender, status: int, body: bytes, kind: str, shown: str) -> None:
+    with rm.Mocker() as m:
+        m.post(URL, status_code=status, content=body)
+        outcome = sender.send(request({"name": "PAGE_VIEW"}))
+    assert (outcome.kind, outcome.status) == (kind, shown)
+
+
+def test_credentials_are_added_and_body_is_compact_json(sender: Sender) -> None:
+    with rm.Mocker() as m:
+        m.post(URL, json={"statusCode": "SUCCESS"})
+        sender.send(request({"name": "PAGE_VIEW", "title": "Ünïcode"}))
+        (sent,) = m.request_history
+    assert sent.qs == {"apikey": [SECRET.lower()]}  # requests-mock lower-cases query strings
+    assert sent.body == '[{"name":"PAGE_VIEW","title":"Ünïcode"}]'.encode()
+    assert sent.timeout == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "status"),
+    [
+        (requests.ConnectTimeout, "retry", "timeout"),
+        (requests.ReadTimeout, "retry", "timeout"),
+        (requests.ConnectionError, "retry", "connection error"),
+        (requests.exceptions.ChunkedEncodingError, "retry", "connection error"),
+        (requests.exceptions.InvalidURL, "config", "invalid url"),
+    ],
+)
+def test_exceptions_become_outcomes(sender: Sender, exc: type[Exception], kind: str, status: str) -> None:
+    with rm.Mocker() as m:
+        m.post(URL, exc=exc(f"failed for {URL}?apiKey={SECRET}"))
+        outcome = sender.send(request({}))
+    assert (outcome.kind, outcome.status) == (kind, status)
+    assert SECRET not in outcome.detail
+
+
+def test_response_bodies_are_redacted_and_truncated(sender: Sender) -> None:
+    with rm.Mocker() as m:
+        m.post(URL, status_code=400, text=f"bad key {SECRET} " + "x" * 2000)
+        outcome = sender.send(request({}))
+    assert SECRET not in outcome.detail
+    assert "bad key ***" in outcome.detail
+    assert len(outcome.detail) <= 500
+
+
+def test_retry_after_seconds_date_and_cap(sender: Sender) -> None:
+    now = time.time()
+    assert parse_retry_after("7", now, 600) == 7
+    assert parse_retry_after("100000", now, 600) == 600
+    assert parse_retry_after("-5", now, 600) == 0
+    assert parse_retry_after("soon", now, 600) is None
+    assert parse_retry_after(None, now, 600) is None
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28 <= parse_retry_after(date, now, 600) <= 31  # type: ignore[operator]
+    with rm.Mocker() as m:
+        m.post(URL, status_code=429, headers={"Retry-After": "12"})
+        assert sender.send(request({})).retry_after == 12
+
+
+def test_merge_concatenates_in_order() -> None:
+    merged = merge([request({"n": 1}), request({"n": 2}, {"n": 3})])
+    assert merged.json == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert merged.batchable
+
+
+def test_url_logging_is_masked(caplog: pytest.LogCaptureFixture) -> None:
+    Sender(get_destination("wigzo", {"orgToken": SECRET}))  # installs the filter
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("urllib3.connectionpool").debug('"POST %s HTTP/1.1" 200', f"/e?token={SECRET}&org_token={SECRET}")
+    assert SECRET not in caplog.text
+    assert "token=***&org_token=***" in caplog.text
+    assert redact_query(f"?apiKey={SECRET}&x=1") == "?apiKey=***&x=1"
