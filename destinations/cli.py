@@ -134,9 +134,30 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_offline_demo
 
-    return run_demo(users=args.users, out_dir=Path(args.out) if args.out else None)
+    run = run_offline_demo if args.offline else run_demo
+    return run(users=args.users, out_dir=Path(args.out) if args.out else None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.app import serve
+
+    return serve(
+        args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        deliver=not args.no_deliver,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .server.app import run_worker
+
+    return run_worker(args.config, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", help="JSON, JSON array or JSON Lines (standard input when absent)")
     p.set_defaults(func=cmd_transform)
 
-    p = sub.add_parser("demo", help="map a realistic shop session for every destination (no network)")
+    p = sub.add_parser("demo", help="a shop session through a live local server to a local stand-in for the vendors")
+    p.add_argument("--offline", action="store_true", help="only map the session: no server, no sockets")
     p.add_argument("--users", type=int, default=3, help="visitors in the session (default 3)")
     p.add_argument("--out", help="folder for requests.jsonl (default: a new temporary folder)")
     p.set_defaults(func=cmd_demo)
@@ -181,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "replay":
             q.add_argument("--id", type=int, nargs="+", help="only these request ids")
         q.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("serve", help="the intake server: Segment tracking API, webhook, RudderStack transformer")
+    p.add_argument("--config", required=True, help="destinations.toml")
+    p.add_argument("--host", help="address to listen on (default: [server] host)")
+    p.add_argument("--port", type=int, help="port to listen on (default: [server] port)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--no-deliver", action="store_true", help="intake only: commit to the outbox, deliver elsewhere")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="one log line per HTTP request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="deliver from the outbox (beside `serve --no-deliver`)")
+    p.add_argument("--config", required=True, help="destinations.toml")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check", help="run fixture cases (default: fixtures/)")
     p.add_argument("dirs", nargs="*", help="folders or case files")

@@ -1,7 +1,10 @@
-"""`destinations demo`: a realistic shop session mapped for every destination, on embedded defaults.
+"""`destinations demo`: the whole product on embedded defaults, on this machine only.
 
-Nothing leaves the machine: the demo prints what each vendor would receive and writes every request
-to a JSON Lines file, so a newcomer sees the mappings before configuring a single key.
+It starts the intake server on a free loopback port with a temporary outbox, and a local recording
+server standing in for all four vendors (every destination's URL points at it). analytics-python, as a
+real client, sends a shop session for several users to the server; the demo waits until every
+request is delivered, then prints what each vendor received and writes every request to a JSON Lines
+file. `--offline` only maps the session (no server, no sockets).
 """
 
 from __future__ import annotations
@@ -95,6 +98,13 @@ def event_name(request: dict[str, Any]) -> str:
 
 
 def run_demo(users: int = 3, out_dir: Path | None = None) -> int:
+    """The server demo (see the module docstring)."""
+    from .server.demo import run_server_demo
+
+    return run_server_demo(users=users, out_dir=out_dir)
+
+
+def run_offline_demo(users: int = 3, out_dir: Path | None = None) -> int:
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="destinations-demo-"))
     out_path = out_dir / "requests.jsonl"
     messages = [m for u in range(1, users + 1) for m in shop_session(u)]

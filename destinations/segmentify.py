@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timezone
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -258,6 +259,7 @@ def device(call: Call, default: str) -> str:
     return default
 
 
+@lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
 def origin_of(url: str | None) -> str | None:
     """scheme://host[:port] of a URL, as written in it; None when it has no scheme or host."""
     if not url:

@@ -387,7 +387,22 @@ def first_key(mapping: Mapping[str, Any], *keys: str) -> tuple[str, Any]:
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+    """Compact JSON text; NaN and infinities, which JSON cannot hold, become null."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(finite(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def flat_map(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -511,14 +526,24 @@ class Call:
     Errors raised through it name the event, the Segment path and the vendor rule.
     """
 
-    __slots__ = ("_currency", "_products", "event", "message", "options", "settings", "vendor")
+    __slots__ = (
+        "_currency", "_is_track", "_products", "_traits_root", "event", "message", "options", "properties",
+        "settings", "traits", "vendor",
+    )  # fmt: skip
 
     def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
         self.message = message
         self.options = options
         self.settings = settings
         self.vendor = vendor
+        self._is_track = isinstance(message, Track)
         self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
+        #: The call's properties ({} for identify, group and alias).
+        self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
+        identify = isinstance(message, Identify)
+        #: `traits` on identify, `context.traits` on every other call.
+        self.traits: dict[str, Any] = message.traits if identify else message.context.traits
+        self._traits_root = "traits" if identify else "context.traits"
         self._products: list[Product] | None = None
         self._currency: str | None = None
 
@@ -585,28 +610,17 @@ class Call:
         """userId || anonymousId (the handler has checked that one exists)."""
         return self.message.userId or self.message.anonymousId or ""
 
-    @property
-    def properties(self) -> dict[str, Any]:
-        return getattr(self.message, "properties", {})
-
-    @property
-    def traits(self) -> dict[str, Any]:
-        """`traits` on identify, `context.traits` on every other call."""
-        if isinstance(self.message, Identify):
-            return self.message.traits
-        return self.message.context.traits
-
     def trait(self, *keys: str) -> Any:
         """A trait's value (see `trait_at`)."""
         return self.trait_at(*keys)[1]
 
     def trait_at(self, *keys: str) -> tuple[str, Any]:
         """(Segment path, value) of a trait, falling back to properties on track calls (MAPPINGS 'Shared')."""
-        root = "traits" if isinstance(self.message, Identify) else "context.traits"
+        root = self._traits_root
         key, value = first_key(self.traits, *keys)
-        if value is None and isinstance(self.message, Track):
+        if value is None and self._is_track:
             root = "properties"
-            key, value = first_key(self.message.properties, *keys)
+            key, value = first_key(self.properties, *keys)
         return f"{root}.{key}", value
 
     def trait_text(self, *keys: str) -> str | None:

@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 from pydantic import AfterValidator, BeforeValidator, SecretStr
 
 from .base import Destination, HttpRequest, Mapper, SettingsModel, http_url, non_empty_secret
-from .spec import Call, Number, Product, first_key, flat_map, money_sum, snake_case
+from .spec import Call, Number, Product, finite, first_key, flat_map, money_sum, snake_case
 
 # uuid.uuid5(uuid.NAMESPACE_DNS, "tracker.wigzopush.com"), fixed for good: changing it re-keys every user.
 USER_ID_NAMESPACE = uuid.UUID("3e278de4-edb2-5a21-980a-b21ae59db985")
@@ -192,7 +192,7 @@ _PAGE_FIELDS = frozenset({"url", "title", "path", "referrer"})
 def view(call: Call) -> Mapped:
     props, page = call.properties, call.message.context.page
     title = getattr(call.message, "name", None) or _prop_text(call, "title") or (page.title if page else None)
-    others = {k: v for k, v in props.items() if k not in _PAGE_FIELDS and v is not None}
+    others = {k: finite(v) for k, v in props.items() if k not in _PAGE_FIELDS and v is not None}
     fields = {
         "canonicalUrl": _prop_text(call, "url") or call.page_url,
         "title": title,
@@ -237,7 +237,7 @@ def _variants(call: Call, p: Product, image: str | None) -> list[dict[str, Any]]
             raise call.fail(path, "must be an object")
         variant_id = call.text(item.get("variant_id"), f"{path}.variant_id")
         call.require(variant_id, f"{path}.variant_id", "product_view (variants.variant_id)")
-        out.append({"product_id": p.id, **{k: v for k, v in item.items() if v is not None}})
+        out.append({"product_id": p.id, **{k: finite(v) for k, v in item.items() if v is not None}})
     return out
 
 
@@ -391,7 +391,8 @@ def custom_event(call: Call) -> Mapped:
     name = snake_case(call.event) or "_".join(re.findall(r"\w+", call.event.lower()))
     if not name:
         raise call.fail("event", f"must contain letters or digits to name a {call.vendor} event (eventName)")
-    return _event(call, name, {k: v for k, v in call.properties.items() if v is not None})
+    # As they are, but valid JSON: NaN and infinities (never in standard JSON input) become null.
+    return _event(call, name, {k: finite(v) for k, v in call.properties.items() if v is not None})
 
 
 EVENTS: dict[str, Mapper] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -115,6 +116,7 @@ def test_only_package_errors_escape_handle(message: Any, name: str) -> None:
         for request in requests:
             assert request.url.startswith("https://")
             assert "?" not in request.url
+            json.dumps(request.to_dict(), allow_nan=False)  # what is sent must be valid JSON
 
 
 # Near-valid messages reach deep into the mappers: a real shop session with a few fields broken.
@@ -165,3 +167,21 @@ def test_the_unbroken_session_maps_for_every_destination() -> None:
             with contextlib.suppress(Filtered):
                 sent += len(destination.handle(message))
         assert sent >= len(BASES) // 2, name
+
+
+def test_non_finite_numbers_never_make_invalid_json() -> None:
+    """Python's json module reads NaN and Infinity; what goes to a vendor must still be standard JSON."""
+    weird = {"x": float("inf"), "y": {"z": float("nan")}, "w": [float("-inf")], "ok": 1}
+    for kind in ("track", "page", "identify"):
+        message: dict[str, Any] = {"type": kind, "userId": "u", "traits": {"email": "a@b.co", **weird}}
+        message |= {"event": "Coupon Applied", "properties": {"url": "https://shop.example/", **weird}}
+        for name in BUILT_IN:
+            try:
+                requests = get_destination(name, SAMPLE_SETTINGS[name]).handle(message)
+            except Filtered:
+                continue
+            except InvalidMessage as exc:
+                assert not exc.internal, f"mapping bug: {exc}"
+                continue
+            for request in requests:
+                json.dumps(request.to_dict(), allow_nan=False)

@@ -1,0 +1,388 @@
+"""The intake server: one FastAPI app over one configuration, and the `serve` / `worker` commands.
+
+The app takes events in three ways (tracking API, webhook, RudderStack transformer protocol),
+commits them to the outbox before answering, and, unless started intake-only, runs the delivery
+workers of that outbox in the same process. Stopping (SIGTERM, Ctrl-C) stops taking requests,
+answers those in flight, lets the workers finish the vendor calls they have started and leaves
+everything else in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, SecretStr
+
+from ..config import Config, load_config
+from ..delivery import Delivery, Outbox, Sender
+from ..errors import ConfigurationError
+from ..redaction import redact_query, redact_text
+from . import rudder, tracking, webhook
+from .metrics import CONTENT_TYPE, Metrics, TimingMiddleware
+from .tracking import ApiError
+
+log = logging.getLogger("destinations.server")
+
+HOUSEKEEPING_EVERY = 600.0  # seconds between prunes of delivered requests past the dedupe window
+
+
+class Intake:
+    """What the endpoints share: configuration, outbox, workers, metrics and the secrets to check."""
+
+    def __init__(self, config: Config, *, deliver: bool = True) -> None:
+        self.config = config
+        self.outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
+        self.write_keys = [k.get_secret_value().encode() for k in config.server.write_keys]
+        secret = config.server.webhook_secret
+        self.webhook_secret = secret.get_secret_value().encode() if secret is not None else None
+        # One thread commits: SQLite has one writer anyway, and a single committer never waits on itself.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
+        self.delivery: Delivery | None = None
+        self.metrics = Metrics(
+            config.destinations, outbox_stats=self.outbox.stats, delivery_counts=self.delivery_counts
+        )
+        if deliver and config.destinations:
+            self.delivery = Delivery(
+                str(config.outbox.path), config.destinations, config.outbox, observe=self.metrics.observe_vendor
+            )
+        self._senders: dict[str, Sender] = {}
+        self._lock = threading.Lock()
+        self._housekeeping = threading.Event()
+
+    def check_write_key(self, key: str | None) -> bool:
+        """True when no write key is configured, or `key` is one of them (compared in constant time)."""
+        if not self.write_keys:
+            return True
+        if not key:
+            return False
+        given = key.encode("utf-8", "surrogatepass")
+        ok = False
+        for expected in self.write_keys:  # every key is compared, so timing tells nothing about which
+            ok |= hmac.compare_digest(expected, given)
+        return ok
+
+    def sender(self, name: str) -> Sender:
+        """The pooled sender of an instance, for direct mode."""
+        with self._lock:
+            sender = self._senders.get(name)
+            if sender is None:
+                cfg = self.config.outbox
+                sender = self._senders[name] = Sender(
+                    self.config.destinations[name],
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.read_timeout,
+                    max_retry_after=cfg.max_retry_after,
+                )
+            return sender
+
+    def delivery_counts(self) -> dict[str, Counter[str]]:
+        if self.delivery is None:
+            return {}
+        c = self.delivery.counters
+        with c.lock:
+            return {"delivered": Counter(c.delivered), "retried": Counter(c.retried), "dead": Counter(c.dead)}
+
+    def start(self) -> None:
+        if self.delivery is not None:
+            self.delivery.start()
+            threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
+
+    def _housekeep(self) -> None:
+        outbox = Outbox(self.config.outbox.path, dedupe_window=self.config.outbox.dedupe_window)
+        while not self._housekeeping.wait(HOUSEKEEPING_EVERY):
+            try:
+                pruned = outbox.prune()
+            except Exception:
+                log.warning("pruning delivered requests failed; trying again later", exc_info=True)
+                continue
+            if pruned:
+                log.info("pruned %d delivered requests older than the dedupe window", pruned)
+        outbox.close()
+
+    def stop(self) -> None:
+        """Finish what is in flight; everything else stays in the outbox."""
+        self._housekeeping.set()
+        self.executor.shutdown(wait=True)
+        if self.delivery is not None:
+            cfg = self.config.outbox
+            self.delivery.stop(timeout=cfg.connect_timeout + cfg.read_timeout + 5.0)
+        with self._lock:
+            for sender in self._senders.values():
+                sender.close()
+            self._senders.clear()
+
+
+def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
+    """The app for one configuration; `deliver=False` takes events into the outbox without delivering them."""
+    intake = Intake(config, deliver=deliver)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        intake.start()
+        log.info(
+            "taking events for %s (outbox %s, delivered %s%s)",
+            ", ".join(sorted(config.destinations)) or "no destination",
+            config.outbox.path,
+            "by workers in this process" if intake.delivery else "elsewhere (intake only)",
+            "; /webhook delivers directly" if config.server.delivery == "direct" else "",
+        )
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(intake.stop)
+            log.info("stopped; requests not yet delivered stay in the outbox")
+
+    app = FastAPI(
+        title="destinations",
+        summary="Segment-spec events to Wigzo, Segmentify, D·engage and eSputnik",
+        lifespan=lifespan,
+    )
+    app.state.intake = intake
+    app.add_middleware(TimingMiddleware, metrics=intake.metrics)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+
+    @app.get("/health", tags=["operations"], summary="Liveness and a glance at the outbox")
+    def health() -> JSONResponse:
+        workers = intake.delivery.workers.values() if intake.delivery else []
+        body: dict[str, Any] = {
+            "status": "ok",
+            "service": "UP",
+            "delivery": config.server.delivery if intake.delivery or config.server.delivery == "direct" else "off",
+            "workers": sum(1 for w in workers if w.is_alive()),
+            "destinations": sorted(config.destinations),
+        }
+        try:
+            body["pending"] = intake.outbox.pending_count()
+        except Exception:
+            body |= {"status": "degraded", "pending": None}
+            return JSONResponse(body, 503)
+        # rudder-server polls /health of its transformer too; it expects apiVersion 2 on every 200.
+        return JSONResponse(body, headers={"apiVersion": "2"})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(intake.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.include_router(tracking.router)
+    app.include_router(webhook.router)
+    app.include_router(rudder.router)
+    _document_write_key(app)
+    return app
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    fields = {"status": exc.status, "code": exc.code, "path": request.url.path}
+    if exc.status >= 500:
+        log.warning("answered %d %s: %s", exc.status, exc.code, exc.message, extra=fields)
+    else:
+        log.info("refused a request: %d %s: %s", exc.status, exc.code, exc.message, extra=fields)
+    return exc.response()
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"code": "internal", "message": "internal error; the event was not taken"}, 500)
+
+
+def _document_write_key(app: FastAPI) -> None:
+    """The write key as an OpenAPI security scheme (HTTP Basic, username = write key)."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["writeKey"] = {
+                "type": "http",
+                "scheme": "basic",
+                "description": "the write key as the username, no password (Segment's libraries do this)",
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# --- logging ----------------------------------------------------------------------------------------
+
+
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, every configured secret masked in the message, the traceback and the
+    fields given with `extra=` (destination, messageId …), which become keys of their own."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def _clean(self, text: str) -> str:
+        return redact_text(redact_query(text), self.secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": self._clean(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                out[key] = self._clean(value) if isinstance(value, str) else value
+        if record.exc_info:
+            out["exception"] = self._clean(self.formatException(record.exc_info))
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret of a configuration: write keys, webhook secret, each destination's credentials."""
+    out = [k.get_secret_value() for k in config.server.write_keys]
+    if config.server.webhook_secret is not None:
+        out.append(config.server.webhook_secret.get_secret_value())
+    for destination in config.destinations.values():
+        settings = destination.settings
+        if isinstance(settings, BaseModel):
+            out += [v.get_secret_value() for v in settings.__dict__.values() if isinstance(v, SecretStr)]
+        params, headers = destination.credentials()
+        for value in [*params.values(), *headers.values()]:
+            out.append(value)
+            if value.startswith(("Basic ", "Bearer ")):
+                out.append(value.split(" ", 1)[1])
+    return out
+
+
+def setup_logging(level: str = "info", secrets: list[str] | None = None) -> None:
+    """JSON lines on stderr for this package, uvicorn and everything else, secrets masked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(secrets or []))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn.access is uvicorn's to turn on or off (--access-log)
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config, host: str) -> None:
+    """Without write keys anyone who can reach the port can send events: allow loopback only."""
+    if not config.server.write_keys and not is_loopback(host):
+        raise ConfigurationError(
+            f"{config.source}: [server] write_keys is empty, so the tracking API takes events without a key;"
+            f" refusing to listen on {host}, which other machines can reach. Set write_keys (for example"
+            ' write_keys = ["${SEGMENT_WRITE_KEY}"]) or listen on 127.0.0.1.'
+        )
+
+
+def app_from_env() -> FastAPI:
+    """The app of a `serve --workers N` worker process (uvicorn imports it by name in each process)."""
+    config = load_config(os.environ["DESTINATIONS_CONFIG"])
+    setup_logging(os.environ.get("DESTINATIONS_LOG_LEVEL", "info"), config_secrets(config))
+    return create_app(config, deliver=os.environ.get("DESTINATIONS_DELIVER", "1") == "1")
+
+
+def serve(
+    config_path: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int = 1,
+    deliver: bool = True,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> int:
+    """`destinations serve`: the app on uvicorn until SIGINT or SIGTERM."""
+    import uvicorn
+
+    config = load_config(config_path)
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    check_exposure(config, host)
+    if workers < 1:
+        raise ConfigurationError("--workers must be 1 or more")
+    setup_logging(log_level, config_secrets(config))
+    cfg = config.outbox
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": int(cfg.connect_timeout + cfg.read_timeout + 10),
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(config, deliver=deliver), **options)
+        return 0
+    os.environ["DESTINATIONS_CONFIG"] = str(Path(config_path).resolve())
+    os.environ["DESTINATIONS_DELIVER"] = "1" if deliver else "0"
+    os.environ["DESTINATIONS_LOG_LEVEL"] = log_level
+    uvicorn.run("destinations.server.app:app_from_env", factory=True, workers=workers, **options)
+    return 0
+
+
+def run_worker(config_path: str, *, log_level: str = "info", report_every: float = 60.0) -> int:
+    """`destinations worker`: deliver from the outbox until SIGINT or SIGTERM, then stop gracefully."""
+    config = load_config(config_path)
+    if not config.destinations:
+        raise ConfigurationError(f"{config.source}: no [destinations.NAME] table; nothing to deliver to")
+    setup_logging(log_level, config_secrets(config))
+    intake = Intake(config, deliver=True)
+    stopping = threading.Event()
+
+    def stop(signum: int, _: Any) -> None:
+        log.info("%s: finishing the requests in flight", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    intake.start()
+    log.info("delivering to %s from %s", ", ".join(sorted(config.destinations)), config.outbox.path)
+    last = time.monotonic()
+    while not stopping.wait(1.0):
+        if time.monotonic() - last >= report_every:
+            last = time.monotonic()
+            counts = intake.delivery_counts()
+            log.info(
+                "delivered %d, retried %d, dead %d; %d pending",
+                sum(counts["delivered"].values()),
+                sum(counts["retried"].values()),
+                sum(counts["dead"].values()),
+                intake.outbox.pending_count(),
+            )
+    intake.stop()
+    log.info("stopped; requests not yet delivered stay in the outbox")
+    return 0
