@@ -260,3 +260,27 @@ def test_dead_requests_can_be_listed_and_replayed(tmp_path: Path, caplog: pytest
     assert SECRET not in caplog.text
     for file in tmp_path.glob("outbox.sqlite3*"):
         assert SECRET.encode() not in file.read_bytes()
+
+
+def test_accepted_events_are_mapped_from_the_inbox_and_delivered(tmp_path: Path) -> None:
+    """The server's path: raw events committed to the inbox, mapped and delivered by the Delivery."""
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url)
+        outbox = Outbox(config.outbox.path)
+        outbox.accept_events([message(n, f"user{n}") for n in range(5)] + [message(0, "user0")])
+        assert outbox.pending_count() == 6  # events in the inbox count as pending
+        deliver(config, [])
+        assert outbox.inbox_count() == 0
+        assert sorted(e["productId"] for r in sink.delivered() for e in r.json) == [f"P{n}" for n in range(5)]
+
+
+def test_a_crashed_mappers_events_come_back_after_the_lease(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url)
+        outbox = Outbox(config.outbox.path)
+        outbox.accept_events([message(1)])
+        assert len(outbox.claim_inbox(10, lease=0.3)) == 1  # this mapper "dies" before committing
+        assert outbox.claim_inbox(10, lease=0.3) == []
+        time.sleep(0.35)
+        deliver(config, [])
+        assert len(sink.delivered()) == 1

@@ -31,6 +31,7 @@ from analytics.request import APIError
 
 from destinations.config import Config, parse_config
 from destinations.delivery import Outbox
+from destinations.delivery.intake import map_inbox
 from destinations.server import create_app
 from destinations.sink import Answer, Received, RecordingServer, sequence
 
@@ -447,12 +448,21 @@ def test_single_event_endpoints_set_type_and_fill_ids(tmp_path: Path, sink: Reco
             assert res.json() == {"success": True}, res.text
         page = {"userId": "u-2", "name": "Home", "properties": {"url": "https://shop.example/"}, "context": CONTEXT}
         assert c.post("/v1/page", json={**page, "writeKey": WRITE_KEY}, auth=None).json() == {"success": True}
-    rows = list(Outbox(tmp_path / "outbox.sqlite3")._db().execute("SELECT message_id, body FROM requests ORDER BY id"))
+    # An intake-only server commits the events to the inbox; a delivery process maps them later.
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    accepted = [json.loads(body) for (body,) in outbox._db().execute("SELECT body FROM inbox ORDER BY id")]
+    assert [e["type"] for e in accepted] == ["track", "track", "page"]
+    assert accepted[0]["messageId"] == accepted[1]["messageId"]
+    assert accepted[0]["messageId"].startswith("sha256:")
+    assert all("receivedAt" in e for e in accepted)
+    assert WRITE_KEY not in json.dumps(accepted)
+    report = map_inbox(outbox, config.destinations)
+    assert (report.messages, report.duplicates) == (3, 1)
+    assert outbox.inbox_count() == 0
+    rows = list(outbox._db().execute("SELECT message_id, body FROM requests ORDER BY id"))
     assert len(rows) == 2
-    assert rows[0][0].startswith("sha256:")
     assert json.loads(rows[0][1])[0]["name"] == "PRODUCT_VIEW"
     assert json.loads(rows[1][1])[0]["name"] == "PAGE_VIEW"
-    assert WRITE_KEY not in rows[1][1]
 
 
 def test_messages_sent_twice_are_delivered_once(client: httpx.Client, sink: RecordingServer) -> None:

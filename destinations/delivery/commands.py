@@ -76,7 +76,8 @@ def deliver_until_drained(config: Config, outbox: Outbox, accepted: int, *, quie
 
 
 def _pending(outbox: Outbox, config: Config) -> int:
-    return sum(outbox.pending_count(name) for name in config.destinations)
+    """Requests of the configured instances still pending, and events not yet mapped."""
+    return sum(outbox.pending_count(name) for name in config.destinations) + outbox.inbox_count()
 
 
 def summary_table(config: Config, report: IntakeReport | None, counters: Counters | None) -> str:
@@ -137,6 +138,9 @@ def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: i
             s = stats.get(name, {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0})
             age = f"{s['oldest_pending_age']:.0f}s" if s["pending"] else "-"
             print(f"{name:<24} {s['pending']:>8} {s['retrying']:>8} {s['delivered']:>9} {s['dead']:>6} {age:>15}")
+        inbox = outbox.inbox_count()
+        if inbox:
+            print(f"{inbox} accepted event(s) in the inbox, not yet mapped: a delivery process maps them")
         return 0
     if action == "dead":
         rows = outbox.dead_rows(destination, limit)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..base import Destination, HttpRequest
 from ..errors import Filtered, InvalidMessage
+from ..spec import parse_message
 from .outbox import Outbox
 
 
@@ -51,13 +52,28 @@ def route(
 ) -> IntakeReport:
     """Map every message for every instance and commit all resulting requests in one transaction."""
     report = IntakeReport()
+    items = _map(messages, destinations, report, keep_errors=keep_errors)
+    result = outbox.enqueue(items)
+    report.duplicates = result.duplicates
+    report.accepted.update(result.accepted)
+    return report
+
+
+def _map(
+    messages: Iterable[Any], destinations: Mapping[str, Destination], report: IntakeReport, *, keep_errors: int = 100
+) -> list[tuple[str, str, str, list[HttpRequest]]]:
+    """(instance, messageId, user key, requests) for every message and instance that takes it."""
     items: list[tuple[str, str, str, list[HttpRequest]]] = []
     for message in messages:
         report.messages += 1
         mid, user = message_id_of(message), user_key(message)
+        try:  # parsed once for every instance; a message that fails is handed to each as it came
+            parsed: Any = parse_message(message)
+        except InvalidMessage:
+            parsed = message
         for name, destination in destinations.items():
             try:
-                requests_ = destination.handle(message)
+                requests_ = destination.handle(parsed)
             except Filtered:
                 report.filtered[name] += 1
                 continue
@@ -68,7 +84,21 @@ def route(
                 continue
             if requests_:
                 items.append((name, mid, user, requests_))
-    result = outbox.enqueue(items)
+    return items
+
+
+def map_inbox(
+    outbox: Outbox, destinations: Mapping[str, Destination], *, limit: int = 500, lease: float = 60.0
+) -> IntakeReport:
+    """Map accepted events from the inbox into vendor requests; the requests are committed in the
+    same transaction that removes the events from the inbox."""
+    claimed = outbox.claim_inbox(limit, lease)
+    report = IntakeReport()
+    if not claimed:
+        return report
+    messages = [json.loads(body) for _, body in claimed]
+    items = _map(messages, destinations, report)
+    result = outbox.enqueue(items, inbox_ids=[rid for rid, _ in claimed])
     report.duplicates = result.duplicates
     report.accepted.update(result.accepted)
     return report

@@ -1,5 +1,9 @@
 """The durable outbox: vendor requests in one SQLite file (WAL), claimed by workers with a lease.
 
+The server commits raw Segment events to the `inbox` table of the same file before it answers (a
+cheap insert); the delivery process maps them into vendor requests in a transaction that also
+removes them from the inbox, so an accepted event is never lost between the two stages.
+
 Guarantees: a request is stored, without its credentials, in the same transaction as the other
 requests of its message, before the sender of the event hears "accepted"; (instance, messageId,
 request index) is unique, so a message received twice is delivered once while its row is kept
@@ -50,6 +54,12 @@ CREATE TABLE IF NOT EXISTS requests (
     UNIQUE (destination, message_id, idx)
 );
 CREATE INDEX IF NOT EXISTS requests_pending ON requests (destination, id) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS inbox (
+    id          INTEGER PRIMARY KEY,
+    body        TEXT    NOT NULL,
+    received_at REAL    NOT NULL,
+    lease_until REAL    NOT NULL DEFAULT 0
+);
 CREATE INDEX IF NOT EXISTS requests_finished ON requests (state, finished_at);
 """
 
@@ -92,6 +102,18 @@ _LOCKS_GUARD = threading.Lock()
 def _write_lock(path: Path) -> threading.Lock:
     with _LOCKS_GUARD:
         return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
+try:  # several times faster; the stdlib is the fallback, with the same compact output
+    import orjson
+
+    def _dumps(value: Any) -> str:
+        return orjson.dumps(value).decode("utf-8")
+
+except ImportError:  # pragma: no cover - orjson comes with the server extra
+
+    def _dumps(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _public(mapping: dict[str, Any], secret: frozenset[str]) -> dict[str, Any]:
@@ -141,9 +163,16 @@ class Outbox:
 
     # -- intake
 
-    def enqueue(self, items: Iterable[tuple[str, str, str, list[HttpRequest]]], now: float | None = None) -> Enqueued:
-        """Store (instance, messageId, user key, requests) items in one transaction; returns counts
-        of requests accepted and of duplicates ignored. Committed when this returns."""
+    def enqueue(
+        self,
+        items: Iterable[tuple[str, str, str, list[HttpRequest]]],
+        now: float | None = None,
+        *,
+        inbox_ids: Iterable[int] = (),
+    ) -> Enqueued:
+        """Store (instance, messageId, user key, requests) items in one transaction, removing the
+        inbox events they came from; returns counts of requests accepted and of duplicates ignored.
+        Committed when this returns."""
         now = time.time() if now is None else now
         rows: dict[str, list[tuple[Any, ...]]] = {}
         # Requests of one instance share params and headers: encode each distinct pair once.
@@ -157,15 +186,17 @@ class Outbox:
                     headers = _public(r.headers, SECRET_HEADERS)
                     key = json.dumps([r.method, r.url, params, headers], sort_keys=True) if r.batchable else ""
                     envelope = envelopes[envelope_key] = (json.dumps(params), json.dumps(headers), key)
-                body = json.dumps(r.json, separators=(",", ":"), ensure_ascii=False)
+                body = _dumps(r.json)
                 rows.setdefault(destination, []).append(
                     (destination, message_id, idx, user_key, r.method, r.url, envelope[0], envelope[1], body,
                      int(r.batchable), envelope[2], len(body), now, now)
                 )  # fmt: skip
         accepted: dict[str, int] = {}
-        if not rows:
+        done = [(rid,) for rid in inbox_ids]
+        if not rows and not done:
             return Enqueued(accepted, 0)
         with self._write() as db:
+            db.executemany("DELETE FROM inbox WHERE id = ?", done)
             for destination, group in rows.items():
                 before = db.total_changes
                 db.executemany(
@@ -177,6 +208,29 @@ class Outbox:
                 accepted[destination] = db.total_changes - before
         total = sum(len(g) for g in rows.values())
         return Enqueued(accepted, total - sum(accepted.values()))
+
+    # -- the inbox: accepted events waiting to be mapped
+
+    def accept_events(self, events: list[dict[str, Any]], now: float | None = None) -> int:
+        """Commit raw events in one transaction; ValueError/TypeError when one cannot be encoded."""
+        now = time.time() if now is None else now
+        rows = [(_dumps(e), now) for e in events]
+        with self._write() as db:
+            db.executemany("INSERT INTO inbox (body, received_at) VALUES (?, ?)", rows)
+        return len(rows)
+
+    def claim_inbox(self, limit: int, lease: float, now: float | None = None) -> list[tuple[int, str]]:
+        """Lease up to `limit` accepted events, oldest first, for mapping."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, body FROM inbox WHERE lease_until <= ? ORDER BY id LIMIT ?", (now, limit)
+            ).fetchall()
+            db.executemany("UPDATE inbox SET lease_until = ? WHERE id = ?", [(now + lease, rid) for rid, _ in rows])
+        return rows
+
+    def inbox_count(self) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
 
     # -- claiming
 
@@ -367,8 +421,15 @@ class Outbox:
         return out
 
     def pending_count(self, destination: str | None = None) -> int:
+        """Pending requests (of one instance, or of all plus the events still in the inbox)."""
         if destination is None:
-            row = self._db().execute("SELECT COUNT(*) FROM requests WHERE state = 'pending'").fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'pending') + (SELECT COUNT(*) FROM inbox)"
+                )
+                .fetchone()
+            )
         else:
             row = (
                 self._db()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..base import Destination
 from ..config import OutboxConfig
+from .intake import IntakeReport, map_inbox
 from .outbox import Outbox, Row
 from .sender import Outcome, Sender, merge_bodies
 
@@ -158,8 +159,44 @@ class InstanceWorker(threading.Thread):
             self.counters.add("dead", self.instance, n)
 
 
+class Mapper(threading.Thread):
+    """Maps the events the server accepted into the inbox into vendor requests, then wakes the workers."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        destinations: Mapping[str, Destination],
+        wake_workers: Callable[[list[str]], None],
+        on_mapped: Callable[[IntakeReport], None] | None = None,
+    ) -> None:
+        super().__init__(name="map-inbox", daemon=True)
+        self.outbox = outbox
+        self.destinations = destinations
+        self.wake_workers = wake_workers
+        self.on_mapped = on_mapped
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                report = map_inbox(self.outbox, self.destinations)
+            except Exception:  # the inbox lease gives the events back; nothing is lost
+                log.exception("mapping accepted events failed; trying again")
+                self.stopping.wait(1.0)
+                continue
+            if report.messages:
+                if self.on_mapped:
+                    self.on_mapped(report)
+                self.wake_workers([name for name, n in report.accepted.items() if n])
+                continue
+            self.wake.wait(0.5)
+            self.wake.clear()
+        self.outbox.close()
+
+
 class Delivery:
-    """All instance workers over one outbox."""
+    """All instance workers over one outbox, and the mapper of its inbox."""
 
     def __init__(
         self,
@@ -167,28 +204,42 @@ class Delivery:
         destinations: Mapping[str, Destination],
         config: OutboxConfig,
         observe: Callable[[str, Outcome, float], None] | None = None,
+        on_mapped: Callable[[IntakeReport], None] | None = None,
     ) -> None:
         self.counters = Counters()
         self.workers = {
             name: InstanceWorker(name, dest, Outbox(outbox_path), config, self.counters, observe=observe)
             for name, dest in destinations.items()
         }
+        self.mapper = Mapper(Outbox(outbox_path), destinations, self._wake_workers, on_mapped)
 
     def start(self) -> None:
+        self.mapper.start()
         for w in self.workers.values():
             w.start()
 
-    def notify(self, names: list[str] | None = None) -> None:
-        """New requests were committed: wake the workers of these instances (all by default)."""
-        for name in names or list(self.workers):
+    def _wake_workers(self, names: list[str]) -> None:
+        for name in names:
             worker = self.workers.get(name)
             if worker:
                 worker.wake.set()
 
+    def inbox_changed(self) -> None:
+        """Events were committed to the inbox: wake the mapper."""
+        self.mapper.wake.set()
+
+    def notify(self, names: list[str] | None = None) -> None:
+        """New events or requests were committed: wake the mapper and these instances' workers (all by default)."""
+        self.mapper.wake.set()
+        self._wake_workers(names or list(self.workers))
+
     def stop(self, timeout: float = 30.0) -> None:
+        self.mapper.stopping.set()
+        self.mapper.wake.set()
         for w in self.workers.values():
             w.stopping.set()
             w.wake.set()
         deadline = time.time() + timeout
+        self.mapper.join(max(deadline - time.time(), 0.1))
         for w in self.workers.values():
             w.join(max(deadline - time.time(), 0.1))

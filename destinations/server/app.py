@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 
 from ..config import Config, load_config
-from ..delivery import Delivery, Outbox, Sender
+from ..delivery import Delivery, IntakeReport, Outbox, Sender
 from ..errors import ConfigurationError
 from ..redaction import redact_query, redact_text
 from . import rudder, tracking, webhook
@@ -57,15 +57,28 @@ class Intake:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
         self.delivery: Delivery | None = None
         self.metrics = Metrics(
-            config.destinations, outbox_stats=self.outbox.stats, delivery_counts=self.delivery_counts
+            config.destinations,
+            outbox_stats=self.outbox.stats,
+            delivery_counts=self.delivery_counts,
+            inbox_count=self.outbox.inbox_count,
         )
         if deliver and config.destinations:
             self.delivery = Delivery(
-                str(config.outbox.path), config.destinations, config.outbox, observe=self.metrics.observe_vendor
+                str(config.outbox.path),
+                config.destinations,
+                config.outbox,
+                observe=self.metrics.observe_vendor,
+                on_mapped=self._mapped,
             )
         self._senders: dict[str, Sender] = {}
         self._lock = threading.Lock()
         self._housekeeping = threading.Event()
+
+    def _mapped(self, report: IntakeReport) -> None:
+        """Accepted events were mapped: count them per destination, and say who will not get what."""
+        self.metrics.mapped(report)
+        for mid, name, reason in report.errors:
+            log.info("%s will not get %s: %s", name, mid, reason, extra={"destination": name, "messageId": mid})
 
     def check_write_key(self, key: str | None) -> bool:
         """True when no write key is configured, or `key` is one of them (compared in constant time)."""

@@ -78,6 +78,12 @@ class _Scraped(Collector):
         except Exception:  # a busy or missing file must not break the scrape of everything else
             log.warning("reading outbox statistics failed", exc_info=True)
             stats = {}
+        inbox = GaugeMetricFamily("destinations_inbox_depth", "Accepted events not yet mapped into vendor requests.")
+        try:
+            inbox.add_metric([], float(m.inbox_count()) if m.inbox_count else 0.0)
+        except Exception:
+            log.warning("reading the inbox depth failed", exc_info=True)
+        yield inbox
         ok = GaugeMetricFamily("destinations_outbox_readable", "1 when the outbox statistics could be read.")
         ok.add_metric([], 1.0 if stats or not m.destinations else 0.0)
         for name in sorted(set(m.destinations) | set(stats)):
@@ -98,9 +104,11 @@ class Metrics:
         *,
         outbox_stats: Callable[[], dict[str, dict[str, Any]]] | None = None,
         delivery_counts: Callable[[], dict[str, Tally[str]]] | None = None,
+        inbox_count: Callable[[], int] | None = None,
     ) -> None:
         self.destinations = sorted(destinations)
         self.outbox_stats = outbox_stats
+        self.inbox_count = inbox_count
         self.delivery_counts = delivery_counts
         self._direct: dict[str, Tally[str]] = {"delivered": Tally(), "retried": Tally(), "dead": Tally()}
         self._lock = threading.Lock()
@@ -166,6 +174,10 @@ class Metrics:
         if report is None:
             return
         self.accepted.labels(source).inc(report.messages)
+        self.mapped(report)
+
+    def mapped(self, report: IntakeReport) -> None:
+        """What mapping made of accepted events, per destination (the Delivery's `on_mapped` callback)."""
         for name, n in report.accepted.items():
             self.requests_accepted.labels(name).inc(n)
         for name, n in report.filtered.items():

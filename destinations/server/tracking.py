@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ..delivery import IntakeReport, message_id_of, route
+from ..delivery import IntakeReport, message_id_of
 from ..errors import InvalidMessage
 from ..spec import parse_iso_datetime, parse_message
 
@@ -315,34 +315,31 @@ def _json_type(value: Any) -> str:
 
 
 def commit(intake: Intake, events: list[dict[str, Any]]) -> tuple[IntakeReport, list[tuple[int, str]]]:
-    """Route events into the outbox in one transaction; returns the report and the events that could
-    not be stored at all, by position (found by storing one by one when the whole set fails)."""
-    destinations, outbox = intake.config.destinations, intake.outbox
+    """Commit events to the outbox's inbox in one transaction (the delivery process maps them into
+    vendor requests); returns a report and the events that could not be stored at all, by position
+    (found by storing one by one when the whole set fails)."""
+    outbox = intake.outbox
     try:
-        return route(events, destinations, outbox), []
+        outbox.accept_events(events)
+        return IntakeReport(messages=len(events)), []
     except sqlite3.Error:
         raise
     except (ValueError, TypeError, RecursionError, OverflowError):
         # Some event cannot be written (a lone surrogate in a string, nesting too deep to encode):
         # keep the others, one transaction each, and name the ones that fail.
         log.info("a batch could not be stored as a whole; storing its events one by one")
-    total = IntakeReport()
+    stored = 0
     failed: list[tuple[int, str]] = []
     for position, event in enumerate(events):
         try:
-            report = route([event], destinations, outbox)
+            outbox.accept_events([event])
         except sqlite3.Error:
             raise
         except (ValueError, TypeError, RecursionError, OverflowError) as exc:
             failed.append((position, f"message: cannot be stored ({type(exc).__name__})"))
             continue
-        total.messages += report.messages
-        total.accepted.update(report.accepted)
-        total.filtered.update(report.filtered)
-        total.invalid.update(report.invalid)
-        total.duplicates += report.duplicates
-        total.errors.extend(report.errors)
-    return total, failed
+        stored += 1
+    return IntakeReport(messages=stored), failed
 
 
 async def accept(intake: Intake, source: str, prepared: Prepared) -> tuple[IntakeReport | None, list[Rejected]]:
@@ -363,10 +360,8 @@ async def accept(intake: Intake, source: str, prepared: Prepared) -> tuple[Intak
         if failed:
             more = [Rejected(prepared.positions[i], _text_id(events[i].get("messageId")), r) for i, r in failed]
             rejected = sorted([*rejected, *more], key=lambda r: r.index)
-        if intake.delivery is not None and report.accepted:
-            intake.delivery.notify([name for name, n in report.accepted.items() if n])
-        for mid, name, reason in report.errors:
-            log.info("%s will not get %s: %s", name, mid, reason, extra={"destination": name, "messageId": mid})
+        if intake.delivery is not None and report.messages:
+            intake.delivery.inbox_changed()
     intake.metrics.intake(source, prepared.received, len(rejected), report)
     return report, rejected
 
