@@ -281,30 +281,37 @@ BASELINES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
 }
 
 
-def rate(fn: Callable[[], Any], seconds: float) -> float:
-    """Calls per second: the best of three timed runs of about `seconds` / 3 each."""
+def _batch_size(fn: Callable[[], Any]) -> int:
+    """Calls that take about 20 ms, so the clock is read rarely."""
     n = 1
-    while True:  # calibrate to ~50 ms a batch
+    while True:
         start = time.perf_counter()
         for _ in range(n):
             fn()
-        if time.perf_counter() - start > 0.05:
-            break
+        if time.perf_counter() - start > 0.02:
+            return n
         n *= 2
-    best = 0.0
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
-            for _ in range(n):
-                fn()
-            count += n
-        best = max(best, count / (time.perf_counter() - start))
-    return best
+
+
+def rates(ours: Callable[[], Any], theirs: Callable[[], Any], seconds: float) -> tuple[float, float]:
+    """Calls per second of both, measured in alternating rounds (this machine's speed drifts), best round each."""
+    sizes = _batch_size(ours), _batch_size(theirs)
+    best = [0.0, 0.0]
+    rounds = 8
+    for _ in range(rounds):
+        for i, fn in enumerate((ours, theirs)):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / rounds / 2:
+                for _ in range(sizes[i]):
+                    fn()
+                count += sizes[i]
+            best[i] = max(best[i], count / (time.perf_counter() - start))
+    return best[0], best[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.5, help="time per measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per destination and event, both sides")
     args = parser.parse_args()
 
     print(f"{'destination':<12} {'event':<16} {'handle ev/s':>12} {'baseline ev/s':>14} {'ratio':>6}")
@@ -325,7 +332,7 @@ def main() -> None:
             def with_baseline(raw: str = raw, baseline: Any = baseline) -> str:
                 return json.dumps(baseline(json.loads(raw)))
 
-            ours_rate, base_rate = rate(with_handle, args.seconds), rate(with_baseline, args.seconds)
+            ours_rate, base_rate = rates(with_handle, with_baseline, args.seconds)
             ratios.append(ours_rate / base_rate)
             print(f"{name:<12} {label:<16} {ours_rate:>12,.0f} {base_rate:>14,.0f} {ours_rate / base_rate:>6.2f}")
     geo = 1.0
