@@ -699,19 +699,23 @@ class Call:
     def products(self) -> list[Product]:
         """`properties.products[]`, each item read as a product; [] when absent."""
         if self._products is None:
-            items = self.properties.get("products")
-            if items is None:
-                items = []
-            if not isinstance(items, list):
-                raise self.fail("properties.products", "must be a list of products")
-            out = []
-            for i, item in enumerate(items):
-                path = f"properties.products[{i}]"
-                if not isinstance(item, dict):
-                    raise self.fail(path, "must be an object")
-                out.append(self.product(item, path))
-            self._products = out
+            self._products = [self.product(item, path) for path, item in self.objects("products")]
         return self._products
+
+    def objects(self, key: str) -> list[tuple[str, dict[str, Any]]]:
+        """`properties.<key>` as (Segment path, object) pairs; [] when absent, an error when not a list of objects."""
+        items = self.properties.get(key)
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            raise self.fail(f"properties.{key}", "must be a list of objects")
+        out = []
+        for i, item in enumerate(items):
+            path = f"properties.{key}[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(path, "must be an object")
+            out.append((path, item))
+        return out
 
     def order_total(self, target: str) -> Number | None:
         """total || revenue || value || sum(price x quantity) of the products that have a price."""

@@ -228,13 +228,8 @@ def _variants(call: Call, p: Product, image: str | None) -> list[dict[str, Any]]
             "inventory_quantity": decimal_text(call.number(inventory, f"properties.{key}", "product_view")),
         }
         return [_present(built)]
-    if not isinstance(given, list):
-        raise call.fail("properties.variants", "must be a list of objects")
     out = []
-    for i, item in enumerate(given):
-        path = f"properties.variants[{i}]"
-        if not isinstance(item, dict):
-            raise call.fail(path, "must be an object")
+    for path, item in call.objects("variants"):
         variant_id = call.text(item.get("variant_id"), f"{path}.variant_id")
         call.require(variant_id, f"{path}.variant_id", "product_view (variants.variant_id)")
         out.append({"product_id": p.id, **{k: finite(v) for k, v in item.items() if v is not None}})

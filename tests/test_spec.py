@@ -151,7 +151,7 @@ def test_bad_price_names_the_item_path() -> None:
 
 
 def test_products_must_be_a_list_of_objects() -> None:
-    with pytest.raises(InvalidMessage, match=r"properties\.products must be a list"):
+    with pytest.raises(InvalidMessage, match=r"properties\.products must be a list of objects"):
         _ = track({"products": {"product_id": "a"}}).products
     with pytest.raises(InvalidMessage, match=r"properties\.products\[0\] must be an object"):
         _ = track({"products": ["a"]}).products
