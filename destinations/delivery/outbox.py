@@ -116,6 +116,12 @@ except ImportError:  # pragma: no cover - orjson comes with the server extra
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
+    """Id lists short enough for one statement's parameters."""
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
 def _public(mapping: dict[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k.lower() not in secret}
 
@@ -292,7 +298,11 @@ class Outbox:
             ids = [rid for batch in chosen for rid in batch]
             if not ids:
                 return []
-            db.executemany("UPDATE requests SET lease_until = ? WHERE id = ?", [(now + lease, rid) for rid in ids])
+            for part in _chunks(ids):
+                db.execute(
+                    "UPDATE requests SET lease_until = ? WHERE id IN (" + ",".join("?" * len(part)) + ")",
+                    [now + lease, *part],
+                )
             rows: dict[int, Row] = {}
             decoded: dict[str, Any] = {}  # params and headers repeat across rows: decode each text once
             for i in range(0, len(ids), 500):
@@ -328,12 +338,16 @@ class Outbox:
 
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        ids = [r.id for r in rows]
         with self._write() as db:
-            db.executemany(
-                "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
-                " last_status = ?, last_error = NULL, lease_until = 0 WHERE id = ?",
-                [(now, status, r.id) for r in rows],
-            )
+            for part in _chunks(ids):
+                db.execute(
+                    "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
+                    " last_status = ?, last_error = NULL, lease_until = 0 WHERE id IN ("
+                    + ",".join("?" * len(part))
+                    + ")",
+                    [now, status, *part],
+                )
 
     def retry(
         self,
