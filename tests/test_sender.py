@@ -124,3 +124,14 @@ def test_url_logging_is_masked(caplog: pytest.LogCaptureFixture) -> None:
     assert SECRET not in caplog.text
     assert "token=***&org_token=***" in caplog.text
     assert redact_query(f"?apiKey={SECRET}&x=1") == "?apiKey=***&x=1"
+
+
+def test_proxy_settings_from_the_environment_still_apply(monkeypatch: pytest.MonkeyPatch, sender: Sender) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    fresh = Sender(sender.destination)
+    with rm.Mocker() as m:
+        m.post(URL, json={"statusCode": "SUCCESS"})
+        fresh.send(request({}))
+        (sent,) = m.request_history
+    assert sent.proxies["https"] == "http://proxy.invalid:3128"
