@@ -284,3 +284,30 @@ def test_a_crashed_mappers_events_come_back_after_the_lease(tmp_path: Path) -> N
         time.sleep(0.35)
         deliver(config, [])
         assert len(sink.delivered()) == 1
+
+
+def test_values_orjson_refuses_are_still_stored_and_delivered(tmp_path: Path) -> None:
+    """A 20-digit numeric price and a lone surrogate must neither stop the mapper nor lose the event."""
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url)
+        outbox = Outbox(config.outbox.path)
+        big = message(1, "user1", price="99999999999999999999")
+        odd = message(2, "user2", note="\ud800")
+        outbox.accept_events([big, odd, message(3, "user3")])
+        deliver(config, [])
+        got = sorted((e["productId"], e.get("price")) for r in sink.delivered() for e in r.json)
+    assert got == [("P1", 99999999999999999999), ("P2", 10), ("P3", 10)]
+
+
+def test_retry_after_zero_still_backs_off(tmp_path: Path) -> None:
+    """Retry-After: 0 (or a date in the past) must not turn retries into a busy loop."""
+    config = make_config(tmp_path, "http://127.0.0.1:9")
+    outbox = Outbox(config.outbox.path)
+    route([message(n, f"user{n}") for n in range(20)], config.destinations, outbox)
+    now = time.time() + 1
+    (batch,) = outbox.claim("shop", max_batches=1, batch_size=50, batch_bytes=10**6, lease=30, now=now)
+    outbox.retry(batch, "429", "", delay=0.0, retry_window=3600, min_attempts=3, backoff_base=1.0,
+                 backoff_cap=10.0, now=now)  # fmt: skip
+    waits = [row[0] - now for row in outbox._db().execute("SELECT next_at FROM requests")]
+    assert len(waits) == 20
+    assert max(waits) > 0.5  # full jitter over [0, 2 s): twenty draws all below 0.5 s is a one-in-10^12 event

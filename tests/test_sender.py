@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import time
 
@@ -66,7 +67,8 @@ def test_credentials_are_added_and_body_is_compact_json(sender: Sender) -> None:
         sender.send(request({"name": "PAGE_VIEW", "title": "Ünïcode"}))
         (sent,) = m.request_history
     assert sent.qs == {"apikey": [SECRET.lower()]}  # requests-mock lower-cases query strings
-    assert sent.body == '[{"name":"PAGE_VIEW","title":"Ünïcode"}]'.encode()
+    assert json.loads(sent.body) == [{"name": "PAGE_VIEW", "title": "Ünïcode"}]
+    assert sent.body == b'[{"name":"PAGE_VIEW","title":"\\u00dcn\\u00efcode"}]'  # compact, ASCII-escaped
     assert sent.timeout == (1, 1)
 
 
@@ -135,3 +137,26 @@ def test_proxy_settings_from_the_environment_still_apply(monkeypatch: pytest.Mon
         fresh.send(request({}))
         (sent,) = m.request_history
     assert sent.proxies["https"] == "http://proxy.invalid:3128"
+
+
+def test_a_redirect_is_not_followed(sender: Sender) -> None:
+    with rm.Mocker() as m:
+        m.post(URL, status_code=301, headers={"Location": "https://elsewhere.example/"})
+        m.get("https://elsewhere.example/", status_code=200)
+        outcome = sender.send(request({}))
+        assert len(m.request_history) == 1
+    assert (outcome.kind, outcome.status) == ("permanent", "301")
+
+
+def test_url_encoded_and_basic_credentials_are_masked() -> None:
+    key = "seg+SECRET/key=="
+    dest = get_destination("segmentify", {"apiKey": key, "dataCenterUrl": "https://dce1.segmentify.com"})
+    with rm.Mocker() as m:
+        m.post(URL, exc=requests.ConnectionError("Max retries exceeded with url: /e?apiKey=seg%2BSECRET%2Fkey%3D%3D"))
+        outcome = Sender(dest).send(request({}))
+    assert "SECRET" not in outcome.detail
+    esp = get_destination("esputnik", {"apiKey": "esp-SECRET-key"})
+    with rm.Mocker() as m:
+        m.post("https://esputnik.com/api/v2/event", status_code=400, text="x" * 490 + " destinations:esp-SECRET-key")
+        outcome = Sender(esp).send(HttpRequest("POST", "https://esputnik.com/api/v2/event", {}, {}, {}))
+    assert "SECRET" not in outcome.detail

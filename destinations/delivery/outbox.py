@@ -26,6 +26,7 @@ from typing import Any
 
 from ..base import HttpRequest
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
+from ..spec import finite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -104,16 +105,25 @@ def _write_lock(path: Path) -> threading.Lock:
         return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
-try:  # several times faster; the stdlib is the fallback, with the same compact output
+def _dumps_stdlib(value: Any) -> str:
+    """Compact JSON that SQLite can always store: lone surrogates escaped, NaN and infinities as null."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(finite(value), separators=(",", ":"), allow_nan=False)
+
+
+try:  # several times faster; the stdlib takes over for what orjson refuses (huge integers, lone surrogates)
     import orjson
 
     def _dumps(value: Any) -> str:
-        return orjson.dumps(value).decode("utf-8")
+        try:
+            return orjson.dumps(value).decode("utf-8")
+        except (TypeError, orjson.JSONEncodeError):
+            return _dumps_stdlib(value)
 
 except ImportError:  # pragma: no cover - orjson comes with the server extra
-
-    def _dumps(value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    _dumps = _dumps_stdlib
 
 
 def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
@@ -372,7 +382,9 @@ class Outbox:
             if attempts >= min_attempts and now - r.created_at >= retry_window:
                 dead.append((now, status, detail, r.id))
                 continue
-            wait = delay if delay is not None else random.uniform(0, min(backoff_cap, backoff_base * 2**attempts))
+            backoff = random.uniform(0, min(backoff_cap, backoff_base * 2 ** min(attempts, 30)))
+            # A vendor's Retry-After wins, but "0" or a past date must not turn retries into a busy loop.
+            wait = max(delay, backoff) if delay is not None else backoff
             updates.append((now + wait, status, detail, r.id))
         with self._write() as db:
             db.executemany(

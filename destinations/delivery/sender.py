@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import email.utils
 import json
 import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from ..base import Destination, HttpRequest
-from ..redaction import guard_http_logs, redact_text
+from ..redaction import guard_http_logs, redact_query, redact_text
 
 Kind = Literal["delivered", "retry", "permanent", "config"]
 
@@ -58,7 +61,8 @@ def classify(
 ) -> Outcome:
     """The outcome of an HTTP answer: HTTP rules first, then the vendor's body rules."""
     secrets = _secret_values(destination)
-    detail = redact_text(body[:DETAIL_LIMIT].decode("utf-8", "replace"), secrets)
+    # Masked before it is cut, so a key straddling the cut cannot survive in part.
+    detail = redact_query(redact_text(body[: 4 * DETAIL_LIMIT].decode("utf-8", "replace"), secrets))[:DETAIL_LIMIT]
     if 200 <= status < 300:
         problem = destination.response_problem(status, body)
         if problem is None:
@@ -78,7 +82,7 @@ def classify(
 
 def classify_exception(destination: Destination, exc: Exception) -> Outcome:
     """Timeouts, refused or reset connections are retried; a request that cannot be formed is not."""
-    text = redact_text(f"{type(exc).__name__}: {exc}", _secret_values(destination))[:DETAIL_LIMIT]
+    text = redact_query(redact_text(f"{type(exc).__name__}: {exc}", _secret_values(destination)))[:DETAIL_LIMIT]
     if isinstance(exc, requests.Timeout):
         return Outcome("retry", "timeout", text)
     if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
@@ -89,10 +93,20 @@ def classify_exception(destination: Destination, exc: Exception) -> Outcome:
 
 
 def _secret_values(destination: Destination) -> list[str]:
+    """Every form a credential can take in an answer or an exception text: as set, URL-encoded,
+    and for Basic/Bearer credentials the token and its decoded password."""
     params, headers = destination.credentials()
-    values = [*params.values(), *headers.values()]
-    # A Basic credential is also worth hiding in its decoded form's parts.
-    return [v for v in values if v] + [v.split(" ", 1)[1] for v in values if v.startswith(("Basic ", "Bearer "))]
+    values = [v for v in (*params.values(), *headers.values()) if v]
+    out = list(values)
+    for v in values:
+        out.append(quote(v, safe=""))
+        out.append(quote_plus(v))
+        if v.startswith(("Basic ", "Bearer ")):
+            token = v.split(" ", 1)[1]
+            out.append(token)
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                out.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
+    return [v for v in out if len(v) >= 4]
 
 
 def merge_bodies(bodies: list[str], batchable: bool) -> bytes:
@@ -141,7 +155,10 @@ class Sender:
 
     def send(self, request: HttpRequest) -> Outcome:
         """Send with the instance's credentials added; never raises."""
-        data = json.dumps(request.json, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:  # ASCII-escaped, so a lone surrogate in an event cannot break the encoding
+            data = json.dumps(request.json, separators=(",", ":"), allow_nan=False).encode("ascii")
+        except (TypeError, ValueError) as exc:
+            return Outcome("permanent", "unserialisable", f"{type(exc).__name__}: the body is not valid JSON")
         return self.send_raw(request.method, request.url, request.params, request.headers, data)
 
     def send_raw(self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], data: bytes) -> Outcome:
@@ -162,6 +179,7 @@ class Sender:
                 proxies=env["proxies"],
                 verify=env["verify"],
                 cert=env["cert"],
+                allow_redirects=False,  # requests would re-send a POST as a GET and call it delivered
             )
             body = response.content
         except Exception as exc:  # every failure of the call becomes an outcome, never an escape
