@@ -257,6 +257,7 @@ class EsputnikDestination(Destination):
             HttpRequest(
                 method="POST",
                 url=f"{self.settings.baseUrl}{path}",
+                params={},
                 headers={**self.credentials()[1], "Content-Type": "application/json"},
                 json=body,
             )

@@ -155,3 +155,21 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch
         assert isinstance(dest, Plugin)
     finally:
         registry.destination_types.cache_clear()
+
+
+def test_requests_of_every_destination_own_their_params_and_headers() -> None:
+    """Mutating one request's dicts must not leak into the next (no shared defaults)."""
+    from test_robustness import SAMPLE_SETTINGS
+
+    from destinations.registry import BUILT_IN
+
+    message = {"type": "page", "userId": "u", "properties": {"url": "https://shop.example/"},
+               "context": {"traits": {"email": "a@b.co"}}}  # fmt: skip
+    for name in BUILT_IN:
+        dest = get_destination(name, SAMPLE_SETTINGS[name])
+        first = dest.handle(message)[0]
+        first.params["leak"] = "1"
+        first.headers["X-Leak"] = "1"
+        second = dest.handle(message)[0]
+        assert "leak" not in second.params, name
+        assert "X-Leak" not in second.headers, name
