@@ -1,21 +1,25 @@
-"""The destination framework: `HttpRequest`, settings validation and dispatch by type and event."""
+"""The destination framework: `HttpRequest`, settings validation, credentials, dispatch by type and
+event, and the one place a mapped body becomes an `HttpRequest`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage
+from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
+from .fields import Call, Table
 from .redaction import mask_headers, mask_params
-from .spec import Call, Message, check_envelope, format_path, integration_setting, parse_message, raw_label
+from .spec import Message, check_envelope, format_path, integration_setting, parse_message, raw_label
 
 log = logging.getLogger(__name__)
 
-Mapper = Callable[[Call], Any]
+# Immutable, so no request can change another's through a shared default.
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class HttpRequest(NamedTuple):
@@ -28,8 +32,8 @@ class HttpRequest(NamedTuple):
 
     method: str
     url: str
-    params: dict[str, Any] = {}  # noqa: RUF012 - never mutated; every vendor passes its own dict
-    headers: dict[str, str] = {}  # noqa: RUF012
+    params: Mapping[str, Any] = _EMPTY
+    headers: Mapping[str, str] = _EMPTY
     json: Any = None
     batchable: bool = False
 
@@ -48,6 +52,33 @@ class HttpRequest(NamedTuple):
             f"HttpRequest(method={self.method!r}, url={self.url!r}, params={mask_params(self.params)!r}, "
             f"headers={mask_headers(self.headers)!r}, json={self.json!r}, batchable={self.batchable!r})"
         )
+
+
+class Mapped(NamedTuple):
+    """What a vendor mapper returns: the API path (appended to the instance's base URL), the JSON
+    body, headers of this message's own (Segmentify's `Origin`) and the HTTP method."""
+
+    path: str
+    json: Any
+    headers: Mapping[str, str] = _EMPTY
+    method: str = "POST"
+
+
+# A mapper returns one Mapped, or several when one message means several vendor calls.
+Mapper = Callable[[Call], Any]
+
+
+class Credential(NamedTuple):
+    """Which setting travels as which query parameter or header (DESIGN.md section 9).
+
+    `form` turns the secret into the header value (HTTP Basic for eSputnik). The outbox stores
+    requests without these and the sender adds them back, so no secret is written to disk.
+    """
+
+    setting: str
+    param: str | None = None
+    header: str | None = None
+    form: Callable[[str], str] | None = None
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -101,9 +132,10 @@ def describe_settings_errors(exc: ValidationError) -> list[str]:
 class Destination:
     """Base of every destination: a pure function of (settings, message) to HTTP requests.
 
-    A vendor module declares `name`, `display_name` (its key in `integrations`), `Settings`, the
-    tables `calls` (message type -> mapper) and `events` (canonical track event -> mapper) with
-    `other_event` for any other track, and `build` to wrap what a mapper returns into requests.
+    A vendor module declares `name`, `display_name` (its key in `integrations`), `Settings`,
+    `credentials_declared`, `url_setting` (the setting holding the base URL), `headers`, `batchable`,
+    the tables `calls` (message type -> mapper) and `events` (canonical track event -> mapper) with
+    `other_event` for any other track, and `fields` (its declared tables, for `destinations list`).
     """
 
     name: ClassVar[str]
@@ -112,9 +144,26 @@ class Destination:
     calls: ClassVar[Mapping[str, Mapper]] = {}
     events: ClassVar[Mapping[str, Mapper]] = {}
     other_event: ClassVar[Mapper | None] = None
+    fields: ClassVar[tuple[Table, ...]] = ()
+    credentials_declared: ClassVar[tuple[Credential, ...]] = ()
+    url_setting: ClassVar[str] = "baseUrl"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"Content-Type": "application/json"})
+    batchable: ClassVar[bool] = False
 
     def __init__(self, settings: Mapping[str, Any] | SettingsModel | None = None) -> None:
         self.settings = self.parse_settings(settings)
+        params, headers = {}, {}
+        for c in self.credentials_declared:
+            secret = getattr(self.settings, c.setting)
+            if secret is None:
+                continue
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else str(secret)
+            if c.param:
+                params[c.param] = c.form(value) if c.form else value
+            if c.header:
+                headers[c.header] = c.form(value) if c.form else value
+        self._secret_params, self._secret_headers = params, headers
+        self._base_url = str(getattr(self.settings, self.url_setting, "") or "")
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -142,13 +191,17 @@ class Destination:
 
     # -- the public entry point
 
-    def handle(self, message: Mapping[str, Any] | Message) -> list[HttpRequest]:
+    def handle(
+        self, message: Mapping[str, Any] | Message, *, warnings: list[MappingWarning] | None = None
+    ) -> list[HttpRequest]:
         """Map one Segment message to the vendor requests it means.
 
-        Raises InvalidMessage or Filtered, and nothing else, for any input.
+        Raises InvalidMessage or Filtered, and nothing else, for any input. Optional values that
+        could not be read were left out of the requests; pass a list as `warnings` to receive one
+        MappingWarning for each (MAPPINGS "Real traffic").
         """
         try:
-            return self._handle(message)
+            return self._handle(message, warnings)
         except DestinationError:
             raise
         except Exception as exc:  # a mapping bug must not take a caller's loop down with it
@@ -158,15 +211,14 @@ class Destination:
                 label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True
             ) from None
 
-    def _handle(self, message: Mapping[str, Any] | Message) -> list[HttpRequest]:
+    def _handle(self, message: Mapping[str, Any] | Message, warnings: list[MappingWarning] | None) -> list[HttpRequest]:
         if isinstance(message, Message):
             kind, integrations = message.type, message.integrations
         else:
-            raw = check_envelope(message)
-            kind, integrations = raw["type"], raw.get("integrations")
-        enabled, options = integration_setting(integrations, self.display_name)
+            kind, integrations = check_envelope(message), message.get("integrations")
+        enabled, options, key = integration_setting(integrations, self.display_name)
         if not enabled:
-            raise Filtered(f"integrations.{self.display_name} turns {self.display_name} off for this message")
+            raise Filtered(f"integrations.{key} turns {self.display_name} off for this message")
         if kind != "track" and kind not in self.calls:
             raise Filtered(f"{self.display_name} does not take {kind} calls")
         parsed = parse_message(message)
@@ -180,22 +232,42 @@ class Destination:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
             mapper = self.calls[kind]
-        return self.build(call, mapper(call))
+        requests_ = self.build(call, mapper(call))
+        if warnings is not None:
+            warnings.extend(call.warnings)
+        return requests_
 
     def build(self, call: Call, mapped: Any) -> list[HttpRequest]:
-        """Wrap what a mapper returned into requests; the default takes requests as they are."""
-        return list(mapped)
+        """The requests a mapper's result means: each Mapped through `request`, HttpRequests as they are.
+
+        Built-in destinations never override this; a plugin may, when its calls need another form.
+        """
+        items = [mapped] if isinstance(mapped, Mapped | HttpRequest) else list(mapped)
+        return [self.request(m) if isinstance(m, Mapped) else m for m in items]
+
+    def request(self, mapped: Mapped) -> HttpRequest:
+        """The one typed form of a vendor request: the base URL and path, credentials and headers added."""
+        headers = {**self._secret_headers, **self.headers, **mapped.headers}
+        return HttpRequest(
+            mapped.method, self._base_url + mapped.path, dict(self._secret_params), headers, mapped.json,
+            self.batchable,
+        )  # fmt: skip
 
     # -- delivery hooks (used by destinations.delivery, never by handle)
 
     def credentials(self) -> tuple[dict[str, str], dict[str, str]]:
-        """The (query params, headers) that carry this instance's secrets.
+        """The (query params, headers) that carry this instance's secrets, from `credentials_declared`.
 
         The outbox stores requests without them and the sender adds them back, so no secret is
         ever written to disk.
         """
-        return {}, {}
+        return dict(self._secret_params), dict(self._secret_headers)
 
     def response_problem(self, status: int, body: bytes) -> tuple[str, str] | None:
         """A vendor-specific failure hidden in an HTTP answer: ("permanent" or "config", code), or None."""
         return None
+
+    @classmethod
+    def describe_fields(cls) -> list[dict[str, Any]]:
+        """Every declared field of every event, with its sources (for `destinations list NAME`)."""
+        return [row for table in cls.fields for row in table.describe()]

@@ -41,3 +41,31 @@ class ConfigurationError(DestinationError):
 
 class DeliveryError(DestinationError):
     """A request could not be delivered (raised by the delivery layer, never by a handler)."""
+
+
+class MappingWarning:
+    """An optional value left out of a vendor request because it could not be read (MAPPINGS "Real traffic").
+
+    Not an exception: the message is still sent. `target` is the vendor and its stable field name
+    ("Segmentify PRODUCT_VIEW (oldPrice)"); `path` the Segment path; `rule` what was wrong with it.
+    """
+
+    __slots__ = ("event", "path", "rule", "target")
+
+    def __init__(self, event: str, path: str, rule: str, target: str) -> None:
+        self.event = event
+        self.path = path
+        self.rule = rule
+        self.target = target
+
+    def __str__(self) -> str:
+        return f"{self.event}: {self.path} {self.rule}; left out of {self.target}"
+
+    def __repr__(self) -> str:
+        return f"MappingWarning({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MappingWarning) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))

@@ -30,18 +30,22 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, SecretStr
 
-from .base import Destination, HttpRequest, Mapper, SettingsModel, http_url, non_empty_secret
+from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
 from .errors import Filtered
-from .spec import Call, Product, compact_json, first_key, flat_map, lower_camel
+from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table, read_json_text
+from .spec import has_surrogate, lower_camel
 
 BASIC_USER = "destinations"
 EVENT_PATH = "/api/v2/event"
 CONTACT_PATH = "/api/v1/contact"
 NO_LOCATOR = "eSputnik needs a contact locator: email, phone or userId"
+# eSputnik's own event keys: a custom event whose key becomes one of these is sent as `custom<Key>`.
+VENDOR_EVENTS = frozenset(
+    {"pageViewed", "productViewed", "productCategoryViewed", "cartUpdated", "productImpressions",
+     "productAddedToWishlist", "searchRequest"}
+)  # fmt: skip
 
 Params = list[tuple[str, Any]]
-# What a mapper returns: the API path and the JSON body.
-Mapped = tuple[str, dict[str, Any]]
 
 
 class Settings(SettingsModel):
@@ -49,43 +53,77 @@ class Settings(SettingsModel):
     baseUrl: Annotated[str, AfterValidator(http_url)] = "https://esputnik.com"
 
 
+def basic_auth(api_key: str) -> str:
+    """HTTP Basic with the API key as password; eSputnik ignores the user name."""
+    return "Basic " + base64.b64encode(f"{BASIC_USER}:{api_key}".encode()).decode("ascii")
+
+
+# --- declared fields (README "eSputnik") ---------------------------------------------------------
+
+LOCATORS = Table("event", F("email", *EMAIL), F("phone", *PHONE), F("externalCustomerId", "userId"))
+KEY_VALUE = F("keyValue", "options.key_value")
+EVENT_TYPE_KEY = F("eventTypeKey", "options.event_type_key")
+
+
+def _product(event: str) -> Table:
+    return Table(
+        event,
+        F("productId", *PRODUCT_ID, required=True),
+        F("price", "product.price", kind="number", required=True),
+        F("isInStock", "product.in_stock", kind="flag"),
+        prefix="product.",
+    )
+
+
+PRODUCT_VIEWED = _product("productViewed")
+PRODUCT_ADDED_TO_WISHLIST = _product("productAddedToWishlist")
+CURRENCY_CODE = F("currencyCode", *CURRENCY)
+PAGE_VIEWED = Table("pageViewed", F("location", "properties.url", "context.page.url", kind="url", required=True),
+                    prefix="page.")  # fmt: skip
+PRODUCT_CATEGORY_VIEWED = Table(
+    "productCategoryViewed", F("productCategoryId", "properties.category", "properties.list_id", required=True),
+    prefix="category.",
+)  # fmt: skip
+CART_UPDATED = Table(
+    "cartUpdated",
+    F("recycleStateId", "properties.cart_id", "properties.checkout_id", "properties.order_id", required=True),
+    F("currencyCode", "properties.currency"),
+)
+CART_ITEM = Table(
+    "cartUpdated",
+    F("productId", *PRODUCT_ID, required=True),
+    F("quantity", "product.quantity", kind="number", default=1),
+    F("price", "product.price", kind="number", required=True),
+    F("name", "product.name"),
+    F("category", "product.category"),
+    F("discount", "product.discount", kind="number"),
+    prefix="products[].",
+)
+SEARCH_REQUEST = Table(
+    "searchRequest", F("search", "properties.query", required=True), F("isFound", "properties.is_found", kind="flag")
+)
+CONTACT = Table("contact", FIRST_NAME, LAST_NAME, F("name", "traits.name"))
+
 # --- contact locators ---------------------------------------------------------------------------
-
-
-def _blank_as_none(value: str | None) -> str | None:
-    if value is None:
-        return None
-    return value.strip() or None
 
 
 def locators(call: Call) -> Params:
     """email, phone, externalCustomerId (those known, in that order); Filtered when none is."""
-    found = [
-        ("email", _blank_as_none(call.email)),
-        ("phone", _blank_as_none(call.phone)),
-        ("externalCustomerId", call.user_id),
-    ]
-    known = [(name, value) for name, value in found if value is not None]
+    known = [(name, value.strip()) for name, value in call.map(LOCATORS).items() if value.strip()]
     if not known:
-        raise Filtered(f"{NO_LOCATOR}; {call.message.event_label} has none (traits.email, traits.phone, userId)")
+        raise Filtered(f"{NO_LOCATOR}; {call.label} has none (traits.email, traits.phone, userId)")
     return known
 
 
-def _param_value(value: Any) -> Any:
-    return compact_json(value) if isinstance(value, dict | list | tuple) else value
-
-
-def _option_text(call: Call, key: str) -> str | None:
-    return _blank_as_none(call.text(call.options.get(key), f"integrations.{call.vendor}.{key}"))
-
-
 def event_body(call: Call, key: str, who: Params, params: Params) -> dict[str, Any]:
-    """The Generate event v2 body: locators first, then the event's own params; nulls left out."""
+    """The Generate event v2 body: locators first, then the event's own params; nulls left out.
+    Objects and lists travel as compact JSON text, as the seed shows."""
+    key_value = call.read(KEY_VALUE, target="event (keyValue)")
     return {
         "eventTypeKey": key,
-        "keyValue": _option_text(call, "keyValue") or who[0][1],
+        "keyValue": (key_value or "").strip() or who[0][1],
         "params": [
-            {"name": name, "value": _param_value(value)} for name, value in [*who, *params] if value is not None
+            {"name": name, "value": read_json_text(value)} for name, value in [*who, *params] if value is not None
         ],
     }
 
@@ -95,7 +133,7 @@ def event(key: str, read: Callable[[Call], Params]) -> Mapper:
 
     def mapper(call: Call) -> Mapped:
         who = locators(call)
-        return EVENT_PATH, event_body(call, key, who, read(call))
+        return Mapped(EVENT_PATH, event_body(call, key, who, read(call)))
 
     return mapper
 
@@ -103,101 +141,75 @@ def event(key: str, read: Callable[[Call], Params]) -> Mapper:
 # --- event params, one reader per eSputnik event ------------------------------------------------
 
 
-def _without_nulls(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _extended(p: Product, taken: Mapping[str, Any]) -> dict[str, Any]:
+def _extended(item: Item, taken: Mapping[str, Any]) -> dict[str, Any]:
     """Product properties in the seed's `someProductProperty: ["green"]` form: lists of strings."""
     return {
         k: v
-        for k, v in p.raw.items()
-        if k not in taken and isinstance(v, list) and v and all(isinstance(x, str) for x in v)
-    }
+        for k, v in item.raw.items()
+        if k not in taken and isinstance(v, list) and v and all(type(x) is str and not has_surrogate(x) for x in v)
+        and not has_surrogate(k)
+    }  # fmt: skip
 
 
-def product_params(target: str) -> Callable[[Call], Params]:
+def product_params(table: Table) -> Callable[[Call], Params]:
     def read(call: Call) -> Params:
-        p = call.product()
-        product = {
-            "productId": call.require(p.id, p.id_path, f"{target} (product.productId)"),
-            "price": call.require(p.price, "properties.price", f"{target} (product.price)"),
-            "isInStock": None if p.in_stock is None else int(p.in_stock),
-        }
-        product.update(_extended(p, product))
-        return [("product", _without_nulls(product)), ("currencyCode", p.currency)]
+        item = call.product()
+        product = call.map(table, item)
+        product.update(_extended(item, product))
+        return [("product", product), ("currencyCode", call.read(CURRENCY_CODE, item))]
 
     return read
 
 
 def page_params(call: Call) -> Params:
-    url = call.text(call.properties.get("url"), "properties.url") or call.page_url
-    location = call.require(url, "properties.url", "pageViewed (page.location; or context.page.url)")
-    return [("page", {"location": location})]
+    return [("page", call.map(PAGE_VIEWED))]
 
 
 def category_params(call: Call) -> Params:
-    key, value = first_key(call.properties, "category", "list_id", "listId")
-    category = call.require(
-        call.text(value, f"properties.{key}"),
-        "properties.category",
-        "productCategoryViewed (category.productCategoryId; or properties.list_id)",
-    )
-    return [("category", {"productCategoryId": category})]
+    return [("category", call.map(PRODUCT_CATEGORY_VIEWED))]
 
 
 def cart_params(call: Call) -> Params:
     if not call.has_products:
         raise Filtered(
-            f"{call.message.event_label} without properties.products: eSputnik cartUpdated needs the whole cart; "
+            f"{call.label} without properties.products: eSputnik cartUpdated needs the whole cart; "
             "send every cart item in properties.products (with properties.cart_id) on Product Added, "
             "Product Removed, Cart Viewed or Checkout Started"
         )
-    key, value = first_key(call.properties, "cart_id", "cartId", "checkout_id", "checkoutId")
-    recycle_state_id = call.require(
-        call.text(value, f"properties.{key}"),
-        "properties.cart_id",
-        "cartUpdated (recycleStateId; or properties.checkout_id)",
-    )
+    cart = call.map(CART_UPDATED)
     items = []
-    for p in call.products:
-        item = {
-            "productId": call.require(p.id, p.id_path, "cartUpdated (products[].productId)"),
-            "quantity": p.quantity,
-            "price": call.require(p.price, f"{p.path}.price", "cartUpdated (products[].price)"),
-            "name": p.name,
-            "category": p.category,
-            "discount": call.number(p.raw.get("discount"), f"{p.path}.discount", "cartUpdated (products[].discount)"),
-        }
-        item.update(_extended(p, item))
-        items.append(_without_nulls(item))
-    currency = call.currency or next((p.currency for p in call.products if p.currency), None)
-    return [("products", items), ("currencyCode", currency), ("recycleStateId", recycle_state_id)]
+    for item in call.products:
+        product = call.map(CART_ITEM, item)
+        product.update(_extended(item, product))
+        items.append(product)
+    currency = cart.get("currencyCode") or next(
+        (c for c in (call.read(CURRENCY_CODE, item) for item in call.products) if c), None
+    )
+    return [("products", items), ("currencyCode", currency), ("recycleStateId", cart["recycleStateId"])]
 
 
 def search_params(call: Call) -> Params:
-    props = call.properties
-    query = call.require(
-        call.text(props.get("query"), "properties.query"), "properties.query", "searchRequest (search)"
-    )
-    key, value = first_key(props, "is_found", "isFound")
-    found = call.boolean(value, f"properties.{key}")
-    return [("search", query), ("isFound", None if found is None else int(found))]
+    return list(call.map(SEARCH_REQUEST).items())
 
 
 def custom_event(call: Call) -> Mapped:
-    """Any other track: one param per property; a property never repeats a locator param."""
+    """Any other track: the event name in lowerCamelCase over ASCII (`custom` before a key that is one of
+    eSputnik's own), one param per property; a property never repeats a locator param."""
     who = locators(call)
-    key = _option_text(call, "eventTypeKey") or lower_camel(call.event)
+    key = (call.read(EVENT_TYPE_KEY, target="event (eventTypeKey)") or "").strip()
     if not key:
-        raise call.fail(
-            "event",
-            f"gives no {call.vendor} eventTypeKey in lowerCamelCase (ASCII letters and digits); "
-            f"set integrations.{call.vendor}.eventTypeKey",
-        )
+        key = lower_camel(call.event)
+        if not key:
+            raise call.fail(
+                "event",
+                f"must contain a letter or digit to name an {call.vendor} event (eventTypeKey); "
+                f"or set integrations.{call.vendor}.eventTypeKey",
+            )
+        if key in VENDOR_EVENTS:
+            key = f"custom{key[0].upper()}{key[1:]}"
     taken = {name for name, _ in who}
-    params = [(name, value) for name, value in flat_map(call.properties).items() if name not in taken]
-    return EVENT_PATH, event_body(call, key, who, params)
+    params = call.flat(call.properties, "properties", f"{key} (params)", taken)
+    return Mapped(EVENT_PATH, event_body(call, key, who, list(params.items())))
 
 
 # --- identify -----------------------------------------------------------------------------------
@@ -206,12 +218,11 @@ def custom_event(call: Call) -> Mapped:
 def contact(call: Call) -> Mapped:
     """identify -> the contact API; `traits.name` is split at its first space when no first/last name is given."""
     who = dict(locators(call))
-    first_name, last_name = _blank_as_none(call.first_name), _blank_as_none(call.last_name)
-    if first_name is None and last_name is None:
-        name = _blank_as_none(call.text(call.trait("name"), "traits.name"))
-        if name:
-            head, _, rest = name.partition(" ")
-            first_name, last_name = head, _blank_as_none(rest)
+    names = {k: v.strip() for k, v in call.map(CONTACT).items() if v.strip()}
+    first_name, last_name = names.get("firstName"), names.get("lastName")
+    if first_name is None and last_name is None and names.get("name"):
+        head, _, rest = names["name"].partition(" ")
+        first_name, last_name = head, rest.strip() or None
     channels = [
         {"type": kind, "value": who[locator]}
         for kind, locator in (("email", "email"), ("sms", "phone"))
@@ -223,18 +234,18 @@ def contact(call: Call) -> Mapped:
         "lastName": last_name,
         "channels": channels,
     }
-    return CONTACT_PATH, _without_nulls(body)
+    return Mapped(CONTACT_PATH, {k: v for k, v in body.items() if v is not None})
 
 
 EVENTS: dict[str, Mapper] = {
-    "Product Viewed": event("productViewed", product_params("productViewed")),
+    "Product Viewed": event("productViewed", product_params(PRODUCT_VIEWED)),
     "Product List Viewed": event("productCategoryViewed", category_params),
     "Product Category Viewed": event("productCategoryViewed", category_params),
     "Cart Viewed": event("cartUpdated", cart_params),
     "Checkout Started": event("cartUpdated", cart_params),
     "Product Added": event("cartUpdated", cart_params),
     "Product Removed": event("cartUpdated", cart_params),
-    "Product Added to Wishlist": event("productAddedToWishlist", product_params("productAddedToWishlist")),
+    "Product Added to Wishlist": event("productAddedToWishlist", product_params(PRODUCT_ADDED_TO_WISHLIST)),
     "Products Searched": event("searchRequest", search_params),
 }
 
@@ -246,19 +257,6 @@ class EsputnikDestination(Destination):
     calls = {"page": event("pageViewed", page_params), "identify": contact}  # noqa: RUF012
     events = EVENTS
     other_event = custom_event
-
-    def credentials(self) -> tuple[dict[str, str], dict[str, str]]:
-        basic = f"{BASIC_USER}:{self.settings.apiKey.get_secret_value()}".encode()
-        return {}, {"Authorization": f"Basic {base64.b64encode(basic).decode('ascii')}"}
-
-    def build(self, call: Call, mapped: Mapped) -> list[HttpRequest]:
-        path, body = mapped
-        return [
-            HttpRequest(
-                method="POST",
-                url=f"{self.settings.baseUrl}{path}",
-                params={},
-                headers={**self.credentials()[1], "Content-Type": "application/json"},
-                json=body,
-            )
-        ]
+    fields = (LOCATORS, PAGE_VIEWED, PRODUCT_VIEWED, PRODUCT_ADDED_TO_WISHLIST, PRODUCT_CATEGORY_VIEWED, CART_UPDATED,
+              CART_ITEM, SEARCH_REQUEST, CONTACT)  # fmt: skip
+    credentials_declared = (Credential("apiKey", header="Authorization", form=basic_auth),)

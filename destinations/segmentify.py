@@ -22,18 +22,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timezone
+from collections.abc import Callable
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import idna
 from pydantic import AfterValidator, SecretStr
 
-from .base import Destination, HttpRequest, Mapper, SettingsModel, http_url, non_empty_secret
-from .spec import Call, first, flat_map
+from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
+from .fields import (
+    CART_TOTAL,
+    CURRENCY,
+    EMAIL,
+    ORDER_TOTAL,
+    PHONE,
+    PRODUCT_ID,
+    Call,
+    F,
+    Table,
+    full_name,
+    line_item_sum,
+)  # fmt: skip
 
 Device = Literal["PC", "TABLET", "MOBILE", "ANDROID", "IOS"]
 DEVICES = ("PC", "TABLET", "MOBILE", "ANDROID", "IOS")
+EVENTS_PATH = "/add/events/v1.json"
 
 
 class Settings(SettingsModel):
@@ -44,111 +59,105 @@ class Settings(SettingsModel):
     testMode: bool = False
 
 
-# --- mappers: one per vendor event --------------------------------------------------------------
+def dotted_date(day: Any) -> str:
+    """DD.MM.YYYY, as the seed writes birthdate and memberSince."""
+    return f"{day.day:02d}.{day.month:02d}.{day.year:04d}"
 
 
-def page_view(call: Call) -> dict[str, Any]:
-    props, m = call.properties, call.message
-    category = call.text(props.get("category"), "properties.category")
-    return {
-        "name": "PAGE_VIEW",
-        "category": category or getattr(m, "category", None) or getattr(m, "name", None) or "Page",
-        "subCategory": call.text(first(props, "subCategory", "sub_category"), "properties.subCategory"),
-    }
+def zero_for_empty_cart(call: Call, _: Any = None) -> Any:
+    """Cart Viewed of an empty cart has a total of 0; any other checkout sums its products."""
+    total = line_item_sum(call)
+    return 0 if total is None and call.event == "Cart Viewed" and not call.products else total
 
 
-_PRODUCT_EXTRAS = ("gender", "colors", "sizes", "labels")
-_IMAGE_SIZES = ("imageXS", "imageS", "imageM", "imageL", "imageXL")
+# --- declared fields: one table per vendor event (README "Segmentify and D·engage") -----------------
+
+# On every event (language and the rest of the computed ones are added by `event`).
+COMMON = (
+    F("pageUrl", "context.page.url", kind="url"),
+    F("referrer", "context.page.referrer"),
+    F("userAgent", "context.userAgent"),
+)
+EVENT_CURRENCY = F("currency", "properties.currency")
 
 
-def product_view(call: Call) -> dict[str, Any]:
-    p, props = call.product(), call.properties
-    need = "PRODUCT_VIEW"
-    image_option = call.text(call.options.get("imageUrl"), f"integrations.{call.vendor}.imageUrl")
-    event = {
-        "name": "PRODUCT_VIEW",
-        "productId": call.require(p.id, p.id_path, f"{need} (productId)"),
-        "title": call.require(p.name, "properties.name", f"{need} (title)"),
-        "url": call.require(p.url or call.page_url, "properties.url", f"{need} (url)"),
-        "image": call.require(p.image_url or image_option, "properties.image_url", f"{need} (image)"),
-        "category": call.require(p.category, "properties.category", f"{need} (category)"),
-        "price": call.require(p.price, "properties.price", f"{need} (price)"),
-        "brand": p.brand,
-        "oldPrice": call.number(
-            first(props, "old_price", "compare_at_price"), "properties.old_price", f"{need} (oldPrice)"
-        ),
-        "inStock": p.in_stock,
-        "currency": p.currency,
-        "mUrl": call.text(first(props, "mUrl", "m_url"), "properties.mUrl"),
-    }
-    for key in _PRODUCT_EXTRAS:
-        event[key] = props.get(key)
-    for key in _IMAGE_SIZES:
-        event[key] = call.text(props.get(key), f"properties.{key}")
-    return event
+def _table(name: str, *fields: Any) -> Table:
+    return Table(name, *COMMON, *fields)
 
 
-def basket(step: str) -> Mapper:
-    def mapper(call: Call) -> dict[str, Any]:
-        p = call.product()
-        return {
-            "name": "BASKET_OPERATIONS",
-            "step": step,
-            "productId": call.require(p.id, p.id_path, "BASKET_OPERATIONS (productId)"),
-            "price": p.price,
-            "currency": p.currency,
-            "quantity": p.quantity,
-        }
-
-    return mapper
-
-
-def checkout(step: str) -> Mapper:
-    def mapper(call: Call) -> dict[str, Any]:
-        products = call.products
-        empty_cart = step == "basket" and not products
-        if not products and not empty_cart:
-            raise call.fail("properties.products", f"is required by {call.vendor} CHECKOUT (productList)")
-        total = call.order_total("CHECKOUT (totalPrice)")
-        if total is None and empty_cart:
-            total = 0
-        product_list = [
-            {
-                "productId": call.require(p.id, p.id_path, "CHECKOUT (productList.productId)"),
-                "price": p.price,
-                "currency": p.currency,
-                "quantity": p.quantity,
-            }
-            for p in products
-        ]
-        props = call.properties
-        return {
-            "name": "CHECKOUT",
-            "step": step,
-            "totalPrice": call.require(total, "properties.total", "CHECKOUT (totalPrice)"),
-            "currency": call.currency,
-            "cartUrl": call.text(first(props, "cart_url", "cartUrl"), "properties.cart_url"),
-            "orderNo": call.text(props.get("order_id"), "properties.order_id") if step == "purchase" else None,
-            "productList": [{k: v for k, v in item.items() if v is not None} for item in product_list],
-        }
-
-    return mapper
-
-
-def user_operation(step: str) -> Mapper:
-    def mapper(call: Call) -> dict[str, Any]:
-        username = call.text(call.properties.get("username"), "properties.username") or call.user_id
-        return {
-            "name": "USER_OPERATIONS",
-            "step": step,
-            "username": call.require(username, "properties.username", "USER_OPERATIONS (username, or userId)"),
-        }
-
-    return mapper
-
+PAGE_VIEW = _table(
+    "PAGE_VIEW",
+    F("category", "properties.category", "category", "name", default="Page"),
+    F("subCategory", "properties.sub_category"),
+    EVENT_CURRENCY,
+)
+PRODUCT_VIEW = _table(
+    "PRODUCT_VIEW",
+    F("productId", *PRODUCT_ID, required=True),
+    F("title", "product.name", required=True),
+    F("url", "product.url", "context.page.url", kind="url", required=True),
+    F("image", "product.image_url", "options.image_url", required=True),
+    F("category", "product.category", required=True),
+    F("price", "product.price", kind="number", required=True),
+    F("brand", "product.brand"),
+    F("oldPrice", "product.old_price", "product.compare_at_price", kind="number"),
+    F("inStock", "product.in_stock", kind="bool"),
+    F("currency", *CURRENCY),
+    F("gender", "product.gender", kind="raw"),
+    F("colors", "product.colors", kind="raw"),
+    F("sizes", "product.sizes", kind="raw"),
+    F("labels", "product.labels", kind="raw"),
+    F("mUrl", "product.m_url", kind="url"),
+    *(F(size, f"product.{size}", kind="url") for size in ("imageXS", "imageS", "imageM", "imageL", "imageXL")),
+)
+BASKET_OPERATIONS = _table(
+    "BASKET_OPERATIONS",
+    F("productId", *PRODUCT_ID, required=True),
+    F("price", "product.price", kind="number"),
+    F("currency", *CURRENCY),
+    F("quantity", "product.quantity", kind="number", default=1),
+)
+_CHECKOUT_FIELDS = (
+    EVENT_CURRENCY,
+    F("cartUrl", "properties.cart_url", kind="url"),
+)
+# Totals by event (MAPPINGS "Real traffic"): an order prefers revenue, a cart its value.
+CHECKOUT = _table(
+    "CHECKOUT", F("totalPrice", *CART_TOTAL, kind="number", required=True, default=zero_for_empty_cart),
+    *_CHECKOUT_FIELDS,
+)  # fmt: skip
+PURCHASE = _table(
+    "CHECKOUT", F("totalPrice", *ORDER_TOTAL, kind="number", required=True, default=line_item_sum),
+    *_CHECKOUT_FIELDS, F("orderNo", "properties.order_id"),
+)  # fmt: skip
+PRODUCT_LIST = Table(
+    "CHECKOUT",
+    F("productId", *PRODUCT_ID, required=True),
+    F("price", "product.price", kind="number"),
+    F("currency", *CURRENCY),
+    F("quantity", "product.quantity", kind="number", default=1),
+    prefix="productList.",
+)
+USER_OPERATIONS = _table(
+    "USER_OPERATIONS", F("username", "properties.username", "userId", required=True), EVENT_CURRENCY
+)
+USER_UPDATE = _table(
+    "USER_OPERATIONS",
+    F("username", "traits.username", "userId", required=True),
+    F("fullName", "traits.name", "properties.name", default=full_name),
+    F("email", *EMAIL),
+    F("phone", *PHONE),
+    F("age", "traits.age", kind="number"),
+    F("birthdate", "traits.birthday", kind="date", to=dotted_date),
+    F("memberSince", "traits.created_at", kind="date", to=dotted_date),
+    F("location", "traits.address.city"),
+    F("segments", "traits.segments", kind="texts"),
+    EVENT_CURRENCY,
+)
+CUSTOM_EVENT = _table("CUSTOM_EVENT", EVENT_CURRENCY)
 
 _GENDERS = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
-# Traits `user_update` sends in fields of their own; every other trait goes to `custom`.
+# Traits that `user_update` sends in fields of their own; every other trait goes to `custom`.
 _PROFILE_TRAITS = frozenset(
     {
         "username", "name", "firstName", "lastName", "first_name", "last_name", "email", "phone",
@@ -156,45 +165,73 @@ _PROFILE_TRAITS = frozenset(
     }
 )  # fmt: skip
 
+# --- mappers: one per vendor event --------------------------------------------------------------
+
+
+def page_view(call: Call) -> dict[str, Any]:
+    return {"name": "PAGE_VIEW", **call.map(PAGE_VIEW)}
+
+
+def product_view(call: Call) -> dict[str, Any]:
+    return {"name": "PRODUCT_VIEW", **call.map(PRODUCT_VIEW, call.product())}
+
+
+def basket(step: str) -> Mapper:
+    def mapper(call: Call) -> dict[str, Any]:
+        return {"name": "BASKET_OPERATIONS", "step": step, **call.map(BASKET_OPERATIONS, call.product())}
+
+    return mapper
+
+
+def checkout(step: str) -> Mapper:
+    table = PURCHASE if step == "purchase" else CHECKOUT
+
+    def mapper(call: Call) -> dict[str, Any]:
+        products = call.products
+        if not products and step != "basket":
+            raise call.fail("properties.products", f"is required by {call.vendor} CHECKOUT (productList)")
+        return {
+            "name": "CHECKOUT",
+            "step": step,
+            **call.map(table),
+            "productList": [call.map(PRODUCT_LIST, item) for item in products],
+        }
+
+    return mapper
+
+
+def user_operation(step: str) -> Mapper:
+    def mapper(call: Call) -> dict[str, Any]:
+        return {"name": "USER_OPERATIONS", "step": step, **call.map(USER_OPERATIONS)}
+
+    return mapper
+
 
 def user_update(call: Call) -> dict[str, Any]:
-    traits = call.traits
-    gender_text = traits.get("gender")
+    gender_text = call.traits.get("gender")
     gender = _GENDERS.get(gender_text.strip().lower()) if isinstance(gender_text, str) else None
-    birthday = call.date(traits.get("birthday"), "traits.birthday")
-    created_key = "createdAt" if traits.get("createdAt") is not None else "created_at"
-    member_since = call.date(traits.get(created_key), f"traits.{created_key}")
-    segments = traits.get("segments")
-    if segments is not None and not isinstance(segments, list):
-        segments = [call.text(segments, "traits.segments")]
-    consumed = _PROFILE_TRAITS | ({"gender"} if gender else set())
-    username = call.text(traits.get("username"), "traits.username") or call.user_id
+    skip = _PROFILE_TRAITS | ({"gender"} if gender else set())
+    custom = call.flat(call.traits, "traits", "USER_OPERATIONS (custom)", skip)
     return {
         "name": "USER_OPERATIONS",
         "step": "update",
-        "username": call.require(username, "traits.username", "USER_OPERATIONS (username, or userId)"),
-        "fullName": call.full_name,
-        "email": call.email,
-        "phone": call.phone,
+        **call.map(USER_UPDATE),
         "gender": gender,
-        "age": call.number(traits.get("age"), "traits.age", "USER_OPERATIONS (age)"),
-        "birthdate": birthday.strftime("%d.%m.%Y") if birthday else None,
-        "memberSince": member_since.strftime("%d.%m.%Y") if member_since else None,
-        "location": call.text(call.address.get("city"), "traits.address.city"),
-        "segments": segments,
-        "custom": flat_map({k: v for k, v in traits.items() if k not in consumed}) or None,
+        "custom": custom or None,
     }
 
 
 def custom_event(call: Call) -> dict[str, Any]:
+    """Any other track: `type` is the event name as sent, `params` the properties as a flat map."""
     return {
         "name": "CUSTOM_EVENT",
-        "type": call.message.event_label,
-        "params": flat_map(call.properties) or None,
+        **call.map(CUSTOM_EVENT),
+        "type": call.label,
+        "params": call.flat(call.properties, "properties", "CUSTOM_EVENT (params)") or None,
     }
 
 
-EVENTS: dict[str, Mapper] = {
+EVENTS: dict[str, Callable[[Call], dict[str, Any]]] = {
     "Product Viewed": product_view,
     "Product Clicked": product_view,
     "Product Added": basket("add"),
@@ -211,18 +248,20 @@ EVENTS: dict[str, Mapper] = {
 
 # --- derived common fields ----------------------------------------------------------------------
 
+SESSION_OPTION = F("sessionId", "options.session_id", "context.sessionId", "context.session_id")
+DEVICE_OPTION = F("device", "options.device")
+ORIGIN = F("Origin", "context.page.url", kind="url")
+
 
 def session_id(call: Call) -> str:
     """options || context.sessionId || context.session_id || one session per visitor per UTC day."""
-    context = call.message.context
-    option = call.text(call.options.get("sessionId"), f"integrations.{call.vendor}.sessionId")
-    explicit = option or context.sessionId or context.session_id
+    explicit = call.read(SESSION_OPTION, target="event (sessionId)")
     if explicit:
         return explicit
-    visitor = call.message.anonymousId or call.message.userId
-    moment = call.time
-    day = moment.astimezone(timezone.utc).date().isoformat() if moment else ""
-    return hashlib.sha256(f"{visitor}|{day}".encode()).hexdigest()[:32]
+    visitor = call.message.anonymousId or call.message.userId or ""
+    moment = call.time("event (sessionId, derived from the message time)", required=True)
+    day = moment.date().isoformat() if moment else ""
+    return hashlib.sha256(f"{visitor}|{day}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 _IOS = ("ios", "ipados", "iphone os")
@@ -231,11 +270,11 @@ _MOBILE_TYPES = ("mobile", "phone", "smartphone")
 
 def device(call: Call, default: str) -> str:
     """options || from context.os.name, context.device.type, context.userAgent || settings.device."""
-    option = call.options.get("device")
+    option = call.read(DEVICE_OPTION, target="event (device)")
     if option is not None:
-        if not isinstance(option, str) or option.upper() not in DEVICES:
+        if option.strip().upper() not in DEVICES:
             raise call.fail(f"integrations.{call.vendor}.device", f"must be one of {', '.join(DEVICES)}")
-        return option.upper()
+        return option.strip().upper()
     context = call.message.context
     os_name = (context.os.name if context.os else None) or ""
     kind = ((context.device.type if context.device else None) or "").lower()
@@ -261,13 +300,28 @@ def device(call: Call, default: str) -> str:
 
 @lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
 def origin_of(url: str | None) -> str | None:
-    """scheme://host[:port] of a URL, as written in it; None when it has no scheme or host."""
+    """scheme://host[:port] of a URL, the host IDNA-encoded so that it can travel in a header
+    (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
     if not url:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
         return None
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            return None
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = parts.netloc.rpartition("@")[2]
+    if port is None and not netloc.endswith(":"):
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}" if port is not None else f"{parts.scheme}://{host}"
 
 
 # A 200 answer whose body has a `statusCode` other than SUCCESS is a failure (seed 004, API Errors).
@@ -277,16 +331,43 @@ CONFIGURATION_CODES = frozenset(
 )
 
 
+def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
+    """A Segmentify mapper wrapped into the request body: the common and derived fields, then the
+    event's own, nulls left out, as a one-event JSON array (batchable), with the `Origin` header."""
+
+    def mapped(call: Call) -> Mapped:
+        settings: Settings = call.settings
+        own = mapper(call)
+        lang = call.language
+        body = {
+            "name": own.pop("name"),
+            "userId": call.visitor_id,
+            "sessionId": session_id(call),
+            "device": device(call, settings.device),
+            "lang": lang.upper() if lang else None,
+            "testMode": True if settings.testMode else None,
+            **own,
+        }
+        origin = settings.origin or origin_of(call.read(ORIGIN, target="request (Origin header)"))
+        headers = {"Origin": origin} if origin else {}
+        return Mapped(EVENTS_PATH, [{k: v for k, v in body.items() if v is not None}], headers)
+
+    return mapped
+
+
 class SegmentifyDestination(Destination):
     name = "segmentify"
     display_name = "Segmentify"
     Settings = Settings
-    calls = {"page": page_view, "screen": page_view, "identify": user_update}  # noqa: RUF012
-    events = EVENTS
-    other_event = custom_event
-
-    def credentials(self) -> tuple[dict[str, str], dict[str, str]]:
-        return {"apiKey": self.settings.apiKey.get_secret_value()}, {}
+    calls = {"page": event(page_view), "screen": event(page_view), "identify": event(user_update)}  # noqa: RUF012
+    events = {name: event(mapper) for name, mapper in EVENTS.items()}  # noqa: RUF012
+    other_event = event(custom_event)
+    fields = (PAGE_VIEW, PRODUCT_VIEW, BASKET_OPERATIONS, CHECKOUT, PURCHASE, PRODUCT_LIST, USER_OPERATIONS,
+              USER_UPDATE, CUSTOM_EVENT)  # fmt: skip
+    credentials_declared = (Credential("apiKey", param="apiKey"),)
+    url_setting = "dataCenterUrl"
+    headers = MappingProxyType({"Content-Type": "application/json", "Accept": "application/json"})
+    batchable = True
 
     def response_problem(self, status: int, body: bytes) -> tuple[str, str] | None:
         if not 200 <= status < 300 or b"statusCode" not in body:
@@ -298,35 +379,3 @@ class SegmentifyDestination(Destination):
         if not isinstance(code, str) or code == "SUCCESS":
             return None
         return ("config" if code in CONFIGURATION_CODES else "permanent"), code
-
-    def build(self, call: Call, mapped: dict[str, Any]) -> list[HttpRequest]:
-        settings: Settings = self.settings
-        context = call.message.context
-        lang = call.language
-        event = {
-            "name": mapped["name"],
-            "userId": call.visitor_id,
-            "sessionId": session_id(call),
-            "device": device(call, settings.device),
-            "pageUrl": call.page_url,
-            "referrer": call.referrer,
-            "userAgent": context.userAgent,
-            "lang": lang.upper() if lang else None,
-            "currency": call.currency,
-            "testMode": True if settings.testMode else None,
-            **mapped,
-        }
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        origin = settings.origin or origin_of(call.page_url)
-        if origin:
-            headers["Origin"] = origin
-        return [
-            HttpRequest(
-                method="POST",
-                url=f"{settings.dataCenterUrl}/add/events/v1.json",
-                params=self.credentials()[0],
-                headers=headers,
-                json=[{k: v for k, v in event.items() if v is not None}],
-                batchable=True,
-            )
-        ]

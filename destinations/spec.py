@@ -1,8 +1,8 @@
-"""Segment message models (pydantic v2) and the spec helpers every destination shares.
+"""Segment message models (pydantic v2) and the value rules every destination shares.
 
-Everything a second vendor would need lives here: reading products and totals, traits and identity,
-numbers, times, the e-commerce v1 event aliases and the `integrations` rule. Vendor modules only
-decide which of these values go where.
+Here: the message models, event and type names as people type them, the `integrations` rule, and the
+readers of single values (numbers, text, dates, times, values passed through as they are). Reading a
+declared vendor field from a message lives in `fields.py`, on top of these.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
+from anyascii import anyascii
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 
 from .errors import InvalidMessage
 
@@ -35,12 +36,23 @@ def _lenient_str(value: Any) -> str | None:
     raise ValueError("must be a string")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = "holds a lone surrogate, which is not valid Unicode text"
+
+
+def has_surrogate(text: str) -> bool:
+    """True when `text` holds a lone surrogate (a valid JSON escape, but no Unicode character)."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
 def _id(value: Any) -> str | None:
-    """An id: text or a number; `null` and blank text count as absent."""
+    """An id: text or a number; `null` and blank text count as absent; lone surrogates are refused."""
     text = _lenient_str(value)
     if text is None:
         return None
     text = text.strip()
+    if has_surrogate(text):
+        raise ValueError(LONE_SURROGATE)
     return text or None
 
 
@@ -52,46 +64,65 @@ def _object(value: Any) -> dict[str, Any]:
     raise ValueError("must be an object")
 
 
-_ISO_FRACTION = re.compile(r"(\.\d+)")
+_ISO_START = re.compile(r"^\s*[+-]?\d{4}-\d{2}-\d{2}")
+_DATETIME = TypeAdapter(datetime)
+TIME_RULE = "must be an ISO-8601 date-time"
 
 
 def parse_iso_datetime(value: str) -> datetime:
-    """ISO-8601 date or date-time; naive values are taken as UTC. Raises ValueError otherwise."""
-    text = value.strip()
-    if not re.match(r"^\d{4}-\d{2}-\d{2}", text):
-        raise ValueError("must be an ISO-8601 date-time")
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    # Python 3.10's fromisoformat wants 3 or 6 fraction digits; libraries send 1 to 9.
-    text = _ISO_FRACTION.sub(lambda m: (m.group(1) + "000000")[:7], text, count=1)
+    """ISO-8601 date or date-time, read by pydantic; naive values are taken as UTC. Raises ValueError.
+
+    Only text that starts like a date is taken: pydantic alone would also read unix numbers.
+    """
+    if not isinstance(value, str) or not _ISO_START.match(value):
+        raise ValueError(TIME_RULE)
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError("must be an ISO-8601 date-time") from None
+        parsed = _DATETIME.validate_python(value.strip())
+    except ValidationError:
+        raise ValueError(TIME_RULE) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-_ISO_START = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; ValueError when it has no UTC form (year 1 at +01:00, year 9999 at -01:00)."""
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("is outside the years 1 to 9999 once taken to UTC") from None
 
 
-def _time_text(value: Any) -> Any:
-    """Only ISO-8601 text: pydantic alone would also take unix numbers and digit strings."""
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and _ISO_START.match(value):
-        return value.strip()
-    raise ValueError("must be an ISO-8601 date-time")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _utc_if_naive(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+def parse_date(value: Any) -> date:
+    """A calendar date: ISO-8601 text (the date as written, before any zone shift) or epoch seconds,
+    milliseconds when above 10^11 (MAPPINGS "Real traffic"), taken in UTC. Raises ValueError."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) == 10:  # the common YYYY-MM-DD, without the date-time machinery
+                return date.fromisoformat(text)
+            return parse_iso_datetime(text).date()
+        except ValueError:
+            pass
+        number = as_number(text)
+    else:
+        number = as_number(value)
+    if number is None:
+        raise ValueError("must be an ISO-8601 date (YYYY-MM-DD) or epoch seconds")
+    seconds = number / 1000 if abs(number) > 10**11 else number
+    try:
+        return (_EPOCH + timedelta(seconds=seconds)).date()
+    except OverflowError:
+        raise ValueError("is an epoch time outside the years 1 to 9999") from None
 
 
 Str = str | None  # numbers become text through the models' coerce_numbers_to_str
 Id = Annotated[str | None, BeforeValidator(_id)]
 # A plain validator: properties and traits are read as they are, not copied key by key.
 Obj = Annotated[dict[str, Any], PlainValidator(_object)]
-Time = Annotated[datetime | None, BeforeValidator(_time_text), AfterValidator(_utc_if_naive)]
+# Times are kept as sent and read only when a vendor request uses them (MAPPINGS "Real traffic").
+Time = Any
 
 
 class _Model(BaseModel):
@@ -230,44 +261,57 @@ _PYDANTIC_RULES = {
 }
 
 
+def message_type(raw: Mapping[str, Any]) -> str | None:
+    """The call type of a raw message, matched ignoring case and surrounding spaces ("Track" is track)."""
+    kind = raw.get("type")
+    if type(kind) is str:
+        if kind in MESSAGE_TYPES:
+            return kind
+        kind = kind.strip().lower()
+        if kind in MESSAGE_TYPES:
+            return kind
+    return None
+
+
 def raw_label(raw: Mapping[str, Any]) -> str:
     """The label of a raw message for errors raised before it is parsed."""
+    kind = message_type(raw)
     event = raw.get("event")
-    if raw.get("type") == "track" and isinstance(event, str) and event.strip():
+    if kind == "track" and isinstance(event, str) and event.strip():
         return event
-    kind = raw.get("type")
-    return kind if isinstance(kind, str) and kind in MESSAGE_TYPES else "message"
+    return kind or "message"
 
 
-def check_envelope(raw: Any) -> dict[str, Any]:
-    """The first checks of MAPPINGS.md 'Shared': an object with a known `type`."""
+def check_envelope(raw: Any) -> str:
+    """The first checks of MAPPINGS.md 'Shared': an object with a known `type`; returns the type."""
     if not isinstance(raw, dict):
         raise InvalidMessage("message", "", f"must be a JSON object, not {type(raw).__name__}")
-    kind = raw.get("type")
+    kind = message_type(raw)
     if kind is None:
-        raise InvalidMessage("message", "type", "is required by the Segment spec")
-    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        if raw.get("type") is None:
+            raise InvalidMessage("message", "type", "is required by the Segment spec")
         raise InvalidMessage(
             "message", "type", f"must be one of {', '.join(MESSAGE_TYPES)} (Segment spec message types)"
         )
-    return raw
+    return kind
 
 
 def parse_message(raw: Mapping[str, Any] | Message) -> Message:
     """Validate a raw Segment message into its model; errors name the Segment path."""
     if isinstance(raw, Message):
         return raw
-    raw = check_envelope(raw)
-    model = MESSAGE_TYPES[raw["type"]]
+    kind = check_envelope(raw)
+    if raw["type"] != kind:
+        raw = {**raw, "type": kind}
     try:
-        return model.model_validate(raw)
+        return MESSAGE_TYPES[kind].model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
         path = format_path(err["loc"])
         rule = _PYDANTIC_RULES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
-        if err["type"].startswith(("datetime_", "date_")):
-            rule = "must be an ISO-8601 date-time"
         raise InvalidMessage(raw_label(raw), path, rule) from None
+    except RecursionError:
+        raise InvalidMessage(raw_label(raw), "", "is nested too deeply to be read") from None
 
 
 def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -300,48 +344,89 @@ V1_ALIASES: dict[str, str] = {
 }
 
 
+# Spec event names (e-commerce v2, and the B2B SaaS user events the vendors take), matched as people type them.
+SPEC_EVENTS = (
+    "Products Searched", "Product List Viewed", "Product List Filtered", "Product Category Viewed",
+    "Promotion Viewed", "Promotion Clicked", "Product Clicked", "Product Viewed", "Product Added", "Product Removed",
+    "Cart Viewed", "Checkout Started", "Checkout Step Viewed", "Checkout Step Completed", "Payment Info Entered",
+    "Order Updated", "Order Completed", "Order Refunded", "Order Cancelled", "Coupon Entered", "Coupon Applied",
+    "Coupon Denied", "Coupon Removed", "Product Added to Wishlist", "Product Removed from Wishlist",
+    "Wishlist Product Added to Cart", "Product Shared", "Cart Shared", "Product Reviewed",
+    "Signed Up", "Signed In", "Signed Out",
+)  # fmt: skip
+
+
+def _name_key(name: str) -> str:
+    """How names are compared: case and runs of spaces do not count."""
+    return " ".join(name.split()).casefold()
+
+
+_CANONICAL: dict[str, str] = {
+    **{_name_key(name): name for name in SPEC_EVENTS},
+    **{_name_key(v1): v2 for v1, v2 in V1_ALIASES.items()},
+}
+
+
 def canonical_event(name: str) -> str:
-    """The e-commerce v2 name of an event (v1 aliases matched exactly)."""
-    return V1_ALIASES.get(name, name)
+    """The e-commerce v2 name of a spec event (v2 or v1, any case and spacing); other names as they are."""
+    return V1_ALIASES.get(name) or _CANONICAL.get(_name_key(name), name)
 
 
-_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+def words(name: str) -> list[str]:
+    """The words of a name over Unicode letters and digits, split at spaces, punctuation and case changes:
+    'checkoutStepViewed' -> checkout, Step, Viewed; 'HTMLPage2' -> HTML, Page, 2; 'Sipariş Tamamlandı' kept whole."""
+    out: list[str] = []
+    for run in re.findall(r"[^\W_]+", name):
+        start = 0
+        for i in range(1, len(run)):
+            prev, char = run[i - 1], run[i]
+            nxt = run[i + 1] if i + 1 < len(run) else ""
+            if (
+                prev.isdigit() != char.isdigit()
+                or (prev.islower() and char.isupper())
+                or (prev.isupper() and char.isupper() and nxt.islower())
+            ):
+                out.append(run[start:i])
+                start = i
+        out.append(run[start:])
+    return out
 
 
 def snake_case(name: str) -> str:
-    """'Coupon Applied' -> 'coupon_applied'; 'checkoutStepViewed' -> 'checkout_step_viewed'."""
-    return "_".join(w.lower() for w in _WORDS.findall(name))
+    """'Coupon Applied' -> 'coupon_applied'; 'Sipariş Tamamlandı' -> 'sipariş_tamamlandı' (every letter kept)."""
+    return "_".join(w.lower() for w in words(name))
 
 
 def lower_camel(name: str) -> str:
-    """'Order Completed' -> 'orderCompleted'."""
-    words = [w.lower() for w in _WORDS.findall(name)]
-    return words[0] + "".join(w.capitalize() for w in words[1:]) if words else ""
+    """'Order Completed' -> 'orderCompleted'; other scripts transliterated to ASCII with anyascii first
+    ('Заказ Оформлен' -> 'zakazOformlen')."""
+    found = [w.lower() for w in words(anyascii(name))]
+    return found[0] + "".join(w.capitalize() for w in found[1:]) if found else ""
 
 
 # --- integrations -------------------------------------------------------------------------------
 
 
-def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dict[str, Any]]:
-    """Whether `display_name` gets the message, and its options (DESIGN.md section 4).
+def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dict[str, Any], str]:
+    """Whether `display_name` gets the message, its options, and the key that decided (DESIGN.md section 4).
 
     `All` (any case) sets the default; the destination's own key overrides it: `false` turns it
     off, `true` or an object turns it on (an object also carries options). Other values are absent.
+    The key is "" when nothing in `integrations` decided.
     """
     if not isinstance(integrations, dict):
-        return True, {}
+        return True, {}, ""
     own = integrations.get(display_name)
     if own is True:
-        return True, {}
+        return True, {}, display_name
     if isinstance(own, dict):
-        return True, own
+        return True, own, display_name
     if own is False:
-        return False, {}
-    enabled = True
+        return False, {}, display_name
     for key, value in integrations.items():
         if isinstance(key, str) and key.lower() == "all" and isinstance(value, bool):
-            enabled = value
-    return enabled, {}
+            return value, {}, key
+    return True, {}, ""
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -364,38 +449,20 @@ def as_number(value: Any) -> Number | None:
             return int(text)
         if _FLOAT_TEXT.match(text):
             number = float(text)
-            return number if math.isfinite(number) else None
+            if not math.isfinite(number):
+                return None
+            # Integral text is an int ("1.0000" is 1: MAPPINGS "Real traffic"), within exact float range.
+            return int(number) if number.is_integer() and abs(number) < 2**53 else number
     return None
-
-
-def first(mapping: Mapping[str, Any], *keys: str) -> Any:
-    """The first value among `keys` that is present and not null."""
-    for key in keys:
-        value = mapping.get(key)
-        if value is not None:
-            return value
-    return None
-
-
-def first_key(mapping: Mapping[str, Any], *keys: str) -> tuple[str, Any]:
-    """Like `first`, with the key it came from (for error paths); the first key when none is set."""
-    for key in keys:
-        value = mapping.get(key)
-        if value is not None:
-            return key, value
-    return keys[0], None
 
 
 def compact_json(value: Any) -> str:
-    """Compact JSON text; NaN and infinities, which JSON cannot hold, become null."""
-    try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
-    except ValueError:
-        return json.dumps(finite(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+    """Compact JSON text of a value that `sendable` has passed."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
 
 
 def finite(value: Any) -> Any:
-    """`value` with every NaN or infinite float inside it replaced by None."""
+    """`value` with every NaN or infinite float inside it replaced by None (for JSON, which has neither)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -405,16 +472,52 @@ def finite(value: Any) -> Any:
     return value
 
 
-def flat_map(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Scalars as they are, objects and lists as compact JSON text, nulls left out."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            continue
-        out[str(key)] = compact_json(value) if isinstance(value, dict | list | tuple) else value
-    return out
+#: How deep a value passed through as it is may nest (orjson, which stores it, stops at 255).
+MAX_DEPTH = 32
+
+
+def sendable(value: Any, depth: int = 0) -> Any:
+    """`value` as it can travel in a JSON body: NaN and infinities inside it become null.
+
+    Raises ValueError, with a rule that says where, when it cannot travel at all: a lone surrogate in
+    a text or a key, or nesting deeper than MAX_DEPTH (MAPPINGS "Real traffic": no internal errors).
+    """
+    kind = type(value)
+    if kind is str:
+        if has_surrogate(value):
+            raise ValueError(LONE_SURROGATE)
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if value is None or kind is int or kind is bool:
+        return value
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"is nested more than {MAX_DEPTH} levels deep")
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is str and has_surrogate(key):
+                raise ValueError(f"has a key that {LONE_SURROGATE}")
+            try:
+                out[key] = sendable(item, depth + 1)
+            except ValueError as exc:
+                raise ValueError(_inside(f".{key}", exc)) from None
+        return out
+    if kind is list or kind is tuple:
+        out_list = []
+        for i, item in enumerate(value):
+            try:
+                out_list.append(sendable(item, depth + 1))
+            except ValueError as exc:
+                raise ValueError(_inside(f"[{i}]", exc)) from None
+        return out_list
+    return str(value)
+
+
+def _inside(step: str, exc: ValueError) -> str:
+    """Prefix the place inside a value to a rule: '.a[0]: holds a lone surrogate ...'."""
+    text = str(exc)
+    return f"{step}{text}" if text.startswith((".", "[")) else f"{step}: {text}"
 
 
 def language(locale: str | None) -> str | None:
@@ -428,299 +531,3 @@ def money_sum(terms: list[tuple[Number, Number]]) -> Number:
     """Sum of price x quantity without binary-float noise (349.99 * 2 + 249.99 == 949.97)."""
     total = sum((Decimal(str(p)) * Decimal(str(q)) for p, q in terms), Decimal(0))
     return int(total) if total == total.to_integral_value() else float(total)
-
-
-# --- products -----------------------------------------------------------------------------------
-
-
-class Product:
-    """A product as MAPPINGS.md 'Shared' reads it, from the Segment path `path`.
-
-    Fields are read when asked for, so a vendor is never refused a message over a field it does
-    not send; a field that is read and malformed is an InvalidMessage naming its path.
-    """
-
-    __slots__ = ("_call", "path", "raw")
-
-    def __init__(self, call: Call, raw: Mapping[str, Any], path: str) -> None:
-        self._call = call
-        self.raw = raw
-        self.path = path
-
-    def _text(self, *keys: str) -> str | None:
-        key, value = first_key(self.raw, *keys)
-        return self._call.text(value, f"{self.path}.{key}")
-
-    def _number(self, key: str, what: str) -> Number | None:
-        return self._call.number(self.raw.get(key), f"{self.path}.{key}", what)
-
-    @property
-    def id_path(self) -> str:
-        return f"{self.path}.product_id"
-
-    @property
-    def id(self) -> str | None:
-        """product_id || productId || id || sku."""
-        return self._text("product_id", "productId", "id", "sku")
-
-    @property
-    def sku(self) -> str | None:
-        return self._text("sku")
-
-    @property
-    def name(self) -> str | None:
-        return self._text("name")
-
-    @property
-    def brand(self) -> str | None:
-        return self._text("brand")
-
-    @property
-    def variant(self) -> str | None:
-        return self._text("variant")
-
-    @property
-    def category(self) -> str | None:
-        return self._text("category")
-
-    @property
-    def url(self) -> str | None:
-        return self._text("url")
-
-    @property
-    def image_url(self) -> str | None:
-        return self._text("image_url", "imageUrl")
-
-    @property
-    def price(self) -> Number | None:
-        return self._number("price", "product price")
-
-    @property
-    def quantity(self) -> Number:
-        """Default 1."""
-        quantity = self._number("quantity", "product quantity")
-        return 1 if quantity is None else quantity
-
-    @property
-    def currency(self) -> str | None:
-        """The item's currency, else the event's."""
-        return self._text("currency") or self._call.currency
-
-    @property
-    def in_stock(self) -> bool | None:
-        key, value = first_key(self.raw, "in_stock", "inStock")
-        return self._call.boolean(value, f"{self.path}.{key}")
-
-    @property
-    def variant_id(self) -> str | None:
-        """variant_id || variantId || the product id, so a vendor that needs one never gets null."""
-        return self._text("variant_id", "variantId") or self.id
-
-
-# --- the per-message view handed to vendor mappers -----------------------------------------------
-
-
-class Call:
-    """One message as a vendor mapper sees it: the parsed model, options and the shared readers.
-
-    Errors raised through it name the event, the Segment path and the vendor rule.
-    """
-
-    __slots__ = (
-        "_currency", "_is_track", "_products", "_traits_root", "event", "message", "options", "properties",
-        "settings", "traits", "vendor",
-    )  # fmt: skip
-
-    def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
-        self.message = message
-        self.options = options
-        self.settings = settings
-        self.vendor = vendor
-        self._is_track = isinstance(message, Track)
-        self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
-        #: The call's properties ({} for identify, group and alias).
-        self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
-        identify = isinstance(message, Identify)
-        #: `traits` on identify, `context.traits` on every other call.
-        self.traits: dict[str, Any] = message.traits if identify else message.context.traits
-        self._traits_root = "traits" if identify else "context.traits"
-        self._products: list[Product] | None = None
-        self._currency: str | None = None
-
-    # errors and checked values
-
-    def fail(self, path: str, rule: str) -> InvalidMessage:
-        return InvalidMessage(self.message.event_label, path, rule)
-
-    def require(self, value: Any, path: str, target: str) -> Any:
-        """`value`, or an InvalidMessage saying `path` is required by `target` (vendor event/field)."""
-        if value is None or value in ("", []):
-            raise self.fail(path, f"is required by {self.vendor} {target}")
-        return value
-
-    def number(self, value: Any, path: str, target: str) -> Number | None:
-        """A number or None when absent; present but not a number is an error, never a silent 0."""
-        if value is None:
-            return None
-        number = as_number(value)
-        if number is None:
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise self.fail(path, f"must be a number for {self.vendor} {target} (got {shown})")
-        return number
-
-    def text(self, value: Any, path: str) -> str | None:
-        """Text from text or a number; objects and lists where text is expected are errors."""
-        if value is None or type(value) is str:
-            return value
-        try:
-            return _lenient_str(value)
-        except ValueError:
-            raise self.fail(path, "must be text") from None
-
-    def boolean(self, value: Any, path: str) -> bool | None:
-        if value is None or isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise self.fail(path, "must be true or false")
-
-    def date(self, value: Any, path: str) -> date | None:
-        """A calendar date from ISO-8601 text (the date as written, before any zone shift)."""
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                if len(value) == 10:  # the common YYYY-MM-DD, without the date-time machinery
-                    return date.fromisoformat(value)
-                return parse_iso_datetime(value).date()
-            except ValueError:
-                pass
-        raise self.fail(path, "must be an ISO-8601 date (YYYY-MM-DD)")
-
-    # identity and traits
-
-    @property
-    def user_id(self) -> str | None:
-        return self.message.userId
-
-    @property
-    def visitor_id(self) -> str:
-        """userId || anonymousId (the handler has checked that one exists)."""
-        return self.message.userId or self.message.anonymousId or ""
-
-    def trait(self, *keys: str) -> Any:
-        """A trait's value (see `trait_at`)."""
-        return self.trait_at(*keys)[1]
-
-    def trait_at(self, *keys: str) -> tuple[str, Any]:
-        """(Segment path, value) of a trait, falling back to properties on track calls (MAPPINGS 'Shared')."""
-        root = self._traits_root
-        key, value = first_key(self.traits, *keys)
-        if value is None and self._is_track:
-            root = "properties"
-            key, value = first_key(self.properties, *keys)
-        return f"{root}.{key}", value
-
-    def trait_text(self, *keys: str) -> str | None:
-        path, value = self.trait_at(*keys)
-        return self.text(value, path)
-
-    @property
-    def email(self) -> str | None:
-        return self.trait_text("email")
-
-    @property
-    def phone(self) -> str | None:
-        return self.trait_text("phone")
-
-    @property
-    def first_name(self) -> str | None:
-        return self.trait_text("firstName", "first_name")
-
-    @property
-    def last_name(self) -> str | None:
-        return self.trait_text("lastName", "last_name")
-
-    @property
-    def full_name(self) -> str | None:
-        name = self.trait_text("name")
-        if name:
-            return name
-        parts = [p for p in (self.first_name, self.last_name) if p]
-        return " ".join(parts) or None
-
-    @property
-    def address(self) -> dict[str, Any]:
-        address = self.trait("address")
-        return address if isinstance(address, dict) else {}
-
-    @property
-    def time(self) -> datetime | None:
-        """timestamp || originalTimestamp || receivedAt || sentAt."""
-        m = self.message
-        return m.timestamp or m.originalTimestamp or m.receivedAt or m.sentAt
-
-    # page context
-
-    @property
-    def page_url(self) -> str | None:
-        page = self.message.context.page
-        return page.url if page else None
-
-    @property
-    def referrer(self) -> str | None:
-        page = self.message.context.page
-        return page.referrer if page else None
-
-    @property
-    def language(self) -> str | None:
-        return language(self.message.context.locale)
-
-    # products and totals
-
-    @property
-    def currency(self) -> str | None:
-        """The event's `properties.currency`."""
-        if self._currency is None:
-            self._currency = self.text(self.properties.get("currency"), "properties.currency") or ""
-        return self._currency or None
-
-    def product(self, data: Mapping[str, Any] | None = None, path: str = "properties") -> Product:
-        """One product from `data` (the event's properties by default)."""
-        return Product(self, self.properties if data is None else data, path)
-
-    @property
-    def has_products(self) -> bool:
-        return self.properties.get("products") is not None
-
-    @property
-    def products(self) -> list[Product]:
-        """`properties.products[]`, each item read as a product; [] when absent."""
-        if self._products is None:
-            self._products = [self.product(item, path) for path, item in self.objects("products")]
-        return self._products
-
-    def objects(self, key: str) -> list[tuple[str, dict[str, Any]]]:
-        """`properties.<key>` as (Segment path, object) pairs; [] when absent, an error when not a list of objects."""
-        items = self.properties.get(key)
-        if items is None:
-            return []
-        if not isinstance(items, list):
-            raise self.fail(f"properties.{key}", "must be a list of objects")
-        out = []
-        for i, item in enumerate(items):
-            path = f"properties.{key}[{i}]"
-            if not isinstance(item, dict):
-                raise self.fail(path, "must be an object")
-            out.append((path, item))
-        return out
-
-    def order_total(self, target: str) -> Number | None:
-        """total || revenue || value || sum(price x quantity) of the products that have a price."""
-        key, value = first_key(self.properties, "total", "revenue", "value")
-        if value is not None:
-            return self.number(value, f"properties.{key}", target)
-        priced = [(p.price, p.quantity) for p in self.products if p.price is not None]
-        return money_sum(priced) if priced else None

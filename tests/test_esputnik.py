@@ -217,7 +217,7 @@ def test_cart_items_decode_to_the_products() -> None:
     ]
 
 
-def test_bad_discount_is_an_error_not_a_silent_zero() -> None:
+def test_bad_discount_is_left_out_with_a_warning_never_a_silent_zero() -> None:
     message = with_user(
         {
             "type": "track",
@@ -225,14 +225,22 @@ def test_bad_discount_is_an_error_not_a_silent_zero() -> None:
             "properties": {"cart_id": "c1", "products": [{"id": "A", "price": 1, "discount": "ten"}]},
         }
     )
-    with pytest.raises(InvalidMessage, match=r"properties.products\[0\].discount must be a number"):
-        esputnik().handle(message)
+    warnings: list[Any] = []
+    (request,) = esputnik().handle(message, warnings=warnings)
+    products = json.loads(next(p["value"] for p in request.json["params"] if p["name"] == "products"))
+    assert products == [{"productId": "A", "quantity": 1, "price": 1}]
+    assert [(w.path, w.target) for w in warnings] == [
+        ("properties.products[0].discount", "eSputnik cartUpdated (products[].discount)")
+    ]
+    assert "must be a number (got 'ten')" in str(warnings[0])
 
 
-def test_event_type_key_option_must_be_text() -> None:
+def test_event_type_key_option_that_is_not_text_gives_way_to_the_name() -> None:
     message = with_user({"type": "track", "event": "Custom", "integrations": {"eSputnik": {"eventTypeKey": ["x"]}}})
-    with pytest.raises(InvalidMessage, match=r"integrations.eSputnik.eventTypeKey must be text"):
-        esputnik().handle(message)
+    warnings: list[Any] = []
+    (request,) = esputnik().handle(message, warnings=warnings)
+    assert request.json["eventTypeKey"] == "custom"
+    assert [w.path for w in warnings] == ["integrations.eSputnik.eventTypeKey"]
 
 
 def test_identify_goes_to_the_contact_api() -> None:

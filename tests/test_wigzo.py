@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from destinations import ConfigurationError, get_destination
+from destinations import ConfigurationError, InvalidMessage, get_destination
 from destinations.wigzo import USER_ID_NAMESPACE, decimal_text, wigzo_user_id
 
 ORG_TOKEN = "org-0123456789abcdef-secret"
@@ -108,10 +108,11 @@ def test_other_forms_are_mapped_not_kept(segment_id: str) -> None:
     assert wigzo_user_id(segment_id) != segment_id.lower()
 
 
-def test_ids_with_lone_surrogates_map_too() -> None:
-    out = wigzo_user_id("user-\ud800")
-    assert uuid.UUID(out).version == 4
-    assert out == wigzo_user_id("user-\ud800")
+def test_ids_with_lone_surrogates_are_refused_naming_the_id() -> None:
+    # A lone surrogate is a valid JSON escape but no text: customer_id could not be sent (MAPPINGS "Real traffic").
+    for key in ("userId", "anonymousId"):
+        with pytest.raises(InvalidMessage, match=rf"^Signed Up: {key} holds a lone surrogate"):
+            wigzo().handle({"type": "track", "event": "Signed Up", key: "user-\ud800"})
 
 
 def test_same_id_in_another_process_with_another_hash_seed() -> None:
@@ -195,7 +196,7 @@ def test_settings_description() -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(None, None), (72000, "72000"), (72000.0, "72000"), (18.99, "18.99"), (0, "0"), (1499.5, "1499.5")],
+    [(72000, "72000"), (72000.0, "72000"), (18.99, "18.99"), (0, "0"), (1499.5, "1499.5")],
 )
-def test_decimal_text(value: float | None, text: str | None) -> None:
+def test_decimal_text(value: float, text: str) -> None:
     assert decimal_text(value) == text

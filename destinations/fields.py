@@ -1,0 +1,555 @@
+"""Declared vendor fields and the one reader that reads them from a message.
+
+A vendor module declares each event's fields once, as a `Table` of `Field`s: the vendor's field name,
+its Segment sources in order, its kind and whether it is required (DESIGN.md section 9). `Call.read`
+is the only place a declared value is read: it tries the sources in order, converts the value by its
+kind, and names the path it was read from in every error and warning. Computed values (session ids,
+vendor user ids, sums) stay functions in the vendor modules, built on the same `Call`.
+
+Source paths are Segment paths with one of these roots:
+
+- `properties.x`, `context.x`, `userId`, `name`, ... : the message as sent;
+- `traits.x`: `traits` over `context.traits`, a key in `traits` winning (MAPPINGS "Real traffic");
+- `product.x`: the product being read: `properties`, one item of `properties.products[]`, or the one
+  item of `properties.products` when `properties` has no product id;
+- `options.x`: the destination's `integrations` options, named `integrations.<Name>.x` in errors.
+
+The last key of a `properties`, `traits`, `product` or `options` source is read in both spellings,
+snake_case first (`order_id`, then `orderId`), so no declaration types a path twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from .errors import InvalidMessage, MappingWarning
+from .spec import (
+    LONE_SURROGATE,
+    Message,
+    Number,
+    Page,
+    Screen,
+    Track,
+    as_number,
+    canonical_event,
+    compact_json,
+    has_surrogate,
+    language,
+    money_sum,
+    parse_date,
+    parse_iso_datetime,
+    sendable,
+    utc,
+    words,
+)
+
+# --- kinds: how a value is read ---------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_text(value: Any) -> str:
+    """Text from text or a finite number; ValueError for anything else or a lone surrogate."""
+    kind = type(value)
+    if kind is str:
+        if has_surrogate(value):
+            raise ValueError(LONE_SURROGATE)
+        return value
+    if kind is int or (kind is float and math.isfinite(value)):
+        return str(value)
+    raise ValueError("must be text")
+
+
+def read_number(value: Any) -> Number:
+    number = as_number(value)
+    if number is None:
+        raise ValueError(f"must be a number (got {_shown(value)})")
+    return number
+
+
+def read_bool(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    raise ValueError("must be true or false")
+
+
+def read_flag(value: Any) -> int:
+    """0 or 1, as eSputnik writes booleans."""
+    return int(read_bool(value))
+
+
+def read_url(value: Any) -> str:
+    """Text that parses as a URL (`http://[::1` does not)."""
+    text = read_text(value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - reading it checks the port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    return text
+
+
+def read_texts(value: Any) -> list[str]:
+    """A list of texts; one text counts as a list of one."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        if item is None:
+            continue
+        try:
+            out.append(read_text(item))
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}" if value is items else str(exc)) from None
+    return out
+
+
+def read_json_text(value: Any) -> Any:
+    """Scalars as they are, objects and lists as compact JSON text (eSputnik params, Segmentify maps)."""
+    clean = sendable(value)
+    return compact_json(clean) if isinstance(clean, dict | list) else clean
+
+
+READERS: dict[str, Callable[[Any], Any]] = {
+    "text": read_text,
+    "number": read_number,
+    "bool": read_bool,
+    "flag": read_flag,
+    "date": parse_date,
+    "url": read_url,
+    "texts": read_texts,
+    "json": read_json_text,
+    "raw": sendable,
+}
+
+# --- declarations ------------------------------------------------------------------------------
+
+_SPELLED_ROOTS = ("properties", "traits", "product", "options")
+
+
+def other_spelling(key: str) -> str:
+    """order_id <-> orderId, imageXS -> image_xs; the key itself when it has no other spelling."""
+    if "_" in key:
+        head, *rest = key.split("_")
+        return head + "".join(part[:1].upper() + part[1:] for part in rest)
+    return "_".join(w.lower() for w in words(key)) if key.lower() != key else key
+
+
+def spellings(*sources: str) -> tuple[str, ...]:
+    """Each source followed by its other spelling, without repeats."""
+    out: list[str] = []
+    for source in sources:
+        root, _, rest = source.partition(".")
+        variants = [source]
+        if root in _SPELLED_ROOTS and rest:
+            head, _, last = rest.rpartition(".")
+            other = other_spelling(last)
+            if other != last:
+                variants.append(f"{root}.{head + '.' if head else ''}{other}")
+        out.extend(v for v in variants if v not in out)
+    return tuple(out)
+
+
+class Source(NamedTuple):
+    root: str
+    keys: tuple[str, ...]
+    path: str  # as written in the declaration
+
+
+def _compile(path: str) -> Source:
+    parts = tuple(path.split("."))
+    if parts[0] in ("properties", "traits", "product", "options", "context") and len(parts) > 1:
+        return Source(parts[0], parts[1:], path)
+    return Source("message", parts, path)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One vendor field: its name, its Segment sources in order, its kind and whether it is required.
+
+    `kind` is one of READERS. `default` (a value, or a function of the call and the product) is used
+    when no source is present; `to` turns the read value into the vendor's form (a date into
+    "DD.MM.YYYY", a price into decimal text).
+    """
+
+    name: str
+    declared: tuple[str, ...]
+    kind: str = "text"
+    required: bool = False
+    default: Any = None
+    to: Callable[[Any], Any] | None = None
+    #: Every path read, in order: each declared source followed by its other spelling.
+    sources: tuple[str, ...] = field(default=(), compare=False)
+    compiled: tuple[Source, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in READERS:
+            raise ValueError(f"unknown field kind {self.kind!r}")
+        object.__setattr__(self, "sources", spellings(*self.declared))
+        object.__setattr__(self, "compiled", tuple(_compile(s) for s in self.sources))
+
+
+def F(  # noqa: N802 - reads as a table row
+    name: str, *sources: str, kind: str = "text", required: bool = False, default: Any = None,
+    to: Callable[[Any], Any] | None = None,
+) -> Field:  # fmt: skip
+    """A field read from `sources` in order, each in both spellings (see the module docstring)."""
+    return Field(name, sources, kind, required, default, to)
+
+
+class Table:
+    """The declared fields of one vendor event (or of one object inside it, with `prefix`).
+
+    Each field's stable name is `<event>.<prefix><name>` (`PRODUCT_VIEW.image`,
+    `productViewed.product.productId`): what errors, warnings and `destinations list` call it.
+    """
+
+    def __init__(self, event: str, *fields: Field, prefix: str = "") -> None:
+        self.event = event
+        self.prefix = prefix
+        self.fields = fields
+        self._by_name = {f.name: f for f in fields}
+
+    def __getitem__(self, name: str) -> Field:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[Field]:
+        return iter(self.fields)
+
+    def key(self, f: Field) -> str:
+        return f"{self.event}.{self.prefix}{f.name}"
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Name, sources, kind and required for each field (for `destinations list NAME`)."""
+        return [
+            {"field": self.key(f), "sources": list(f.sources), "kind": f.kind, "required": f.required}
+            for f in self.fields
+        ]
+
+
+# Sources shared by every vendor (MAPPINGS "Shared" and "Real traffic"), declared once.
+PRODUCT_ID = ("product.product_id", "product.id", "product.sku")
+VARIANT_ID = ("product.variant_id", *PRODUCT_ID)
+CURRENCY = ("product.currency", "properties.currency")
+EMAIL = ("traits.email", "properties.email")
+PHONE = ("traits.phone", "properties.phone")
+ORDER_TOTAL = ("properties.total", "properties.revenue", "properties.value")
+CART_TOTAL = ("properties.total", "properties.value", "properties.revenue")
+
+
+def full_name(call: Call, _: Item | None = None) -> str | None:
+    """firstName + " " + lastName, or the one given (MAPPINGS "Shared": name = name || first + last)."""
+    parts = [call.read(FIRST_NAME), call.read(LAST_NAME)]
+    return " ".join(p for p in parts if p) or None
+
+
+def line_item_sum(call: Call, _: Item | None = None) -> Number | None:
+    """sum(price x quantity) of the products that have a price, in decimal (MAPPINGS "Shared")."""
+    terms = []
+    for item in call.products:
+        price = call.read(ITEM_PRICE, item)
+        if price is not None:
+            terms.append((price, call.read(ITEM_QUANTITY, item)))
+    return money_sum(terms) if terms else None
+
+
+FIRST_NAME = F("firstName", "traits.first_name", "properties.first_name")
+LAST_NAME = F("lastName", "traits.last_name", "properties.last_name")
+ITEM_PRICE = F("price", "product.price", kind="number")
+ITEM_QUANTITY = F("quantity", "product.quantity", kind="number", default=1)
+
+# --- the per-message reader ----------------------------------------------------------------------
+
+
+class Item(NamedTuple):
+    """A product: the object it is read from and its Segment path (`properties.products[1]`)."""
+
+    raw: Mapping[str, Any]
+    path: str
+
+
+_PRODUCT_KEYS = tuple(s.keys[0] for s in (_compile(p) for p in spellings(*PRODUCT_ID)))
+_TIME_SOURCES = ("timestamp", "originalTimestamp", "receivedAt", "sentAt")
+
+
+class Call:
+    """One message as a vendor mapper sees it: the parsed model, the options, and the readers.
+
+    Errors raised through it name the event, the Segment path and the vendor rule; values of optional
+    fields that cannot be read are left out and recorded in `warnings`.
+    """
+
+    __slots__ = (
+        "_item", "_products", "event", "message", "options", "properties", "settings", "traits", "vendor",
+        "warnings",
+    )  # fmt: skip
+
+    def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
+        self.message = message
+        self.options = options if isinstance(options, dict) else {}
+        self.settings = settings
+        self.vendor = vendor
+        self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
+        #: The call's properties ({} for identify, group and alias).
+        self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
+        own = getattr(message, "traits", None)
+        context_traits = message.context.traits
+        #: `traits` over `context.traits` on every call (MAPPINGS "Real traffic").
+        self.traits: dict[str, Any] = {**context_traits, **own} if own and context_traits else own or context_traits
+        self._products: list[Item] | None = None
+        self._item: Item | None = None
+        self.warnings: list[MappingWarning] = []
+
+    # -- errors
+
+    @property
+    def label(self) -> str:
+        return self.message.event_label
+
+    def fail(self, path: str, rule: str) -> InvalidMessage:
+        return InvalidMessage(self.label, path, rule)
+
+    def warn(self, path: str, rule: str, target: str) -> None:
+        """Record that the value at `path` was left out of `target` (a stable field name)."""
+        self.warnings.append(MappingWarning(self.label, path, rule, f"{self.vendor} {target}"))
+
+    def require(self, value: Any, path: str, target: str) -> Any:
+        """`value`, or an InvalidMessage saying `path` is required by `target` (vendor event and field)."""
+        if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
+            raise self.fail(path, f"is required by {self.vendor} {target}")
+        return value
+
+    # -- declared fields
+
+    def trait_path(self, key: str) -> str:
+        """The Segment path of a trait: `traits.x` when `traits` holds it, else `context.traits.x`."""
+        own = getattr(self.message, "traits", None)
+        return f"traits.{key}" if own and key in own else f"context.traits.{key}"
+
+    def _path(self, source: Source, item: Item | None) -> str:
+        root, keys = source.root, source.keys
+        if root == "product":
+            return f"{(item or self.product()).path}.{'.'.join(keys)}"
+        if root == "options":
+            return f"integrations.{self.vendor}.{'.'.join(keys)}"
+        if root == "traits":
+            return self.trait_path(keys[0]) + "".join(f".{k}" for k in keys[1:])
+        return source.path
+
+    def _value(self, source: Source, item: Item | None) -> Any:
+        root = source.root
+        if root == "properties":
+            value: Any = self.properties
+        elif root == "product":
+            value = (item or self.product()).raw
+        elif root == "traits":
+            value = self.traits
+        elif root == "options":
+            value = self.options
+        elif root == "context":
+            value = self.message.context
+        else:
+            value = self.message
+        for key in source.keys:
+            if isinstance(value, dict):
+                value = value.get(key)
+            elif isinstance(value, BaseModel):
+                value = getattr(value, key, None)
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+    def read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
+        """The value of a declared field: the first of its sources that is present.
+
+        Optional field: a present value that cannot be read is skipped with a warning and the next
+        source is tried. Required field: it is an InvalidMessage naming its path, as is a field that
+        no source gives a value (naming the first source path). `target` names the field in both:
+        `<vendor event> (<field>)`.
+        """
+        reader = READERS[f.kind]
+        for source in f.compiled:
+            value = self._value(source, item)
+            if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
+                continue
+            try:
+                out = reader(value)
+            except ValueError as exc:
+                path, rule = self._place(self._path(source, item), str(exc))
+                if f.required:
+                    raise self.fail(path, f"{rule}, and {self.vendor} {target or f.name} requires it") from None
+                self.warn(path, rule, target or f.name)
+                continue
+            return f.to(out) if f.to is not None else out
+        if f.default is not None:
+            out = f.default(self, item) if callable(f.default) else f.default
+            if out is not None:
+                return f.to(out) if f.to is not None else out
+        if f.required:
+            self._missing(f, item, target)
+        return None
+
+    @staticmethod
+    def _place(path: str, rule: str) -> tuple[str, str]:
+        """A rule that starts with a place inside the value ('[2].x: ...') extends the path."""
+        if rule[:1] in (".", "["):
+            inner, _, rest = rule.partition(": ")
+            return path + inner, rest
+        return path, rule
+
+    def _missing(self, f: Field, item: Item | None, target: str) -> None:
+        first, *others = (self._path(_compile(s), item) for s in f.declared)
+        rule = f"is required by {self.vendor} {target or f.name}"
+        if others:
+            rule += f"; also read from {', '.join(others)}"
+        if f.declared[0].startswith("product.") and item is None:
+            count = self._products_count()
+            if self.product().path == "properties" and count > 1:
+                rule += f"; properties.products has {count} items, so which one is the product is unclear"
+        raise self.fail(first, rule)
+
+    def map(self, table: Table, item: Item | None = None) -> dict[str, Any]:
+        """Every field of `table` that has a value, in declared order, by vendor field name."""
+        out: dict[str, Any] = {}
+        event, prefix = table.event, table.prefix
+        for f in table.fields:
+            value = self.read(f, item, f"{event} ({prefix}{f.name})")
+            if value is not None:
+                out[f.name] = value
+        return out
+
+    # -- products
+
+    def _products_count(self) -> int:
+        products = self.properties.get("products")
+        return len(products) if isinstance(products, list) else 1 if isinstance(products, dict) else 0
+
+    def product(self) -> Item:
+        """The product of a single-product event: `properties`, unless it has no product id and
+        `properties.products` holds exactly one item, which is then the product (MAPPINGS "Real traffic")."""
+        if self._item is None:
+            props = self.properties
+            item = Item(props, "properties")
+            if not any(props.get(k) is not None for k in _PRODUCT_KEYS) and self._products_count() == 1:
+                item = self.products[0]
+            self._item = item
+        return self._item
+
+    @property
+    def has_products(self) -> bool:
+        return self.properties.get("products") is not None
+
+    @property
+    def products(self) -> list[Item]:
+        """`properties.products` as items; one object counts as a list of one; [] when absent."""
+        if self._products is None:
+            self._products = list(self.objects("products"))
+        return self._products
+
+    def objects(self, key: str) -> list[Item]:
+        """`properties.<key>` as a list of objects with their paths; an error when it is not one."""
+        items = self.properties.get(key)
+        if items is None:
+            return []
+        if isinstance(items, dict):
+            return [Item(items, f"properties.{key}")]
+        if not isinstance(items, list):
+            raise self.fail(f"properties.{key}", "must be a list of objects")
+        out = []
+        for i, obj in enumerate(items):
+            path = f"properties.{key}[{i}]"
+            if not isinstance(obj, dict):
+                raise self.fail(path, "must be an object")
+            out.append(Item(obj, path))
+        return out
+
+    # -- values passed through as they are
+
+    def passthrough(self, values: Mapping[str, Any], root: str, target: str, skip: Any = ()) -> dict[str, Any]:
+        """The entries of `values` not in `skip`, nulls left out, each made sendable; an entry that
+        cannot be sent (lone surrogate, nesting too deep) is left out with a warning."""
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None or key in skip:
+                continue
+            try:
+                clean = sendable(value, 1)
+            except ValueError as exc:
+                self.warn(*self._place(f"{root}.{key}", str(exc)), target)
+                continue
+            if type(key) is str and has_surrogate(key):
+                self.warn(root, f"has a key that {LONE_SURROGATE}", target)
+                continue
+            if clean is not None:
+                out[key] = clean
+        return out
+
+    def flat(self, values: Mapping[str, Any], root: str, target: str, skip: Any = ()) -> dict[str, Any]:
+        """`passthrough` with objects and lists as compact JSON text: a flat map of scalars."""
+        return {
+            k: compact_json(v) if isinstance(v, dict | list) else v
+            for k, v in self.passthrough(values, root, target, skip).items()
+        }
+
+    # -- identity, time and context
+
+    @property
+    def user_id(self) -> str | None:
+        return self.message.userId
+
+    @property
+    def visitor_id(self) -> str:
+        """userId || anonymousId (the handler has checked that one exists)."""
+        return self.message.userId or self.message.anonymousId or ""
+
+    def time(self, target: str, *, required: bool = False) -> datetime | None:
+        """The message time in UTC: the first present of timestamp, originalTimestamp, receivedAt and
+        sentAt, and only that one is checked (MAPPINGS "Real traffic"). None when none is present; when
+        it cannot be read, None with a warning, or an InvalidMessage when `required`."""
+        for key in _TIME_SOURCES:
+            value = getattr(self.message, key, None)
+            if value is None:
+                continue
+            try:
+                moment = value if isinstance(value, datetime) else parse_iso_datetime(value)
+                return utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+            except ValueError as exc:
+                rule = str(exc)
+                if required:
+                    raise self.fail(key, f"{rule}, and {self.vendor} {target} needs it") from None
+                self.warn(key, rule, target)
+                return None
+        return None
+
+    def option(self, key: str, target: str) -> str | None:
+        """A text option from `integrations.<Name>.<key>`; an unreadable one is left out with a warning."""
+        return self.read(F(key, f"options.{key}"), None, target)
+
+    @property
+    def language(self) -> str | None:
+        locale = self.message.context.locale
+        return language(locale) if locale and not has_surrogate(locale) else None
+
+    def number(self, value: Any, path: str, target: str) -> Number | None:
+        """A number, or None when absent; present but not a number is an InvalidMessage."""
+        if value is None:
+            return None
+        try:
+            return read_number(value)
+        except ValueError as exc:
+            raise self.fail(path, f"{exc} for {self.vendor} {target}") from None
