@@ -32,8 +32,8 @@ from pydantic import AfterValidator, SecretStr
 
 from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
 from .errors import Filtered
-from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table, read_json_text
-from .spec import has_surrogate, lower_camel
+from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table
+from .spec import compact_json, has_surrogate, lower_camel
 
 BASIC_USER = "destinations"
 EVENT_PATH = "/api/v2/event"
@@ -117,13 +117,16 @@ def locators(call: Call) -> Params:
 
 def event_body(call: Call, key: str, who: Params, params: Params) -> dict[str, Any]:
     """The Generate event v2 body: locators first, then the event's own params; nulls left out.
-    Objects and lists travel as compact JSON text, as the seed shows."""
+    Objects and lists (built by the mappers, so already sendable) travel as compact JSON text, as the
+    seed shows."""
     key_value = call.read(KEY_VALUE, target="event (keyValue)")
     return {
         "eventTypeKey": key,
         "keyValue": (key_value or "").strip() or who[0][1],
         "params": [
-            {"name": name, "value": read_json_text(value)} for name, value in [*who, *params] if value is not None
+            {"name": name, "value": compact_json(value) if isinstance(value, dict | list) else value}
+            for name, value in [*who, *params]
+            if value is not None
         ],
     }
 

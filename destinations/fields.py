@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ from pydantic import BaseModel
 from .errors import InvalidMessage, MappingWarning
 from .spec import (
     LONE_SURROGATE,
+    Group,
+    Identify,
     Message,
     Number,
     Page,
@@ -92,14 +95,20 @@ def read_flag(value: Any) -> int:
     return int(read_bool(value))
 
 
+@lru_cache(maxsize=4096)  # a shop has few page URLs; each is parsed once
+def _valid_url(text: str) -> bool:
+    try:
+        urlsplit(text).port  # noqa: B018 - reading it checks the port
+    except ValueError:
+        return False
+    return True
+
+
 def read_url(value: Any) -> str:
     """Text that parses as a URL (`http://[::1` does not)."""
     text = read_text(value)
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - reading it checks the port
-    except ValueError:
-        raise ValueError("is not a valid URL") from None
+    if not _valid_url(text):
+        raise ValueError("is not a valid URL")
     return text
 
 
@@ -163,17 +172,25 @@ def spellings(*sources: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Roots, as indexes into `Call._roots`: the first four are dicts, the last two pydantic models.
+ROOTS = ("properties", "traits", "options", "product", "context", "message")
+_PRODUCT_ROOT = 3
+
+
 class Source(NamedTuple):
     root: str
     keys: tuple[str, ...]
     path: str  # as written in the declaration
+    index: int  # of the root in ROOTS
+    key: str  # the first key
+    rest: tuple[str, ...]  # the keys after it
 
 
 def _compile(path: str) -> Source:
     parts = tuple(path.split("."))
-    if parts[0] in ("properties", "traits", "product", "options", "context") and len(parts) > 1:
-        return Source(parts[0], parts[1:], path)
-    return Source("message", parts, path)
+    root = parts[0] if parts[0] in ROOTS and len(parts) > 1 else "message"
+    keys = parts[1:] if root != "message" else parts
+    return Source(root, keys, path, ROOTS.index(root), keys[0], keys[1:])
 
 
 @dataclass(frozen=True)
@@ -194,12 +211,17 @@ class Field:
     #: Every path read, in order: each declared source followed by its other spelling.
     sources: tuple[str, ...] = field(default=(), compare=False)
     compiled: tuple[Source, ...] = field(default=(), compare=False, repr=False)
+    reader: Callable[[Any], Any] = field(default=read_text, compare=False, repr=False)
+    uses_product: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in READERS:
             raise ValueError(f"unknown field kind {self.kind!r}")
-        object.__setattr__(self, "sources", spellings(*self.declared))
-        object.__setattr__(self, "compiled", tuple(_compile(s) for s in self.sources))
+        compiled = tuple(_compile(s) for s in spellings(*self.declared))
+        object.__setattr__(self, "sources", tuple(s.path for s in compiled))
+        object.__setattr__(self, "compiled", compiled)
+        object.__setattr__(self, "reader", READERS[self.kind])
+        object.__setattr__(self, "uses_product", any(s.index == _PRODUCT_ROOT for s in compiled))
 
 
 def F(  # noqa: N802 - reads as a table row
@@ -208,6 +230,12 @@ def F(  # noqa: N802 - reads as a table row
 ) -> Field:  # fmt: skip
     """A field read from `sources` in order, each in both spellings (see the module docstring)."""
     return Field(name, sources, kind, required, default, to)
+
+
+def _probe(f: Field) -> tuple[tuple[int, str], ...] | None:
+    if f.required or f.default is not None or any(s.rest or s.index > _PRODUCT_ROOT for s in f.compiled):
+        return None
+    return tuple((s.index, s.key) for s in f.compiled)
 
 
 class Table:
@@ -222,6 +250,11 @@ class Table:
         self.prefix = prefix
         self.fields = fields
         self._by_name = {f.name: f for f in fields}
+        #: (field, how errors and warnings name it, probe), made once: `map` runs for every message. The
+        #: probe lists the (root, key) pairs of an optional field read from plain keys only, so that an
+        #: absent field costs a few dict lookups instead of a read.
+        self.targets = tuple((f, f"{event} ({prefix}{f.name})", _probe(f)) for f in fields)
+        self.uses_product = any(f.uses_product for f in fields)
 
     def __getitem__(self, name: str) -> Field:
         return self._by_name[name]
@@ -293,8 +326,8 @@ class Call:
     """
 
     __slots__ = (
-        "_item", "_products", "event", "message", "options", "properties", "settings", "traits", "vendor",
-        "warnings",
+        "_item", "_products", "_roots", "event", "message", "options", "properties", "settings", "traits",
+        "vendor", "warnings",
     )  # fmt: skip
 
     def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
@@ -305,13 +338,16 @@ class Call:
         self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
         #: The call's properties ({} for identify, group and alias).
         self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
-        own = getattr(message, "traits", None)
+        # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
+        own = message.traits if isinstance(message, Identify | Group) else None
         context_traits = message.context.traits
         #: `traits` over `context.traits` on every call (MAPPINGS "Real traffic").
         self.traits: dict[str, Any] = {**context_traits, **own} if own and context_traits else own or context_traits
         self._products: list[Item] | None = None
         self._item: Item | None = None
         self.warnings: list[MappingWarning] = []
+        # In ROOTS order; the product's slot is filled for each read that uses it.
+        self._roots: list[Any] = [self.properties, self.traits, self.options, None, message.context, message]
 
     # -- errors
 
@@ -336,7 +372,7 @@ class Call:
 
     def trait_path(self, key: str) -> str:
         """The Segment path of a trait: `traits.x` when `traits` holds it, else `context.traits.x`."""
-        own = getattr(self.message, "traits", None)
+        own = self.message.traits if isinstance(self.message, Identify | Group) else None
         return f"traits.{key}" if own and key in own else f"context.traits.{key}"
 
     def _path(self, source: Source, item: Item | None) -> str:
@@ -349,31 +385,6 @@ class Call:
             return self.trait_path(keys[0]) + "".join(f".{k}" for k in keys[1:])
         return source.path
 
-    def _value(self, source: Source, item: Item | None) -> Any:
-        root = source.root
-        if root == "properties":
-            value: Any = self.properties
-        elif root == "product":
-            value = (item or self.product()).raw
-        elif root == "traits":
-            value = self.traits
-        elif root == "options":
-            value = self.options
-        elif root == "context":
-            value = self.message.context
-        else:
-            value = self.message
-        for key in source.keys:
-            if isinstance(value, dict):
-                value = value.get(key)
-            elif isinstance(value, BaseModel):
-                value = getattr(value, key, None)
-            else:
-                return None
-            if value is None:
-                return None
-        return value
-
     def read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
         """The value of a declared field: the first of its sources that is present.
 
@@ -382,10 +393,33 @@ class Call:
         no source gives a value (naming the first source path). `target` names the field in both:
         `<vendor event> (<field>)`.
         """
-        reader = READERS[f.kind]
+        roots = self._roots
+        if f.uses_product:
+            roots[_PRODUCT_ROOT] = (item or self.product()).raw
+        reader = f.reader
         for source in f.compiled:
-            value = self._value(source, item)
-            if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
+            value = roots[source.index]
+            value = value.get(source.key) if type(value) is dict else getattr(value, source.key, None)
+            if value is None:
+                continue
+            for key in source.rest:
+                if type(value) is dict:
+                    value = value.get(key)
+                elif isinstance(value, BaseModel):
+                    value = getattr(value, key, None)
+                else:
+                    value = None
+                if value is None:
+                    break
+            kind = type(value)
+            if kind is str:
+                if not value:
+                    continue
+                if value.isascii() and (reader is read_text or (reader is read_url and _valid_url(value))):
+                    return value if f.to is None else f.to(value)  # the common cases, without a call
+            elif (kind is int or (kind is float and math.isfinite(value))) and reader is read_number:
+                return value if f.to is None else f.to(value)
+            elif value is None or (kind is list and not value):
                 continue
             try:
                 out = reader(value)
@@ -426,9 +460,18 @@ class Call:
     def map(self, table: Table, item: Item | None = None) -> dict[str, Any]:
         """Every field of `table` that has a value, in declared order, by vendor field name."""
         out: dict[str, Any] = {}
-        event, prefix = table.event, table.prefix
-        for f in table.fields:
-            value = self.read(f, item, f"{event} ({prefix}{f.name})")
+        read, roots = self.read, self._roots
+        if table.uses_product:
+            item = item or self.product()
+            roots[_PRODUCT_ROOT] = item.raw
+        for f, target, probe in table.targets:
+            if probe is not None:
+                for index, key in probe:
+                    if roots[index].get(key) is not None:
+                        break
+                else:
+                    continue
+            value = read(f, item, target)
             if value is not None:
                 out[f.name] = value
         return out

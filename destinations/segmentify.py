@@ -250,7 +250,6 @@ EVENTS: dict[str, Callable[[Call], dict[str, Any]]] = {
 
 SESSION_OPTION = F("sessionId", "options.session_id", "context.sessionId", "context.session_id")
 DEVICE_OPTION = F("device", "options.device")
-ORIGIN = F("Origin", "context.page.url", kind="url")
 
 
 def session_id(call: Call) -> str:
@@ -348,7 +347,8 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
             "testMode": True if settings.testMode else None,
             **own,
         }
-        origin = settings.origin or origin_of(call.read(ORIGIN, target="request (Origin header)"))
+        # pageUrl, when the event has one, was read and checked with the common fields.
+        origin = settings.origin or origin_of(body.get("pageUrl"))
         headers = {"Origin": origin} if origin else {}
         return Mapped(EVENTS_PATH, [{k: v for k, v in body.items() if v is not None}], headers)
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
 from anyascii import anyascii
@@ -361,6 +362,7 @@ def _name_key(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+_EXACT = frozenset(SPEC_EVENTS)
 _CANONICAL: dict[str, str] = {
     **{_name_key(name): name for name in SPEC_EVENTS},
     **{_name_key(v1): v2 for v1, v2 in V1_ALIASES.items()},
@@ -369,6 +371,8 @@ _CANONICAL: dict[str, str] = {
 
 def canonical_event(name: str) -> str:
     """The e-commerce v2 name of a spec event (v2 or v1, any case and spacing); other names as they are."""
+    if name in _EXACT:
+        return name
     return V1_ALIASES.get(name) or _CANONICAL.get(_name_key(name), name)
 
 
@@ -392,11 +396,13 @@ def words(name: str) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)  # a shop has few event names; each is derived once
 def snake_case(name: str) -> str:
     """'Coupon Applied' -> 'coupon_applied'; 'Sipariş Tamamlandı' -> 'sipariş_tamamlandı' (every letter kept)."""
     return "_".join(w.lower() for w in words(name))
 
 
+@lru_cache(maxsize=4096)
 def lower_camel(name: str) -> str:
     """'Order Completed' -> 'orderCompleted'; other scripts transliterated to ASCII with anyascii first
     ('Заказ Оформлен' -> 'zakazOformlen')."""
@@ -484,7 +490,7 @@ def sendable(value: Any, depth: int = 0) -> Any:
     """
     kind = type(value)
     if kind is str:
-        if has_surrogate(value):
+        if not value.isascii() and _SURROGATE.search(value) is not None:
             raise ValueError(LONE_SURROGATE)
         return value
     if kind is float:
@@ -496,8 +502,12 @@ def sendable(value: Any, depth: int = 0) -> Any:
     if kind is dict:
         out = {}
         for key, item in value.items():
-            if type(key) is str and has_surrogate(key):
+            if type(key) is str and not key.isascii() and has_surrogate(key):
                 raise ValueError(f"has a key that {LONE_SURROGATE}")
+            item_kind = type(item)
+            if (item_kind is str and item.isascii()) or item_kind is int or item_kind is bool or item is None:
+                out[key] = item  # the common case, without a call
+                continue
             try:
                 out[key] = sendable(item, depth + 1)
             except ValueError as exc:
