@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .conformance import run_cases
-from .errors import ConfigurationError, Filtered, InvalidMessage
+from .errors import ConfigurationError, Filtered, InvalidMessage, MappingWarning
 from .registry import destination_types, get_destination
 
 
@@ -65,8 +65,11 @@ def cmd_transform(args: argparse.Namespace) -> int:
                 out["error"] = problem
                 invalid += 1
             else:
+                warnings: list[MappingWarning] = []
                 try:
-                    out["requests"] = [r.to_dict() for r in destination.handle(message)]
+                    out["requests"] = [r.to_dict() for r in destination.handle(message, warnings=warnings)]
+                    if warnings:
+                        out["warnings"] = [str(w) for w in warnings]
                 except InvalidMessage as exc:
                     out["error"] = str(exc)
                     invalid += 1
@@ -76,12 +79,24 @@ def cmd_transform(args: argparse.Namespace) -> int:
     return 1 if invalid else 0
 
 
-def cmd_list(_: argparse.Namespace) -> int:
-    for name, cls in sorted(destination_types().items()):
+def cmd_list(args: argparse.Namespace) -> int:
+    types = destination_types()
+    if args.name and args.name not in types:
+        raise UsageError(f"no destination type {args.name!r}; there are {', '.join(sorted(types))}")
+    for name, cls in sorted(types.items()):
+        if args.name and name != args.name:
+            continue
         print(f"{name}  (integrations key: {cls.display_name})")
         for s in cls.describe_settings():
             flags = ["required" if s["required"] else "optional"] + (["secret"] if s["secret"] else [])
             print(f"    {s['name']:<16} {', '.join(flags)}")
+        if args.name:
+            print("  fields (stable name, kind, required), each with its Segment sources in the order they are read")
+            print("  (traits.x is traits.x, then context.traits.x; options.x is integrations.<key>.x):")
+            for f in cls.describe_fields():
+                flag = ", required" if f["required"] else ""
+                print(f"    {f['field']:<44} {f['kind']}{flag}")
+                print(f"        {' || '.join(f['sources'])}")
     return 0
 
 
@@ -164,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="destinations", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="the destinations and their settings")
+    p = sub.add_parser("list", help="the destinations and their settings; with NAME, its declared fields too")
+    p.add_argument("name", nargs="?", help="one destination type, e.g. wigzo: also print its declared fields")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("transform", help="map Segment messages to vendor requests, one JSON line each")

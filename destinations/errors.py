@@ -58,6 +58,13 @@ class MappingWarning:
         self.rule = rule
         self.target = target
 
+    @property
+    def field(self) -> str:
+        """The field's stable name without the vendor: "PRODUCT_VIEW.oldPrice" (a metrics label)."""
+        _, _, what = self.target.partition(" ")
+        event, _, name = what.partition(" (")
+        return f"{event}.{name.rstrip(')')}" if name else event
+
     def __str__(self) -> str:
         return f"{self.event}: {self.path} {self.rule}; left out of {self.target}"
 

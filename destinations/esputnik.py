@@ -211,7 +211,7 @@ def custom_event(call: Call) -> Mapped:
         if key in VENDOR_EVENTS:
             key = f"custom{key[0].upper()}{key[1:]}"
     taken = {name for name, _ in who}
-    params = call.flat(call.properties, "properties", f"{key} (params)", taken)
+    params = call.flat(call.properties, "properties", "custom event (params)", taken)
     return Mapped(EVENT_PATH, event_body(call, key, who, list(params.items())))
 
 

@@ -335,7 +335,7 @@ def custom_event(call: Call) -> Mapped:
         raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} event (eventName)")
     if name in VENDOR_EVENTS:
         name = f"custom_{name}"
-    return _event(call, name, call.passthrough(call.properties, "properties", f"{name} (eventval)"))
+    return _event(call, name, call.passthrough(call.properties, "properties", "custom event (eventval)"))
 
 
 EVENTS: dict[str, Mapper] = {

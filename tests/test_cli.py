@@ -35,6 +35,40 @@ def test_list_shows_settings_with_required_and_secret() -> None:
     assert any(line.split() == ["testMode", "optional"] for line in res.stdout.splitlines())
 
 
+def test_list_name_prints_each_declared_field_with_its_sources() -> None:
+    res = run("list", "segmentify")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.splitlines()
+    assert out[0] == "segmentify  (integrations key: Segmentify)"
+    assert "dengage" not in res.stdout
+    row = out.index(next(line for line in out if line.split()[:1] == ["CHECKOUT.orderNo"]))
+    assert out[row + 1].strip() == "properties.order_id || properties.orderId"
+    image = out.index(next(line for line in out if line.split()[:3] == ["PRODUCT_VIEW.image", "text,", "required"]))
+    assert out[image + 1].strip() == ("product.image_url || product.imageUrl || options.image_url || options.imageUrl")
+    unknown = run("list", "nope")
+    assert unknown.returncode == 2
+    assert "no destination type 'nope'" in unknown.stderr
+
+
+def test_transform_prints_warnings_on_the_message_line() -> None:
+    message = {
+        "messageId": "w1",
+        "type": "identify",
+        "userId": "u-7",
+        "context": {"sessionId": "s1", "traits": {"email": "ann@example.com", "firstName": "Ann"}},
+        "traits": {"birthday": "17/05/1990", "createdAt": 1700000000},
+    }
+    res = run("transform", "segmentify", "--settings", SETTINGS, stdin=json.dumps(message))
+    assert res.returncode == 0, res.stderr
+    (line,) = lines(res.stdout)
+    (event,) = line["requests"][0]["json"]
+    assert (event["email"], event["fullName"], event["memberSince"]) == ("ann@example.com", "Ann", "14.11.2023")
+    assert "birthdate" not in event
+    (warning,) = line["warnings"]
+    assert warning.startswith("identify: traits.birthday must be an ISO-8601 date")
+    assert warning.endswith("left out of Segmentify USER_OPERATIONS (birthdate)")
+
+
 def test_python_dash_m_works_too() -> None:
     res = subprocess.run([sys.executable, "-m", "destinations", "list"], capture_output=True, text=True, check=False)
     assert res.returncode == 0

@@ -544,6 +544,41 @@ def test_webhook_without_a_secret_takes_unsigned_calls(tmp_path: Path, sink: Rec
         assert wait_for(lambda: len(events_of(sink, "segmentify")) == 1)
 
 
+def test_webhook_takes_engage_audiences_that_all_false_would_filter(tmp_path: Path, sink: RecordingServer) -> None:
+    # Segment Engage sends audience and trait events to the Webhooks destination with
+    # {"All": false, "Webhooks": true}: Segment already chose to send them (MAPPINGS "Real traffic").
+    engage = {"All": False, "Webhooks": True}
+    off = {"All": False, "Webhooks": True, "Segmentify": False}
+    with live(make_config(tmp_path, sink.url, kinds=("segmentify", "dengage"), secret=None)) as url:
+        res = httpx.post(f"{url}/webhook", json=[track(1, integrations=engage), track(2, integrations=off)])
+        assert res.json() == {"success": True}, res.text
+        assert wait_for(lambda: len(events_of(sink, "dengage")) == 2)
+        assert wait_for(lambda: [e["productId"] for e in events_of(sink, "segmentify")] == ["P-1"])
+        # The tracking API keeps Segment's rule: All false turns every destination off.
+        res = httpx.post(f"{url}/v1/track", json=track(3, integrations=engage), auth=(WRITE_KEY, ""))
+        assert res.status_code == 200, res.text
+        line = 'destinations_events_filtered_total{destination="shop-dengage"} 1.0'
+        assert wait_for(lambda: line in httpx.get(f"{url}/metrics").text)
+        assert [e["productId"] for e in events_of(sink, "dengage")] == ["P-1", "P-2"]
+
+
+def test_values_left_out_are_logged_and_counted_per_destination_and_field(
+    tmp_path: Path, sink: RecordingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = track(1, properties={**PRODUCT, "old_price": "was cheaper"})
+    with live(make_config(tmp_path, sink.url, kinds=("segmentify",), secret=None)) as url:
+        res = httpx.post(f"{url}/v1/track", json=event, auth=(WRITE_KEY, ""))
+        assert res.status_code == 200, res.text
+        assert wait_for(lambda: len(events_of(sink, "segmentify")) == 1)
+        (sent,) = events_of(sink, "segmentify")
+        assert sent["productId"] == "P-1"
+        assert "oldPrice" not in sent
+        line = 'destinations_mapping_warnings_total{destination="shop-segmentify",field="PRODUCT_VIEW.oldPrice"} 1.0'
+        assert wait_for(lambda: line in httpx.get(f"{url}/metrics").text)
+    logged = [r.getMessage() for r in caplog.records if r.name == "destinations.mapping"]
+    assert any("m-u-1-1" in text and "properties.old_price must be a number" in text for text in logged), logged
+
+
 def test_webhook_direct_mode(tmp_path: Path) -> None:
     answers = sequence(
         Answer(500, {"error": "down"}),

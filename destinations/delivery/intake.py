@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..base import Destination, HttpRequest
-from ..errors import Filtered, InvalidMessage
+from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..spec import parse_message
 from .outbox import Outbox
+
+log = logging.getLogger("destinations.mapping")
 
 
 def message_id_of(message: Any) -> str:
@@ -45,6 +48,8 @@ class IntakeReport:
     filtered: Counter[str] = field(default_factory=Counter)
     invalid: Counter[str] = field(default_factory=Counter)
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (messageId, instance, reason)
+    # Optional values left out, per (instance, field stable name): MAPPINGS "Real traffic".
+    warnings: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def route(
@@ -72,8 +77,9 @@ def _map(
         except InvalidMessage:
             parsed = message
         for name, destination in destinations.items():
+            warnings: list[MappingWarning] = []
             try:
-                requests_ = destination.handle(parsed)
+                requests_ = destination.handle(parsed, warnings=warnings)
             except Filtered:
                 report.filtered[name] += 1
                 continue
@@ -82,9 +88,19 @@ def _map(
                 if len(report.errors) < keep_errors:
                     report.errors.append((mid, name, str(exc)))
                 continue
+            if warnings:
+                note_warnings(report, name, mid, warnings)
             if requests_:
                 items.append((name, mid, user, requests_))
     return items
+
+
+def note_warnings(report: IntakeReport, name: str, message_id: str | None, warnings: list[MappingWarning]) -> None:
+    """Count and log the values a destination instance left out of a message's requests."""
+    for w in warnings:
+        report.warnings[(name, w.field)] += 1
+        log.warning("%s sent %s without a value: %s", name, message_id, w,
+                    extra={"destination": name, "messageId": message_id})  # fmt: skip
 
 
 def map_inbox(

@@ -138,6 +138,13 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.warnings = Counter(
+            "destinations_mapping_warnings",
+            "Optional values left out of a vendor request because they could not be read, by destination"
+            " instance and field (the message was still sent).",
+            ["destination", "field"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "destinations_requests_duplicate",
             "Vendor requests already in the outbox (a message sent twice).",
@@ -184,6 +191,8 @@ class Metrics:
             self.filtered.labels(name).inc(n)
         for name, n in report.invalid.items():
             self.invalid.labels(name).inc(n)
+        for (name, field), n in report.warnings.items():
+            self.warnings.labels(name, field).inc(n)
         if report.duplicates:
             self.duplicates.inc(report.duplicates)
 

@@ -27,14 +27,17 @@ error text or a log line; the package's errors already name keys, never values.
 from __future__ import annotations
 
 import json
+import logging
 from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from ..base import Destination, HttpRequest
-from ..errors import ConfigurationError, Filtered, InvalidMessage
+from ..errors import ConfigurationError, Filtered, InvalidMessage, MappingWarning
 from ..registry import destination_types
+
+log = logging.getLogger("destinations.rudder")
 
 try:  # orjson parses and writes several times faster; the stdlib is the fallback, never a requirement
     import orjson
@@ -262,9 +265,10 @@ def transform_event(
     destination = item.get("destination")
     config = destination.get("Config") if isinstance(destination, dict) else None
     handler = None
+    warnings: list[MappingWarning] = []
     try:
         handler = handlers.get({} if config is None else config)
-        requests_ = handler.handle(item.get("message"))
+        requests_ = handler.handle(item.get("message"), warnings=warnings)
     except Filtered as exc:
         failure = EventFailure(FILTERED_STATUS, exc.reason, "transformation", "filtered")
     except InvalidMessage as exc:
@@ -275,6 +279,8 @@ def transform_event(
     except ConfigurationError as exc:
         failure = EventFailure(400, str(exc), "dataValidation", "configuration")
     else:
+        for w in warnings:  # rudder-server has no place for them in its answer: logged here
+            log.warning("%s sent a message without a value: %s", handler.name, w, extra={"destination": handler.name})
         if requests_:
             return metadata, destination, handler, requests_
         failure = EventFailure(FILTERED_STATUS, "no vendor request for this event", "transformation", "filtered")

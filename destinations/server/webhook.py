@@ -31,7 +31,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..base import Destination, HttpRequest
-from ..errors import Filtered, InvalidMessage
+from ..delivery.intake import IntakeReport, note_warnings
+from ..errors import Filtered, InvalidMessage, MappingWarning
 from .tracking import ApiError, Prepared, accept, now_iso, parse_json, prepare, read_body, unauthorized
 
 if TYPE_CHECKING:
@@ -113,8 +114,9 @@ def deliver_direct(intake: Intake, name: str, destination: Destination, messages
     sender: Sender = intake.sender(name)
     metrics = intake.metrics
     for position, message in enumerate(messages):
+        warnings: list[MappingWarning] = []
         try:
-            requests_ = destination.handle(message)
+            requests_ = destination.handle(message, warnings=warnings)
         except Filtered:
             result.filtered += 1
             metrics.filtered.labels(name).inc()
@@ -126,6 +128,10 @@ def deliver_direct(intake: Intake, name: str, destination: Destination, messages
             mid = message.get("messageId")
             log.info("%s will not get %s: %s", name, mid, exc, extra={"destination": name, "messageId": mid})
             continue
+        if warnings:
+            report = IntakeReport()
+            note_warnings(report, name, message.get("messageId"), warnings)
+            metrics.mapped(report)
         for request in requests_:
             outcome = _timed_send(intake, name, sender, request)
             result.statuses[outcome.status] += 1
@@ -198,6 +204,17 @@ async def direct(intake: Intake, prepared: Prepared) -> JSONResponse:
 
 router = APIRouter(tags=["Segment Webhooks destination"])
 
+
+def chosen_by_segment(message: Any) -> None:
+    """Drop `integrations.All` from a message Segment's Webhooks destination sent: Segment already chose
+    to send it, and Engage sends `{"All": false, "Webhooks": true}`, which would otherwise filter it at
+    every destination. A destination's own key set to false still turns it off (MAPPINGS "Real traffic")."""
+    integrations = message.get("integrations") if isinstance(message, dict) else None
+    if isinstance(integrations, dict):
+        for key in [k for k in integrations if isinstance(k, str) and k.lower() == "all"]:
+            del integrations[key]
+
+
 _MESSAGE = {"type": "object", "description": "A Segment message as the Webhooks destination sends it."}
 _OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -249,6 +266,8 @@ async def webhook(request: Request) -> JSONResponse:
         messages = data
     else:
         raise ApiError(400, "invalid_body", "the body must be a message (JSON object) or an array of messages")
+    for message in messages:
+        chosen_by_segment(message)
     prepared = prepare(messages, kind=None, received_at=now_iso(), measure=False)
     if intake.config.server.delivery == "direct":
         return await direct(intake, prepared)
