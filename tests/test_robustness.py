@@ -22,6 +22,20 @@ SAMPLE_SETTINGS: dict[str, dict[str, Any]] = {
     "esputnik": {"apiKey": "k"},
 }
 
+
+def _deep(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+# The odd values real traffic carries (MAPPINGS "Real traffic": no internal errors for odd values).
+ODD = [
+    "\ud800", "x\udfffy", "0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "0001-01-01", "http://[::1",
+    "https://магазин.example/p?q=1", "http://host:99999/", "Sipariş Tamamlandı", "1.0000", "17/05/1990",
+    1700000000, 1700000000000, 10**30, -(10**20),
+]  # fmt: skip
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -29,6 +43,8 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
     st.sampled_from(["", " 12 ", "3.5", "NaN", "inf", "2026-11-20T10:00:00Z", "not a date", "https://x.example/p"]),
+    st.sampled_from(ODD),
+    st.sampled_from([_deep(40), _deep(300), [_deep(200)]]),
 )
 json_like = st.recursive(
     scalars,
@@ -40,11 +56,32 @@ product_keys = st.sampled_from(
      "currency", "in_stock", "variant_id", "brand", "old_price", "colors", "discount", "cart_id", "checkout_id"]
 )  # fmt: skip
 product = st.dictionaries(product_keys, json_like, max_size=8)
-events = st.sampled_from(
-    ["Product Viewed", "Product Clicked", "Product Added", "Product Removed", "Cart Viewed", "Checkout Started",
-     "Payment Info Entered", "Order Completed", "Completed Order", "Signed Up", "Signed In", "Signed Out",
-     "Product Added to Wishlist", "Products Searched", "Product List Viewed", "Custom Thing", ""]
+
+
+def _as_typed(name: str, case: int, spaces: int) -> str:
+    """A name as people type it: any case, spaces around and between the words."""
+    name = [name, name.lower(), name.upper(), name.title()][case % 4]
+    return " " * (spaces % 2) + name.replace(" ", " " * (1 + spaces % 3)) + " " * (spaces % 2)
+
+
+events = st.builds(
+    _as_typed,
+    st.sampled_from(
+        ["Product Viewed", "Product Clicked", "Product Added", "Product Removed", "Cart Viewed", "Checkout Started",
+         "Payment Info Entered", "Order Completed", "Completed Order", "Signed Up", "Signed In", "Signed Out",
+         "Product Added to Wishlist", "Products Searched", "Product List Viewed", "Custom Thing", "",
+         "Cart Updated", "AddToCart", "Sipariş Tamamlandı", "Заказ Оформлен", "!!!", "View", "page viewed"]
+    ),
+    st.integers(0, 3),
+    st.integers(0, 5),
 )  # fmt: skip
+types = st.builds(
+    _as_typed, st.sampled_from(["track", "page", "screen", "identify", "group", "alias"]), st.integers(0, 3),
+    st.integers(0, 1),
+)  # fmt: skip
+trait_keys = st.sampled_from(
+    ["email", "phone", "name", "firstName", "last_name", "birthday", "createdAt", "address", "age", "username"]
+)
 properties = st.one_of(
     json_like,
     st.fixed_dictionaries(
@@ -65,10 +102,7 @@ context = st.one_of(
         {},
         optional={
             "page": st.one_of(json_like, st.dictionaries(st.sampled_from(["url", "referrer", "path"]), json_like)),
-            "traits": st.one_of(
-                json_like,
-                st.dictionaries(st.sampled_from(["email", "phone", "name", "birthday", "address", "age"]), json_like),
-            ),
+            "traits": st.one_of(json_like, st.dictionaries(trait_keys, json_like)),
             "os": json_like,
             "device": json_like,
             "locale": json_like,
@@ -81,18 +115,20 @@ context = st.one_of(
 messages = st.one_of(
     json_like,
     st.fixed_dictionaries(
-        {"type": st.one_of(st.sampled_from(["track", "page", "screen", "identify", "group", "alias"]), json_like)},
+        {"type": st.one_of(types, json_like)},
         optional={
             "event": st.one_of(events, json_like),
             "userId": st.one_of(st.text(max_size=6), json_like),
             "anonymousId": json_like,
             "properties": properties,
-            "traits": st.one_of(json_like, st.dictionaries(st.sampled_from(["email", "phone", "birthday"]), json_like)),
+            # Traits in either place, or both: identify's traits and every call's context.traits.
+            "traits": st.one_of(json_like, st.dictionaries(trait_keys, json_like)),
             "context": context,
             "integrations": st.one_of(
                 json_like, st.dictionaries(st.sampled_from(["All", "Segmentify", "Wigzo"]), json_like)
             ),
             "timestamp": json_like,
+            "originalTimestamp": json_like,
             "name": json_like,
             "messageId": json_like,
         },
@@ -100,7 +136,7 @@ messages = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=messages, name=st.sampled_from(sorted(BUILT_IN)))
 def test_only_package_errors_escape_handle(message: Any, name: str) -> None:
     destination = get_destination(name, SAMPLE_SETTINGS[name])
@@ -116,7 +152,11 @@ def test_only_package_errors_escape_handle(message: Any, name: str) -> None:
         for request in requests:
             assert request.url.startswith("https://")
             assert "?" not in request.url
-            json.dumps(request.to_dict(), allow_nan=False)  # what is sent must be valid JSON
+            # What is sent must be standard JSON in strict UTF-8 (no NaN, no lone surrogate), as orjson
+            # stores it and a vendor reads it; headers must be ASCII to travel at all (an IDNA Origin).
+            json.dumps(request.to_dict(), allow_nan=False, ensure_ascii=False).encode("utf-8")
+            for value in request.headers.values():
+                value.encode("ascii")
 
 
 # Near-valid messages reach deep into the mappers: a real shop session with a few fields broken.
