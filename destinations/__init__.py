@@ -1,7 +1,7 @@
 """Deliver Segment-spec events to Wigzo, Segmentify, D·engage and eSputnik."""
 
-from .base import Destination, HttpRequest
-from .errors import ConfigurationError, DeliveryError, DestinationError, Filtered, InvalidMessage
+from .base import Destination, Handled, HttpRequest
+from .errors import ConfigurationError, DeliveryError, DestinationError, Filtered, InvalidMessage, MappingWarning
 from .registry import destination_types, get_destination
 
 __all__ = [
@@ -10,8 +10,10 @@ __all__ = [
     "Destination",
     "DestinationError",
     "Filtered",
+    "Handled",
     "HttpRequest",
     "InvalidMessage",
+    "MappingWarning",
     "destination_types",
     "get_destination",
 ]

@@ -54,6 +54,13 @@ class HttpRequest(NamedTuple):
         )
 
 
+class Handled(NamedTuple):
+    """What `Destination.handle_with_warnings` returns: the requests, and the values left out of them."""
+
+    requests: list[HttpRequest]
+    warnings: list[MappingWarning]
+
+
 class Mapped(NamedTuple):
     """What a vendor mapper returns: the API path (appended to the instance's base URL), the JSON
     body, headers of this message's own (Segmentify's `Origin`) and the HTTP method."""
@@ -191,17 +198,21 @@ class Destination:
 
     # -- the public entry point
 
-    def handle(
-        self, message: Mapping[str, Any] | Message, *, warnings: list[MappingWarning] | None = None
-    ) -> list[HttpRequest]:
+    def handle(self, message: Mapping[str, Any] | Message) -> list[HttpRequest]:
         """Map one Segment message to the vendor requests it means.
 
         Raises InvalidMessage or Filtered, and nothing else, for any input. Optional values that
-        could not be read were left out of the requests; pass a list as `warnings` to receive one
-        MappingWarning for each (MAPPINGS "Real traffic").
+        could not be read are left out of the requests; `handle_with_warnings` also says which.
+        """
+        return self.handle_with_warnings(message).requests
+
+    def handle_with_warnings(self, message: Mapping[str, Any] | Message) -> Handled:
+        """`handle`, with one MappingWarning for each optional value left out (MAPPINGS "Real traffic").
+
+        Raises what `handle` raises.
         """
         try:
-            return self._handle(message, warnings)
+            return self._handle(message)
         except DestinationError:
             raise
         except Exception as exc:  # a mapping bug must not take a caller's loop down with it
@@ -211,7 +222,7 @@ class Destination:
                 label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True
             ) from None
 
-    def _handle(self, message: Mapping[str, Any] | Message, warnings: list[MappingWarning] | None) -> list[HttpRequest]:
+    def _handle(self, message: Mapping[str, Any] | Message) -> Handled:
         if isinstance(message, Message):
             kind, integrations = message.type, message.integrations
         else:
@@ -232,10 +243,7 @@ class Destination:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
             mapper = self.calls[kind]
-        requests_ = self.build(call, mapper(call))
-        if warnings is not None:
-            warnings.extend(call.warnings)
-        return requests_
+        return Handled(self.build(call, mapper(call)), call.warnings)
 
     def build(self, call: Call, mapped: Any) -> list[HttpRequest]:
         """The requests a mapper's result means: each Mapped through `request`, HttpRequests as they are.

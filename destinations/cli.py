@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .conformance import run_cases
-from .errors import ConfigurationError, Filtered, InvalidMessage, MappingWarning
+from .errors import ConfigurationError, Filtered, InvalidMessage
 from .registry import destination_types, get_destination
 
 
@@ -40,18 +40,28 @@ def read_messages(stream: TextIO) -> Iterator[tuple[Any, str | None]]:
     text = stream.read()
     try:
         whole = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         whole = None
     else:
         yield from ((m, None) for m in (whole if isinstance(whole, list) else [whole]))
         return
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: U+2028 and U+0085 may stand raw inside a JSON string.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             yield json.loads(line), None
         except ValueError as exc:
             yield None, f"line {number}: not valid JSON ({exc.msg})"
+        except RecursionError:
+            yield None, f"line {number}: nested too deeply to be read"
+
+
+def print_line(value: Any) -> None:
+    """One JSON line, UTF-8; a lone surrogate in a text (valid in JSON input) is written as its JSON
+    escape, so that the line stays valid JSON and printing never fails."""
+    text = json.dumps(value, ensure_ascii=False) + "\n"
+    sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
@@ -65,9 +75,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
                 out["error"] = problem
                 invalid += 1
             else:
-                warnings: list[MappingWarning] = []
                 try:
-                    out["requests"] = [r.to_dict() for r in destination.handle(message, warnings=warnings)]
+                    requests_, warnings = destination.handle_with_warnings(message)
+                    out["requests"] = [r.to_dict() for r in requests_]
                     if warnings:
                         out["warnings"] = [str(w) for w in warnings]
                 except InvalidMessage as exc:
@@ -75,7 +85,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
                     invalid += 1
                 except Filtered as exc:
                     out["filtered"] = exc.reason
-            print(json.dumps(out, ensure_ascii=False), flush=False)
+            print_line(out)
     return 1 if invalid else 0
 
 

@@ -55,7 +55,8 @@ def run_case(path: Path) -> CaseResult:
 
     warnings: list[MappingWarning] = []
     try:
-        got: Any = [r.to_dict() for r in destination.handle(case["message"], warnings=warnings)]
+        requests_, warnings = destination.handle_with_warnings(case["message"])
+        got: Any = [r.to_dict() for r in requests_]
         outcome = "requests"
     except InvalidMessage as exc:
         got, outcome = str(exc), "error"

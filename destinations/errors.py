@@ -15,6 +15,7 @@ class InvalidMessage(DestinationError):
     """
 
     def __init__(self, event: str, path: str, rule: str, *, internal: bool = False) -> None:
+        event, path, rule = _text(event), _text(path), _text(rule)
         self.event = event
         self.path = path
         self.rule = rule
@@ -43,30 +44,39 @@ class DeliveryError(DestinationError):
     """A request could not be delivered (raised by the delivery layer, never by a handler)."""
 
 
+def _text(value: str) -> str:
+    """`value` with any lone surrogate (a JSON escape that is no character) shown as U+FFFD, so that an
+    error or a warning can always be printed, logged and stored."""
+    if value.isascii():
+        return value
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class MappingWarning:
     """An optional value left out of a vendor request because it could not be read (MAPPINGS "Real traffic").
 
-    Not an exception: the message is still sent. `target` is the vendor and its stable field name
-    ("Segmentify PRODUCT_VIEW (oldPrice)"); `path` the Segment path; `rule` what was wrong with it.
+    Not an exception: the message is still sent. `path` is the Segment path, `rule` what was wrong with
+    it, `vendor` the destination's display name and `target` the vendor event and field
+    ("PRODUCT_VIEW (oldPrice)"); `field` is the field's stable name ("PRODUCT_VIEW.oldPrice").
     """
 
-    __slots__ = ("event", "path", "rule", "target")
+    __slots__ = ("event", "path", "rule", "target", "vendor")
 
-    def __init__(self, event: str, path: str, rule: str, target: str) -> None:
-        self.event = event
-        self.path = path
-        self.rule = rule
+    def __init__(self, event: str, path: str, rule: str, vendor: str, target: str) -> None:
+        self.event = _text(event)
+        self.path = _text(path)
+        self.rule = _text(rule)
+        self.vendor = vendor
         self.target = target
 
     @property
     def field(self) -> str:
-        """The field's stable name without the vendor: "PRODUCT_VIEW.oldPrice" (a metrics label)."""
-        _, _, what = self.target.partition(" ")
-        event, _, name = what.partition(" (")
-        return f"{event}.{name.rstrip(')')}" if name else event
+        """The field's stable name: "PRODUCT_VIEW (oldPrice)" -> "PRODUCT_VIEW.oldPrice" (a metrics label)."""
+        event, _, name = self.target.partition(" (")
+        return f"{event}.{name.removesuffix(')')}" if name else event
 
     def __str__(self) -> str:
-        return f"{self.event}: {self.path} {self.rule}; left out of {self.target}"
+        return f"{self.event}: {self.path} {self.rule}; left out of {self.vendor} {self.target}"
 
     def __repr__(self) -> str:
         return f"MappingWarning({str(self)!r})"

@@ -32,8 +32,8 @@ from pydantic import AfterValidator, SecretStr
 
 from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
 from .errors import Filtered
-from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table
-from .spec import compact_json, has_surrogate, lower_camel
+from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table, present
+from .spec import compact_json, has_surrogate, lower_camel, words
 
 BASIC_USER = "destinations"
 EVENT_PATH = "/api/v2/event"
@@ -201,7 +201,8 @@ def custom_event(call: Call) -> Mapped:
     who = locators(call)
     key = (call.read(EVENT_TYPE_KEY, target="event (eventTypeKey)") or "").strip()
     if not key:
-        key = lower_camel(call.event)
+        # Letters and digits of the name as sent: an emoji or a currency sign transliterates to words.
+        key = lower_camel(call.event) if words(call.event) else ""
         if not key:
             raise call.fail(
                 "event",
@@ -237,7 +238,7 @@ def contact(call: Call) -> Mapped:
         "lastName": last_name,
         "channels": channels,
     }
-    return Mapped(CONTACT_PATH, {k: v for k, v in body.items() if v is not None})
+    return Mapped(CONTACT_PATH, present(body))
 
 
 EVENTS: dict[str, Mapper] = {

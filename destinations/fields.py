@@ -9,7 +9,8 @@ vendor user ids, sums) stay functions in the vendor modules, built on the same `
 Source paths are Segment paths with one of these roots:
 
 - `properties.x`, `context.x`, `userId`, `name`, ... : the message as sent;
-- `traits.x`: `traits` over `context.traits`, a key in `traits` winning (MAPPINGS "Real traffic");
+- `traits.x`: `traits` (identify, group), then `context.traits` (every call): a source `traits.x` reads
+  `traits.x`, `traits.X`, `context.traits.x`, `context.traits.X` in that order (MAPPINGS "Real traffic");
 - `product.x`: the product being read: `properties`, one item of `properties.products[]`, or the one
   item of `properties.products` when `properties` has no product id;
 - `options.x`: the destination's `integrations` options, named `integrations.<Name>.x` in errors.
@@ -27,8 +28,6 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel
 
 from .errors import InvalidMessage, MappingWarning
 from .spec import (
@@ -126,12 +125,6 @@ def read_texts(value: Any) -> list[str]:
     return out
 
 
-def read_json_text(value: Any) -> Any:
-    """Scalars as they are, objects and lists as compact JSON text (eSputnik params, Segmentify maps)."""
-    clean = sendable(value)
-    return compact_json(clean) if isinstance(clean, dict | list) else clean
-
-
 READERS: dict[str, Callable[[Any], Any]] = {
     "text": read_text,
     "number": read_number,
@@ -140,7 +133,6 @@ READERS: dict[str, Callable[[Any], Any]] = {
     "date": parse_date,
     "url": read_url,
     "texts": read_texts,
-    "json": read_json_text,
     "raw": sendable,
 }
 
@@ -158,7 +150,8 @@ def other_spelling(key: str) -> str:
 
 
 def spellings(*sources: str) -> tuple[str, ...]:
-    """Each source followed by its other spelling, without repeats."""
+    """Each source followed by its other spelling, without repeats; a `traits.x` source is also read
+    from `context.traits`, after `traits` in both spellings."""
     out: list[str] = []
     for source in sources:
         root, _, rest = source.partition(".")
@@ -168,13 +161,16 @@ def spellings(*sources: str) -> tuple[str, ...]:
             other = other_spelling(last)
             if other != last:
                 variants.append(f"{root}.{head + '.' if head else ''}{other}")
+        if root == "traits":
+            variants += [f"context.{v}" for v in variants]
         out.extend(v for v in variants if v not in out)
     return tuple(out)
 
 
-# Roots, as indexes into `Call._roots`: the first four are dicts, the last two pydantic models.
-ROOTS = ("properties", "traits", "options", "product", "context", "message")
-_PRODUCT_ROOT = 3
+# Roots, as indexes into `Call._roots`: all dicts but the last, the parsed message model.
+ROOTS = ("properties", "traits", "context.traits", "options", "product", "context", "message")
+_PRODUCT_ROOT = ROOTS.index("product")
+_MESSAGE_ROOT = ROOTS.index("message")
 
 
 class Source(NamedTuple):
@@ -188,8 +184,12 @@ class Source(NamedTuple):
 
 def _compile(path: str) -> Source:
     parts = tuple(path.split("."))
-    root = parts[0] if parts[0] in ROOTS and len(parts) > 1 else "message"
-    keys = parts[1:] if root != "message" else parts
+    if parts[:2] == ("context", "traits") and len(parts) > 2:
+        root, keys = "context.traits", parts[2:]
+    elif parts[0] in ROOTS and len(parts) > 1:
+        root, keys = parts[0], parts[1:]
+    else:
+        root, keys = "message", parts
     return Source(root, keys, path, ROOTS.index(root), keys[0], keys[1:])
 
 
@@ -233,7 +233,7 @@ def F(  # noqa: N802 - reads as a table row
 
 
 def _probe(f: Field) -> tuple[tuple[int, str], ...] | None:
-    if f.required or f.default is not None or any(s.rest or s.index > _PRODUCT_ROOT for s in f.compiled):
+    if f.required or f.default is not None or any(s.rest or s.index == _MESSAGE_ROOT for s in f.compiled):
         return None
     return tuple((s.index, s.key) for s in f.compiled)
 
@@ -262,6 +262,10 @@ class Table:
     def __iter__(self) -> Iterator[Field]:
         return iter(self.fields)
 
+    def keys_of(self, *roots: str) -> frozenset[str]:
+        """Every first key these fields read under the given roots (what a passthrough must skip)."""
+        return frozenset(s.key for f in self.fields for s in f.compiled if s.root in roots)
+
     def key(self, f: Field) -> str:
         return f"{self.event}.{self.prefix}{f.name}"
 
@@ -283,6 +287,11 @@ ORDER_TOTAL = ("properties.total", "properties.revenue", "properties.value")
 CART_TOTAL = ("properties.total", "properties.value", "properties.revenue")
 
 
+def present(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` without its nulls: no vendor payload carries a null (MAPPINGS "Shared")."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def full_name(call: Call, _: Item | None = None) -> str | None:
     """firstName + " " + lastName, or the one given (MAPPINGS "Shared": name = name || first + last)."""
     parts = [call.read(FIRST_NAME), call.read(LAST_NAME)]
@@ -290,21 +299,37 @@ def full_name(call: Call, _: Item | None = None) -> str | None:
 
 
 def line_item_sum(call: Call, _: Item | None = None) -> Number | None:
-    """sum(price x quantity) of the products that have a price, in decimal (MAPPINGS "Shared")."""
+    """sum(price x quantity) of the products that have a price, in decimal (MAPPINGS "Shared").
+
+    A price or quantity that cannot be read makes the sum unreadable (`Unreadable`, naming its path):
+    a total is never built from part of the cart.
+    """
     terms = []
     for item in call.products:
-        price = call.read(ITEM_PRICE, item)
+        price = call.strict(ITEM_PRICE, item)
         if price is not None:
-            terms.append((price, call.read(ITEM_QUANTITY, item)))
+            terms.append((price, call.strict(ITEM_QUANTITY, item)))
     return money_sum(terms) if terms else None
 
 
+LOCALE = F("locale", "context.locale")
 FIRST_NAME = F("firstName", "traits.first_name", "properties.first_name")
 LAST_NAME = F("lastName", "traits.last_name", "properties.last_name")
+#: Rows that several vendors' tables share.
 ITEM_PRICE = F("price", "product.price", kind="number")
 ITEM_QUANTITY = F("quantity", "product.quantity", kind="number", default=1)
+ITEM_CURRENCY = F("currency", *CURRENCY)
 
 # --- the per-message reader ----------------------------------------------------------------------
+
+
+class Unreadable(ValueError):
+    """A value that cannot be read, with its Segment path (raised by `Call.strict` and computed defaults)."""
+
+    def __init__(self, path: str, rule: str) -> None:
+        super().__init__(f"{path} {rule}")
+        self.path = path
+        self.rule = rule
 
 
 class Item(NamedTuple):
@@ -339,15 +364,22 @@ class Call:
         #: The call's properties ({} for identify, group and alias).
         self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
         # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
-        own = message.traits if isinstance(message, Identify | Group) else None
-        context_traits = message.context.traits
-        #: `traits` over `context.traits` on every call (MAPPINGS "Real traffic").
-        self.traits: dict[str, Any] = {**context_traits, **own} if own and context_traits else own or context_traits
+        own = message.traits if isinstance(message, Identify | Group) else {}
+        context_traits = message.context.get("traits")
+        if not isinstance(context_traits, dict):
+            context_traits = {}
+        #: `traits` over `context.traits` (MAPPINGS "Real traffic"), for values passed through as they are.
+        self.traits: dict[str, Any] = (
+            {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
+            else own or context_traits
+        )  # fmt: skip
         self._products: list[Item] | None = None
         self._item: Item | None = None
         self.warnings: list[MappingWarning] = []
         # In ROOTS order; the product's slot is filled for each read that uses it.
-        self._roots: list[Any] = [self.properties, self.traits, self.options, None, message.context, message]
+        self._roots: list[Any] = [
+            self.properties, own, context_traits, self.options, None, message.context, message
+        ]  # fmt: skip
 
     # -- errors
 
@@ -359,8 +391,8 @@ class Call:
         return InvalidMessage(self.label, path, rule)
 
     def warn(self, path: str, rule: str, target: str) -> None:
-        """Record that the value at `path` was left out of `target` (a stable field name)."""
-        self.warnings.append(MappingWarning(self.label, path, rule, f"{self.vendor} {target}"))
+        """Record that the value at `path` was left out of `target` ("<vendor event> (<field>)")."""
+        self.warnings.append(MappingWarning(self.label, path, rule, self.vendor, target))
 
     def require(self, value: Any, path: str, target: str) -> Any:
         """`value`, or an InvalidMessage saying `path` is required by `target` (vendor event and field)."""
@@ -371,9 +403,9 @@ class Call:
     # -- declared fields
 
     def trait_path(self, key: str) -> str:
-        """The Segment path of a trait: `traits.x` when `traits` holds it, else `context.traits.x`."""
-        own = self.message.traits if isinstance(self.message, Identify | Group) else None
-        return f"traits.{key}" if own and key in own else f"context.traits.{key}"
+        """The Segment path of a trait as `self.traits` holds it: `traits.x`, or `context.traits.x`."""
+        own = self._roots[1]
+        return f"traits.{key}" if own.get(key) is not None or not self._roots[2].get(key) else f"context.traits.{key}"
 
     def _path(self, source: Source, item: Item | None) -> str:
         root, keys = source.root, source.keys
@@ -381,34 +413,29 @@ class Call:
             return f"{(item or self.product()).path}.{'.'.join(keys)}"
         if root == "options":
             return f"integrations.{self.vendor}.{'.'.join(keys)}"
-        if root == "traits":
-            return self.trait_path(keys[0]) + "".join(f".{k}" for k in keys[1:])
         return source.path
 
     def read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
         """The value of a declared field: the first of its sources that is present.
 
         Optional field: a present value that cannot be read is skipped with a warning and the next
-        source is tried. Required field: it is an InvalidMessage naming its path, as is a field that
-        no source gives a value (naming the first source path). `target` names the field in both:
+        source is tried; the `default` applies only when no source was present at all. Required
+        field: a value that cannot be read is an InvalidMessage naming its path, as is a field that no
+        source gives a value (naming the first source path). `target` names the field in both:
         `<vendor event> (<field>)`.
         """
         roots = self._roots
         if f.uses_product:
             roots[_PRODUCT_ROOT] = (item or self.product()).raw
         reader = f.reader
+        present = False
         for source in f.compiled:
             value = roots[source.index]
             value = value.get(source.key) if type(value) is dict else getattr(value, source.key, None)
             if value is None:
                 continue
             for key in source.rest:
-                if type(value) is dict:
-                    value = value.get(key)
-                elif isinstance(value, BaseModel):
-                    value = getattr(value, key, None)
-                else:
-                    value = None
+                value = value.get(key) if type(value) is dict else None
                 if value is None:
                     break
             kind = type(value)
@@ -418,9 +445,11 @@ class Call:
                 if value.isascii() and (reader is read_text or (reader is read_url and _valid_url(value))):
                     return value if f.to is None else f.to(value)  # the common cases, without a call
             elif (kind is int or (kind is float and math.isfinite(value))) and reader is read_number:
-                return value if f.to is None else f.to(value)
+                if kind is float or -(10**300) < value < 10**300:
+                    return value if f.to is None else f.to(value)
             elif value is None or (kind is list and not value):
                 continue
+            present = True
             try:
                 out = reader(value)
             except ValueError as exc:
@@ -430,13 +459,41 @@ class Call:
                 self.warn(path, rule, target or f.name)
                 continue
             return f.to(out) if f.to is not None else out
-        if f.default is not None:
-            out = f.default(self, item) if callable(f.default) else f.default
+        if f.default is not None and not present:
+            try:
+                out = f.default(self, item) if callable(f.default) else f.default
+            except Unreadable as exc:
+                if f.required:
+                    raise self.fail(exc.path, f"{exc.rule}, and {self.vendor} {target or f.name} requires it") from None
+                self.warn(exc.path, exc.rule, target or f.name)
+                return None
             if out is not None:
                 return f.to(out) if f.to is not None else out
         if f.required:
             self._missing(f, item, target)
         return None
+
+    def strict(self, f: Field, item: Item | None = None) -> Any:
+        """Like `read`, but a present value that cannot be read raises `Unreadable` (for computed values)."""
+        for source in f.compiled:
+            value = self._value(source, item)
+            if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
+                continue
+            try:
+                out = f.reader(value)
+            except ValueError as exc:
+                raise Unreadable(*self._place(self._path(source, item), str(exc))) from None
+            return f.to(out) if f.to is not None else out
+        return f.default(self, item) if callable(f.default) else f.default
+
+    def _value(self, source: Source, item: Item | None) -> Any:
+        value = (item or self.product()).raw if source.index == _PRODUCT_ROOT else self._roots[source.index]
+        value = value.get(source.key) if type(value) is dict else getattr(value, source.key, None)
+        for key in source.rest:
+            if value is None:
+                return None
+            value = value.get(key) if type(value) is dict else None
+        return value
 
     @staticmethod
     def _place(path: str, rule: str) -> tuple[str, str]:
@@ -451,10 +508,6 @@ class Call:
         rule = f"is required by {self.vendor} {target or f.name}"
         if others:
             rule += f"; also read from {', '.join(others)}"
-        if f.declared[0].startswith("product.") and item is None:
-            count = self._products_count()
-            if self.product().path == "properties" and count > 1:
-                rule += f"; properties.products has {count} items, so which one is the product is unclear"
         raise self.fail(first, rule)
 
     def map(self, table: Table, item: Item | None = None) -> dict[str, Any]:
@@ -488,8 +541,16 @@ class Call:
         if self._item is None:
             props = self.properties
             item = Item(props, "properties")
-            if not any(props.get(k) is not None for k in _PRODUCT_KEYS) and self._products_count() == 1:
-                item = self.products[0]
+            if not any(props.get(k) is not None for k in _PRODUCT_KEYS):
+                count = self._products_count()
+                if count == 1:
+                    item = self.products[0]
+                elif count > 1:
+                    raise self.fail(
+                        "properties.product_id",
+                        f"is required by {self.vendor} to tell which product is meant: properties.products has "
+                        f"{count} items (send the product's fields in properties, or one item)",
+                    )
             self._item = item
         return self._item
 
@@ -504,18 +565,20 @@ class Call:
             self._products = list(self.objects("products"))
         return self._products
 
-    def objects(self, key: str) -> list[Item]:
-        """`properties.<key>` as a list of objects with their paths; an error when it is not one."""
-        items = self.properties.get(key)
+    def objects(self, key: str, within: Item | None = None) -> list[Item]:
+        """`properties.<key>` (or `<key>` of another item) as a list of objects with their paths; one
+        object counts as a list of one; an error when it is neither."""
+        within = within or Item(self.properties, "properties")
+        items = within.raw.get(key)
         if items is None:
             return []
         if isinstance(items, dict):
-            return [Item(items, f"properties.{key}")]
+            return [Item(items, f"{within.path}.{key}")]
         if not isinstance(items, list):
-            raise self.fail(f"properties.{key}", "must be a list of objects")
+            raise self.fail(f"{within.path}.{key}", "must be a list of objects")
         out = []
         for i, obj in enumerate(items):
-            path = f"properties.{key}[{i}]"
+            path = f"{within.path}.{key}[{i}]"
             if not isinstance(obj, dict):
                 raise self.fail(path, "must be an object")
             out.append(Item(obj, path))
@@ -530,13 +593,14 @@ class Call:
         for key, value in values.items():
             if value is None or key in skip:
                 continue
+            if type(key) is str and has_surrogate(key):
+                self.warn(root, f"has a key that {LONE_SURROGATE}", target)
+                continue
+            path = self.trait_path(key) if values is self.traits else f"{root}.{key}"
             try:
                 clean = sendable(value, 1)
             except ValueError as exc:
-                self.warn(*self._place(f"{root}.{key}", str(exc)), target)
-                continue
-            if type(key) is str and has_surrogate(key):
-                self.warn(root, f"has a key that {LONE_SURROGATE}", target)
+                self.warn(*self._place(path, str(exc)), target)
                 continue
             if clean is not None:
                 out[key] = clean
@@ -553,6 +617,7 @@ class Call:
 
     @property
     def user_id(self) -> str | None:
+        """The Segment userId (None for an anonymous visitor)."""
         return self.message.userId
 
     @property
@@ -579,20 +644,8 @@ class Call:
                 return None
         return None
 
-    def option(self, key: str, target: str) -> str | None:
-        """A text option from `integrations.<Name>.<key>`; an unreadable one is left out with a warning."""
-        return self.read(F(key, f"options.{key}"), None, target)
-
     @property
     def language(self) -> str | None:
-        locale = self.message.context.locale
-        return language(locale) if locale and not has_surrogate(locale) else None
-
-    def number(self, value: Any, path: str, target: str) -> Number | None:
-        """A number, or None when absent; present but not a number is an InvalidMessage."""
-        if value is None:
-            return None
-        try:
-            return read_number(value)
-        except ValueError as exc:
-            raise self.fail(path, f"{exc} for {self.vendor} {target}") from None
+        """The language of `context.locale` ('en-US' -> 'en'); an unreadable locale is left out with a warning."""
+        locale = self.read(LOCALE, target="event (language)")
+        return language(locale) if locale else None

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
+from datetime import date
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
@@ -34,8 +36,12 @@ from pydantic import AfterValidator, SecretStr
 from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
 from .fields import (
     CART_TOTAL,
-    CURRENCY,
     EMAIL,
+    FIRST_NAME,
+    ITEM_CURRENCY,
+    ITEM_PRICE,
+    ITEM_QUANTITY,
+    LAST_NAME,
     ORDER_TOTAL,
     PHONE,
     PRODUCT_ID,
@@ -44,7 +50,9 @@ from .fields import (
     Table,
     full_name,
     line_item_sum,
+    present,
 )  # fmt: skip
+from .spec import Number
 
 Device = Literal["PC", "TABLET", "MOBILE", "ANDROID", "IOS"]
 DEVICES = ("PC", "TABLET", "MOBILE", "ANDROID", "IOS")
@@ -54,17 +62,27 @@ EVENTS_PATH = "/add/events/v1.json"
 class Settings(SettingsModel):
     apiKey: Annotated[SecretStr, AfterValidator(non_empty_secret)]
     dataCenterUrl: Annotated[str, AfterValidator(http_url)]
-    origin: Annotated[str, AfterValidator(http_url)] | None = None
+    origin: Annotated[str, AfterValidator(http_url), AfterValidator(an_origin)] | None = None
     device: Device = "PC"
     testMode: bool = False
 
 
-def dotted_date(day: Any) -> str:
+def an_origin(value: str) -> str:
+    """The `origin` setting as an Origin header value: scheme://host[:port], the host IDNA-encoded."""
+    if urlsplit(value).path not in ("", "/"):
+        raise ValueError("must be an origin, scheme://host[:port], without a path")
+    origin = origin_of(value)
+    if origin is None:
+        raise ValueError("must be an origin with a valid host name, such as https://shop.example")
+    return origin
+
+
+def dotted_date(day: date) -> str:
     """DD.MM.YYYY, as the seed writes birthdate and memberSince."""
     return f"{day.day:02d}.{day.month:02d}.{day.year:04d}"
 
 
-def zero_for_empty_cart(call: Call, _: Any = None) -> Any:
+def zero_for_empty_cart(call: Call, _: object = None) -> Number | None:
     """Cart Viewed of an empty cart has a total of 0; any other checkout sums its products."""
     total = line_item_sum(call)
     return 0 if total is None and call.event == "Cart Viewed" and not call.products else total
@@ -102,7 +120,7 @@ PRODUCT_VIEW = _table(
     F("brand", "product.brand"),
     F("oldPrice", "product.old_price", "product.compare_at_price", kind="number"),
     F("inStock", "product.in_stock", kind="bool"),
-    F("currency", *CURRENCY),
+    ITEM_CURRENCY,
     F("gender", "product.gender", kind="raw"),
     F("colors", "product.colors", kind="raw"),
     F("sizes", "product.sizes", kind="raw"),
@@ -110,13 +128,9 @@ PRODUCT_VIEW = _table(
     F("mUrl", "product.m_url", kind="url"),
     *(F(size, f"product.{size}", kind="url") for size in ("imageXS", "imageS", "imageM", "imageL", "imageXL")),
 )
-BASKET_OPERATIONS = _table(
-    "BASKET_OPERATIONS",
-    F("productId", *PRODUCT_ID, required=True),
-    F("price", "product.price", kind="number"),
-    F("currency", *CURRENCY),
-    F("quantity", "product.quantity", kind="number", default=1),
-)
+# A product in a basket event and in a checkout's productList: the same four rows.
+_BASKET_PRODUCT = (F("productId", *PRODUCT_ID, required=True), ITEM_PRICE, ITEM_CURRENCY, ITEM_QUANTITY)
+BASKET_OPERATIONS = _table("BASKET_OPERATIONS", *_BASKET_PRODUCT)
 _CHECKOUT_FIELDS = (
     EVENT_CURRENCY,
     F("cartUrl", "properties.cart_url", kind="url"),
@@ -130,14 +144,7 @@ PURCHASE = _table(
     "CHECKOUT", F("totalPrice", *ORDER_TOTAL, kind="number", required=True, default=line_item_sum),
     *_CHECKOUT_FIELDS, F("orderNo", "properties.order_id"),
 )  # fmt: skip
-PRODUCT_LIST = Table(
-    "CHECKOUT",
-    F("productId", *PRODUCT_ID, required=True),
-    F("price", "product.price", kind="number"),
-    F("currency", *CURRENCY),
-    F("quantity", "product.quantity", kind="number", default=1),
-    prefix="productList.",
-)
+PRODUCT_LIST = Table("CHECKOUT", *_BASKET_PRODUCT, prefix="productList.")
 USER_OPERATIONS = _table(
     "USER_OPERATIONS", F("username", "properties.username", "userId", required=True), EVENT_CURRENCY
 )
@@ -157,13 +164,8 @@ USER_UPDATE = _table(
 CUSTOM_EVENT = _table("CUSTOM_EVENT", EVENT_CURRENCY)
 
 _GENDERS = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
-# Traits that `user_update` sends in fields of their own; every other trait goes to `custom`.
-_PROFILE_TRAITS = frozenset(
-    {
-        "username", "name", "firstName", "lastName", "first_name", "last_name", "email", "phone",
-        "age", "birthday", "createdAt", "created_at", "address", "segments",
-    }
-)  # fmt: skip
+# Traits that `user_update` sends in fields of their own (the name's parts too); the rest go to `custom`.
+_PROFILE_TRAITS = USER_UPDATE.keys_of("traits") | Table("", FIRST_NAME, LAST_NAME).keys_of("traits")
 
 # --- mappers: one per vendor event --------------------------------------------------------------
 
@@ -250,17 +252,20 @@ EVENTS: dict[str, Callable[[Call], dict[str, Any]]] = {
 
 SESSION_OPTION = F("sessionId", "options.session_id", "context.sessionId", "context.session_id")
 DEVICE_OPTION = F("device", "options.device")
+OS_NAME = F("os", "context.os.name")
+DEVICE_TYPE = F("deviceType", "context.device.type")
+USER_AGENT = F("userAgent", "context.userAgent")
 
 
 def session_id(call: Call) -> str:
     """options || context.sessionId || context.session_id || one session per visitor per UTC day."""
-    explicit = call.read(SESSION_OPTION, target="event (sessionId)")
+    explicit = (call.read(SESSION_OPTION, target="event (sessionId)") or "").strip()
     if explicit:
         return explicit
     visitor = call.message.anonymousId or call.message.userId or ""
     moment = call.time("event (sessionId, derived from the message time)", required=True)
     day = moment.date().isoformat() if moment else ""
-    return hashlib.sha256(f"{visitor}|{day}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return hashlib.sha256(f"{visitor}|{day}".encode()).hexdigest()[:32]
 
 
 _IOS = ("ios", "ipados", "iphone os")
@@ -274,10 +279,9 @@ def device(call: Call, default: str) -> str:
         if option.strip().upper() not in DEVICES:
             raise call.fail(f"integrations.{call.vendor}.device", f"must be one of {', '.join(DEVICES)}")
         return option.strip().upper()
-    context = call.message.context
-    os_name = (context.os.name if context.os else None) or ""
-    kind = ((context.device.type if context.device else None) or "").lower()
-    agent = context.userAgent or ""
+    os_name = call.read(OS_NAME, target="event (device)") or ""
+    kind = (call.read(DEVICE_TYPE, target="event (device)") or "").lower()
+    agent = call.read(USER_AGENT, target="event (device)") or ""
     if os_name.lower() in _IOS or kind == "ios":
         return "IOS"
     if os_name.lower() == "android" or kind == "android":
@@ -295,6 +299,9 @@ def device(call: Call, default: str) -> str:
     if "Mobi" in agent:
         return "MOBILE"
     return default
+
+
+_HOST = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
 
 
 @lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
@@ -317,9 +324,8 @@ def origin_of(url: str | None) -> str | None:
             return None
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
-    netloc = parts.netloc.rpartition("@")[2]
-    if port is None and not netloc.endswith(":"):
-        return f"{parts.scheme}://{host}"
+    elif not _HOST.fullmatch(host):  # control characters, spaces: nothing a header can carry
+        return None
     return f"{parts.scheme}://{host}:{port}" if port is not None else f"{parts.scheme}://{host}"
 
 
@@ -350,7 +356,7 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))
         headers = {"Origin": origin} if origin else {}
-        return Mapped(EVENTS_PATH, [{k: v for k, v in body.items() if v is not None}], headers)
+        return Mapped(EVENTS_PATH, [present(body)], headers)
 
     return mapped
 

@@ -77,10 +77,14 @@ def parse_iso_datetime(value: str) -> datetime:
     """
     if not isinstance(value, str) or not _ISO_START.match(value):
         raise ValueError(TIME_RULE)
+    text = value.strip()
     try:
-        parsed = _DATETIME.validate_python(value.strip())
+        parsed = _DATETIME.validate_python(text)
     except ValidationError:
-        raise ValueError(TIME_RULE) from None
+        try:  # forms pydantic leaves out and the stdlib takes: "2024-01-01 00:00:00+00", a bare hour
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(TIME_RULE) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
@@ -111,14 +115,13 @@ def parse_date(value: Any) -> date:
         number = as_number(value)
     if number is None:
         raise ValueError("must be an ISO-8601 date (YYYY-MM-DD) or epoch seconds")
-    seconds = number / 1000 if abs(number) > 10**11 else number
     try:
+        seconds = number / 1000 if abs(number) > 10**11 else number
         return (_EPOCH + timedelta(seconds=seconds)).date()
-    except OverflowError:
+    except (OverflowError, ValueError):
         raise ValueError("is an epoch time outside the years 1 to 9999") from None
 
 
-Str = str | None  # numbers become text through the models' coerce_numbers_to_str
 Id = Annotated[str | None, BeforeValidator(_id)]
 # A plain validator: properties and traits are read as they are, not copied key by key.
 Obj = Annotated[dict[str, Any], PlainValidator(_object)]
@@ -126,68 +129,33 @@ Obj = Annotated[dict[str, Any], PlainValidator(_object)]
 Time = Any
 
 
+def _lenient_object(value: Any) -> dict[str, Any]:
+    """`context` and `integrations`: an object, anything else counts as absent. Their values are read,
+    and checked, only when a vendor request uses them (MAPPINGS "Real traffic")."""
+    return value if isinstance(value, dict) else {}
+
+
+# Read as they are: only what a vendor request uses is checked, by the field that reads it.
+Loose = Annotated[dict[str, Any], PlainValidator(_lenient_object)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, coerce_numbers_to_str=True)
 
 
-class PageContext(_Model):
-    url: Str = None
-    referrer: Str = None
-    path: Str = None
-    title: Str = None
-    search: Str = None
-
-
-class DeviceContext(_Model):
-    type: Str = None
-    id: Str = None
-    manufacturer: Str = None
-    model: Str = None
-
-
-class OSContext(_Model):
-    name: Str = None
-    version: Str = None
-
-
-class CampaignContext(_Model):
-    name: Str = None
-    source: Str = None
-    medium: Str = None
-    term: Str = None
-    content: Str = None
-
-
-class Context(_Model):
-    page: PageContext | None = None
-    device: DeviceContext | None = None
-    os: OSContext | None = None
-    campaign: CampaignContext | None = None
-    traits: Obj = Field(default_factory=dict)
-    locale: Str = None
-    userAgent: Str = None
-    ip: Str = None
-    sessionId: Id = None
-    session_id: Id = None
-
-
-def _context(value: Any) -> Any:
-    return {} if value is None else value
-
-
 class Message(_Model):
-    """Fields common to every Segment call."""
+    """Fields common to every Segment call. `context` stays the object as sent (a dict)."""
 
     type: str
-    messageId: Str = None
+    messageId: Any = None
     userId: Id = None
     anonymousId: Id = None
     timestamp: Time = None
     originalTimestamp: Time = None
     receivedAt: Time = None
     sentAt: Time = None
-    context: Annotated[Context, BeforeValidator(_context)] = Field(default_factory=Context)
-    integrations: Obj = Field(default_factory=dict)
+    context: Loose = Field(default_factory=dict)
+    integrations: Loose = Field(default_factory=dict)
 
     label: ClassVar[str] = "message"
 
@@ -198,8 +166,11 @@ class Message(_Model):
 
 
 def _event_name(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("must not be empty")
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if has_surrogate(value):
+            raise ValueError(LONE_SURROGATE)
     return value
 
 
@@ -215,15 +186,15 @@ class Track(Message):
 
 class Page(Message):
     type: Literal["page"]
-    name: Str = None
-    category: Str = None
+    name: Any = None
+    category: Any = None
     properties: Obj = Field(default_factory=dict)
 
 
 class Screen(Message):
     type: Literal["screen"]
-    name: Str = None
-    category: Str = None
+    name: Any = None
+    category: Any = None
     properties: Obj = Field(default_factory=dict)
 
 
@@ -278,7 +249,7 @@ def raw_label(raw: Mapping[str, Any]) -> str:
     """The label of a raw message for errors raised before it is parsed."""
     kind = message_type(raw)
     event = raw.get("event")
-    if kind == "track" and isinstance(event, str) and event.strip():
+    if kind == "track" and isinstance(event, str) and event.strip() and not has_surrogate(event):
         return event
     return kind or "message"
 
@@ -437,6 +408,7 @@ def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dic
 
 # --- values -------------------------------------------------------------------------------------
 
+_BIG = 10**300
 _INT_TEXT = re.compile(r"^[+-]?\d+$")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -446,13 +418,14 @@ def as_number(value: Any) -> Number | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        # Past 4,300 digits Python will not even print it; 300 leaves room for any real amount.
+        return value if -_BIG < value < _BIG else None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         text = value.strip()
         if _INT_TEXT.match(text):
-            return int(text)
+            return int(text) if len(text) < 300 else None
         if _FLOAT_TEXT.match(text):
             number = float(text)
             if not math.isfinite(number):
@@ -486,7 +459,8 @@ def sendable(value: Any, depth: int = 0) -> Any:
     """`value` as it can travel in a JSON body: NaN and infinities inside it become null.
 
     Raises ValueError, with a rule that says where, when it cannot travel at all: a lone surrogate in
-    a text or a key, or nesting deeper than MAX_DEPTH (MAPPINGS "Real traffic": no internal errors).
+    a text or a key, an integer of 300 digits or more, or nesting deeper than MAX_DEPTH (MAPPINGS
+    "Real traffic": no internal errors).
     """
     kind = type(value)
     if kind is str:
@@ -495,8 +469,12 @@ def sendable(value: Any, depth: int = 0) -> Any:
         return value
     if kind is float:
         return value if math.isfinite(value) else None
-    if value is None or kind is int or kind is bool:
+    if value is None or kind is bool:
         return value
+    if kind is int:
+        if -_BIG < value < _BIG:
+            return value
+        raise ValueError("is a number too large to send (300 digits or more)")
     if depth >= MAX_DEPTH:
         raise ValueError(f"is nested more than {MAX_DEPTH} levels deep")
     if kind is dict:
@@ -505,7 +483,7 @@ def sendable(value: Any, depth: int = 0) -> Any:
             if type(key) is str and not key.isascii() and has_surrogate(key):
                 raise ValueError(f"has a key that {LONE_SURROGATE}")
             item_kind = type(item)
-            if (item_kind is str and item.isascii()) or item_kind is int or item_kind is bool or item is None:
+            if (item_kind is str and item.isascii()) or item_kind is bool or item is None:
                 out[key] = item  # the common case, without a call
                 continue
             try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import date
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -37,6 +38,8 @@ from .fields import (
     CART_TOTAL,
     EMAIL,
     FIRST_NAME,
+    ITEM_PRICE,
+    ITEM_QUANTITY,
     LAST_NAME,
     ORDER_TOTAL,
     PHONE,
@@ -103,7 +106,8 @@ def decimal_text(value: Number) -> str:
     return str(value) if isinstance(value, int) else repr(value)
 
 
-def iso_date(day: Any) -> str:
+def iso_date(day: date) -> str:
+    """YYYY-MM-DD, zero-padded for every year (strftime does not pad years before 1000)."""
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
@@ -130,12 +134,7 @@ IDENTIFY = Table(
     F("is_active", "traits.is_active", kind="bool", default=True),
 )
 # Traits identify sends in fields of their own; every other trait goes along as a top-level key.
-_PROFILE_TRAITS = frozenset(
-    {
-        "email", "phone", "firstName", "first_name", "lastName", "last_name", "address",
-        "createdAt", "created_at", "updatedAt", "updated_at", "is_active", "isActive",
-    }
-)  # fmt: skip
+_PROFILE_TRAITS = IDENTIFY.keys_of("traits")
 
 VIEW = Table(
     "view",
@@ -144,7 +143,8 @@ VIEW = Table(
     F("path", "properties.path", "context.page.path"),
     F("referrer", "properties.referrer", "context.page.referrer"),
 )
-_PAGE_FIELDS = frozenset({"url", "title", "path", "referrer"})
+# Page properties sent in fields of their own; the others go along in eventval.
+_PAGE_FIELDS = VIEW.keys_of("properties")
 
 PRODUCT_VIEW = Table(
     "product_view",
@@ -197,7 +197,7 @@ LINE_ITEM = Table(
     F("line_item_id", "product.line_item_id"),
     F("product_id", *PRODUCT_ID, required=True),
     F("variant_id", *VARIANT_ID, required=True),
-    F("price", "product.price", kind="number"),
+    ITEM_PRICE,
     F("quantity", "product.quantity", kind="number", required=True, default=1),
     F("product_discount", "product.discount", kind="number"),
     F("categories", "product.category"),
@@ -225,7 +225,7 @@ CHECKOUT_ITEM = Table(
         required=True,
     ),
     F("product_id", *PRODUCT_ID),
-    F("quantity", "product.quantity", kind="number", default=1),
+    ITEM_QUANTITY,
     F("title", "product.name"),
     F("variant_id", *VARIANT_ID),
     F("variant_title", "product.variant"),
@@ -235,13 +235,23 @@ CHECKOUT_ITEM = Table(
     prefix="line_items.",
 )
 
+# context.campaign as the utm parameters of checkout_started's source_identifier.
+CAMPAIGN = Table(
+    "checkout_started",
+    F("utm_source", "context.campaign.source"),
+    F("utm_medium", "context.campaign.medium"),
+    F("utm_campaign", "context.campaign.name"),
+    F("utm_term", "context.campaign.term"),
+    F("utm_content", "context.campaign.content"),
+    prefix="source_identifier.",
+)
 ADD_TO_CART = Table(
     "add_to_cart",
     F("canonicalUrl", "product.url", "context.page.url", kind="url", required=True),
     F("productId", *PRODUCT_ID),
     F("variant_id", *VARIANT_ID),
-    F("quantity", "product.quantity", kind="number", default=1),
-    F("price", "product.price", kind="number"),
+    ITEM_QUANTITY,
+    ITEM_PRICE,
 )
 
 # --- mappers ------------------------------------------------------------------------------------
@@ -265,7 +275,7 @@ def identify(call: Call) -> Mapped:
     profile = call.map(IDENTIFY)
     if "email" not in profile and "phone" not in profile:
         raise call.fail("traits.email", f"or traits.phone is required by {call.vendor} identify")
-    others = call.flat(call.traits, "traits", "identify (other traits)", _PROFILE_TRAITS)
+    others = call.flat(call.traits, "traits", "identify (traits)", _PROFILE_TRAITS)
     return Mapped(IDENTIFY_PATH, {**others, "userId": user_id(call), **profile, "source": call.settings.source})
 
 
@@ -276,7 +286,7 @@ def view(call: Call) -> Mapped:
 
 def _variants(call: Call, product: Item) -> list[dict[str, Any]]:
     """properties.variants as given (each with a variant_id), else one variant built from the product."""
-    given = call.objects("variants")
+    given = call.objects("variants", product)
     if not given:
         return [call.map(VARIANT, product)]
     product_id = call.read(PRODUCT_VIEW["productId"], product)
@@ -297,22 +307,14 @@ def order_completed(call: Call) -> Mapped:
     fields = call.map(ORDER_COMPLETED)
     products = call.require(call.products, "properties.products", "order_completed (line_items)")
     moment = call.time("order_completed (created_at)")
-    created_at = {"created_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ")} if moment else {}
+    created_at = {"created_at": f"{iso_date(moment)}T{moment:%H:%M:%S}Z"} if moment else {}
     line_items = [call.map(LINE_ITEM, item) for item in products]
     return _event(call, "order_completed", {**fields, **created_at, "line_items": line_items})
 
 
-_UTM = (("utm_source", "source"), ("utm_medium", "medium"), ("utm_campaign", "name"), ("utm_term", "term"),
-        ("utm_content", "content"))  # fmt: skip
-
-
 def _source_identifier(call: Call) -> dict[str, str]:
     """context.campaign as a utm query string ("utm_source=test"), as the seed's sample shows."""
-    campaign = call.message.context.campaign
-    if campaign is None:
-        return {}
-    pairs = [(utm, getattr(campaign, attr)) for utm, attr in _UTM]
-    text = urlencode([(k, v.encode("utf-8", "replace")) for k, v in pairs if v])
+    text = urlencode(list(call.map(CAMPAIGN).items()))
     return {"source_identifier": text} if text else {}
 
 

@@ -23,7 +23,7 @@ def run(*args: str, stdin: str = "", cwd: Path = ROOT) -> subprocess.CompletedPr
 
 
 def lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [json.loads(line) for line in out.split("\n") if line.strip()]
 
 
 def test_list_shows_settings_with_required_and_secret() -> None:
@@ -67,6 +67,21 @@ def test_transform_prints_warnings_on_the_message_line() -> None:
     (warning,) = line["warnings"]
     assert warning.startswith("identify: traits.birthday must be an ISO-8601 date")
     assert warning.endswith("left out of Segmentify USER_OPERATIONS (birthdate)")
+
+
+def test_transform_survives_what_json_allows_and_utf8_does_not() -> None:
+    first = {"type": "track", "userId": "u", "event": "ok", "messageId": "\udc00", "context": {"sessionId": "s"}}
+    third = {"type": "track", "userId": "u", "event": "Coupon\u2028Applied", "messageId": "m3"}
+    deep = "[" * 5000 + "]" * 5000
+    stdin = "\n".join([json.dumps(first), deep, json.dumps(third, ensure_ascii=False)])
+    res = run("transform", "segmentify", "--settings", SETTINGS, stdin=stdin)
+    assert res.returncode == 1, res.stderr  # the deep line is reported, the others mapped
+    assert "Traceback" not in res.stderr
+    one, two, three = lines(res.stdout)
+    assert one["messageId"] == "\udc00"  # written as its JSON escape
+    assert one["requests"][0]["json"][0]["type"] == "ok"
+    assert two == {"messageId": None, "error": "line 2: nested too deeply to be read"}
+    assert three["requests"][0]["json"][0]["type"] == "Coupon\u2028Applied"
 
 
 def test_python_dash_m_works_too() -> None:

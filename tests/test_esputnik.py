@@ -225,20 +225,23 @@ def test_bad_discount_is_left_out_with_a_warning_never_a_silent_zero() -> None:
             "properties": {"cart_id": "c1", "products": [{"id": "A", "price": 1, "discount": "ten"}]},
         }
     )
-    warnings: list[Any] = []
-    (request,) = esputnik().handle(message, warnings=warnings)
+    (request,), warnings = esputnik().handle_with_warnings(message)
     products = json.loads(next(p["value"] for p in request.json["params"] if p["name"] == "products"))
     assert products == [{"productId": "A", "quantity": 1, "price": 1}]
-    assert [(w.path, w.target) for w in warnings] == [
-        ("properties.products[0].discount", "eSputnik cartUpdated (products[].discount)")
+    assert [(w.path, w.vendor, w.target, w.field) for w in warnings] == [
+        (
+            "properties.products[0].discount",
+            "eSputnik",
+            "cartUpdated (products[].discount)",
+            "cartUpdated.products[].discount",
+        )
     ]
     assert "must be a number (got 'ten')" in str(warnings[0])
 
 
 def test_event_type_key_option_that_is_not_text_gives_way_to_the_name() -> None:
     message = with_user({"type": "track", "event": "Custom", "integrations": {"eSputnik": {"eventTypeKey": ["x"]}}})
-    warnings: list[Any] = []
-    (request,) = esputnik().handle(message, warnings=warnings)
+    (request,), warnings = esputnik().handle_with_warnings(message)
     assert request.json["eventTypeKey"] == "custom"
     assert [w.path for w in warnings] == ["integrations.eSputnik.eventTypeKey"]
 

@@ -141,13 +141,17 @@ messages = st.one_of(
 def test_only_package_errors_escape_handle(message: Any, name: str) -> None:
     destination = get_destination(name, SAMPLE_SETTINGS[name])
     try:
-        requests = destination.handle(message)
+        requests, warnings = destination.handle_with_warnings(message)
     except InvalidMessage as exc:
         assert not exc.internal, f"mapping bug: {exc}"
         assert str(exc).split(":", 1)[0], "the error names the event"
+        str(exc).encode("utf-8")  # every error can be printed, logged and stored
     except Filtered as exc:
         assert exc.reason
     else:
+        for warning in warnings:
+            str(warning).encode("utf-8")
+            assert warning.path
         assert isinstance(requests, list)
         for request in requests:
             assert request.url.startswith("https://")

@@ -171,7 +171,7 @@ def test_values_that_cannot_be_sent_are_left_out_with_a_warning_naming_the_place
     assert [w.path for w in call.warnings] == [
         "properties.note", "properties.list[1].k", "properties.deep" + ".d" * 31, "properties"
     ]  # fmt: skip
-    assert all(w.target == "Vendor T (params)" for w in call.warnings)
+    assert all((w.vendor, w.target, w.field) == ("Vendor", "T (params)", "T.params") for w in call.warnings)
     assert "more than 32 levels" in call.warnings[2].rule
 
 
@@ -183,7 +183,10 @@ def test_spellings_put_the_other_spelling_after_each_source() -> None:
     assert spellings("properties.order_id", "context.page.url") == (
         "properties.order_id", "properties.orderId", "context.page.url"
     )  # fmt: skip
-    assert spellings("traits.address.postal_code") == ("traits.address.postal_code", "traits.address.postalCode")
+    assert spellings("traits.address.postal_code") == (
+        "traits.address.postal_code", "traits.address.postalCode",
+        "context.traits.address.postal_code", "context.traits.address.postalCode",
+    )  # fmt: skip
     assert spellings("product.imageXS") == ("product.imageXS", "product.image_xs")
     assert spellings("options.image_url") == ("options.image_url", "options.imageUrl")
     assert spellings(*PRODUCT_ID)[:3] == ("product.product_id", "product.productId", "product.id")
@@ -219,8 +222,8 @@ def test_one_product_wherever_it_sits() -> None:
     own_id = track({"product_id": "top", "products": [{"product_id": "p1"}]})
     assert own_id.read(PRODUCT) == "top"
     several = track({"products": [{"product_id": "a"}, {"product_id": "b"}]})
-    with pytest.raises(InvalidMessage, match=r"properties\.product_id is required .* 2 items, so which one"):
-        several.read(PRODUCT, target="X (productId)")
+    with pytest.raises(InvalidMessage, match=r"properties\.product_id is required .* to tell which product is meant"):
+        several.product()
 
 
 def test_an_optional_value_that_cannot_be_read_is_a_warning_a_required_one_an_error() -> None:
@@ -369,7 +372,6 @@ def test_dates_that_cannot_be_read(value: Any) -> None:
         ({"type": "track", "userId": "u"}, r"^track: event is required"),
         ({"type": "track", "event": "  ", "userId": "u"}, r"^track: event must not be empty"),
         ({"type": "track", "event": "X", "userId": "u-\ud800"}, r"^X: userId holds a lone surrogate"),
-        ({"type": "track", "event": "X", "userId": "u", "context": {"page": "home"}}, r"^X: context\.page must be an"),
         ({"type": "track", "event": "X", "userId": "u", "properties": [1]}, r"^X: properties must be an object"),
         ({"type": "identify", "userId": {"id": 1}}, r"^identify: userId must be a string"),
     ],
@@ -394,7 +396,7 @@ def test_nulls_where_segment_libraries_send_them() -> None:
     )
     assert m.userId is None
     assert m.anonymousId == "a1"
-    assert m.context.traits == {}
+    assert m.context == {}
 
 
 def test_numeric_ids_become_text_and_blank_ids_are_absent() -> None:

@@ -77,9 +77,8 @@ def _map(
         except InvalidMessage:
             parsed = message
         for name, destination in destinations.items():
-            warnings: list[MappingWarning] = []
             try:
-                requests_ = destination.handle(parsed, warnings=warnings)
+                requests_, warnings = destination.handle_with_warnings(parsed)
             except Filtered:
                 report.filtered[name] += 1
                 continue

@@ -27,17 +27,15 @@ error text or a log line; the package's errors already name keys, never values.
 from __future__ import annotations
 
 import json
-import logging
 from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from ..base import Destination, HttpRequest
-from ..errors import ConfigurationError, Filtered, InvalidMessage, MappingWarning
+from ..delivery.intake import IntakeReport, note_warnings
+from ..errors import ConfigurationError, Filtered, InvalidMessage
 from ..registry import destination_types
-
-log = logging.getLogger("destinations.rudder")
 
 try:  # orjson parses and writes several times faster; the stdlib is the fallback, never a requirement
     import orjson
@@ -193,7 +191,7 @@ def _payload(request: HttpRequest, user_id: str | None = None) -> dict[str, Any]
         "method": request.method,
         "endpoint": request.url,
         "headers": request.headers,
-        "params": request.params,
+        "params": dict(request.params),
         "body": {"JSON": json_body, "JSON_ARRAY": json_array, "XML": {}, "FORM": {}},
         "files": {},
     }
@@ -252,9 +250,12 @@ class EventFailure:
 
 
 def transform_event(
-    handlers: Handlers, item: Any
+    handlers: Handlers, item: Any, report: IntakeReport | None = None
 ) -> tuple[Any, Any, Destination | None, list[HttpRequest] | EventFailure]:
-    """(metadata, destination, handler, requests or failure) for one `{message, metadata, destination}`."""
+    """(metadata, destination, handler, requests or failure) for one `{message, metadata, destination}`.
+
+    Values left out of the requests are logged and counted in `report` (rudder-server's answer has no
+    place for them)."""
     if not isinstance(item, dict):
         failure = EventFailure(400, "each event must be an object with message, metadata and destination",
                                "dataValidation", "instrumentation")  # fmt: skip
@@ -265,10 +266,9 @@ def transform_event(
     destination = item.get("destination")
     config = destination.get("Config") if isinstance(destination, dict) else None
     handler = None
-    warnings: list[MappingWarning] = []
     try:
         handler = handlers.get({} if config is None else config)
-        requests_ = handler.handle(item.get("message"), warnings=warnings)
+        requests_, warnings = handler.handle_with_warnings(item.get("message"))
     except Filtered as exc:
         failure = EventFailure(FILTERED_STATUS, exc.reason, "transformation", "filtered")
     except InvalidMessage as exc:
@@ -279,12 +279,21 @@ def transform_event(
     except ConfigurationError as exc:
         failure = EventFailure(400, str(exc), "dataValidation", "configuration")
     else:
-        for w in warnings:  # rudder-server has no place for them in its answer: logged here
-            log.warning("%s sent a message without a value: %s", handler.name, w, extra={"destination": handler.name})
+        if warnings:
+            message = item.get("message")
+            mid = message.get("messageId") if isinstance(message, dict) else None
+            note_warnings(report if report is not None else IntakeReport(), handler.name, mid, warnings)
         if requests_:
             return metadata, destination, handler, requests_
         failure = EventFailure(FILTERED_STATUS, "no vendor request for this event", "transformation", "filtered")
     return metadata, destination, handler, failure
+
+
+def _count(request: Request, report: IntakeReport) -> None:
+    """Warnings of one transform request into the app's metrics, under the destination type's name."""
+    intake = getattr(request.app.state, "intake", None)
+    if report.warnings and intake is not None:
+        intake.metrics.mapped(report)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -324,14 +333,16 @@ async def destination_transform(name: str, request: Request) -> Response:
     handlers = Handlers(cls)
     out: list[dict[str, Any]] = []
     append = out.append
+    report = IntakeReport()
     for item in events:
-        metadata, _, _, result = transform_event(handlers, item)
+        metadata, _, _, result = transform_event(handlers, item, report)
         if isinstance(result, EventFailure):
             append(result.item(dest_type, metadata, "processor"))
             continue
         user_id = _user_id(item.get("message"))
         for request_ in result:
             append({"output": _payload(request_, user_id), "metadata": metadata, "statusCode": 200})
+    _count(request, report)
     return _ok(out)
 
 
@@ -424,8 +435,9 @@ async def router_transform(request: Request) -> Response:
     handlers = Handlers(cls)
     open_batches: dict[tuple[Any, ...], tuple[_Batch, int]] = {}
     last_item_of_user: dict[Any, int] = {}
+    report = IntakeReport()
     for item in events:
-        metadata, destination, handler, result = transform_event(handlers, item)
+        metadata, destination, handler, result = transform_event(handlers, item, report)
         if isinstance(result, EventFailure):  # terminal for rudder-server: no order to keep
             failed = result.item(dest_type, metadata, "router")
             failed.update(metadata=[metadata], destination=destination, batched=False)
@@ -458,6 +470,7 @@ async def router_transform(request: Request) -> Response:
         batch.events.extend(first.json)
         batch.metadata.append(metadata)
         last_item_of_user[user] = index
+    _count(request, report)
     return _ok({"output": [entry.item() if isinstance(entry, _Batch) else entry for entry in out]})
 
 

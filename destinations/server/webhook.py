@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 
 from ..base import Destination, HttpRequest
 from ..delivery.intake import IntakeReport, note_warnings
-from ..errors import Filtered, InvalidMessage, MappingWarning
+from ..errors import Filtered, InvalidMessage
 from .tracking import ApiError, Prepared, accept, now_iso, parse_json, prepare, read_body, unauthorized
 
 if TYPE_CHECKING:
@@ -114,9 +114,8 @@ def deliver_direct(intake: Intake, name: str, destination: Destination, messages
     sender: Sender = intake.sender(name)
     metrics = intake.metrics
     for position, message in enumerate(messages):
-        warnings: list[MappingWarning] = []
         try:
-            requests_ = destination.handle(message, warnings=warnings)
+            requests_, warnings = destination.handle_with_warnings(message)
         except Filtered:
             result.filtered += 1
             metrics.filtered.labels(name).inc()
