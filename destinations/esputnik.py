@@ -78,6 +78,8 @@ def _product(event: str) -> Table:
 PRODUCT_VIEWED = _product("productViewed")
 PRODUCT_ADDED_TO_WISHLIST = _product("productAddedToWishlist")
 CURRENCY_CODE = F("currencyCode", *CURRENCY)
+# Options read on every event, and the currency of product events (for `destinations list`).
+EVENT = Table("event", KEY_VALUE, EVENT_TYPE_KEY, CURRENCY_CODE)
 PAGE_VIEWED = Table("pageViewed", F("location", "properties.url", "context.page.url", kind="url", required=True),
                     prefix="page.")  # fmt: skip
 PRODUCT_CATEGORY_VIEWED = Table(
@@ -159,7 +161,8 @@ def product_params(table: Table) -> Callable[[Call], Params]:
         item = call.product()
         product = call.map(table, item)
         product.update(_extended(item, product))
-        return [("product", product), ("currencyCode", call.read(CURRENCY_CODE, item))]
+        currency = call.read(CURRENCY_CODE, item, f"{table.event} (currencyCode)")
+        return [("product", product), ("currencyCode", currency)]
 
     return read
 
@@ -261,6 +264,6 @@ class EsputnikDestination(Destination):
     calls = {"page": event("pageViewed", page_params), "identify": contact}  # noqa: RUF012
     events = EVENTS
     other_event = custom_event
-    fields = (LOCATORS, PAGE_VIEWED, PRODUCT_VIEWED, PRODUCT_ADDED_TO_WISHLIST, PRODUCT_CATEGORY_VIEWED, CART_UPDATED,
-              CART_ITEM, SEARCH_REQUEST, CONTACT)  # fmt: skip
+    fields = (LOCATORS, EVENT, PAGE_VIEWED, PRODUCT_VIEWED, PRODUCT_ADDED_TO_WISHLIST, PRODUCT_CATEGORY_VIEWED,
+              CART_UPDATED, CART_ITEM, SEARCH_REQUEST, CONTACT)  # fmt: skip
     credentials_declared = (Credential("apiKey", header="Authorization", form=basic_auth),)

@@ -42,6 +42,7 @@ from .fields import (
     ITEM_PRICE,
     ITEM_QUANTITY,
     LAST_NAME,
+    LOCALE,
     ORDER_TOTAL,
     PHONE,
     PRODUCT_ID,
@@ -141,7 +142,7 @@ CHECKOUT = _table(
     *_CHECKOUT_FIELDS,
 )  # fmt: skip
 PURCHASE = _table(
-    "CHECKOUT", F("totalPrice", *ORDER_TOTAL, kind="number", required=True, default=line_item_sum),
+    "CHECKOUT.purchase", F("totalPrice", *ORDER_TOTAL, kind="number", required=True, default=line_item_sum),
     *_CHECKOUT_FIELDS, F("orderNo", "properties.order_id"),
 )  # fmt: skip
 PRODUCT_LIST = Table("CHECKOUT", *_BASKET_PRODUCT, prefix="productList.")
@@ -149,7 +150,7 @@ USER_OPERATIONS = _table(
     "USER_OPERATIONS", F("username", "properties.username", "userId", required=True), EVENT_CURRENCY
 )
 USER_UPDATE = _table(
-    "USER_OPERATIONS",
+    "USER_OPERATIONS.update",
     F("username", "traits.username", "userId", required=True),
     F("fullName", "traits.name", "properties.name", default=full_name),
     F("email", *EMAIL),
@@ -255,6 +256,8 @@ DEVICE_OPTION = F("device", "options.device")
 OS_NAME = F("os", "context.os.name")
 DEVICE_TYPE = F("deviceType", "context.device.type")
 USER_AGENT = F("userAgent", "context.userAgent")
+# The inputs of the fields every event derives (sessionId, device, lang), for `destinations list`.
+EVENT = Table("event", SESSION_OPTION, DEVICE_OPTION, OS_NAME, DEVICE_TYPE, USER_AGENT, LOCALE)
 
 
 def session_id(call: Call) -> str:
@@ -368,7 +371,7 @@ class SegmentifyDestination(Destination):
     calls = {"page": event(page_view), "screen": event(page_view), "identify": event(user_update)}  # noqa: RUF012
     events = {name: event(mapper) for name, mapper in EVENTS.items()}  # noqa: RUF012
     other_event = event(custom_event)
-    fields = (PAGE_VIEW, PRODUCT_VIEW, BASKET_OPERATIONS, CHECKOUT, PURCHASE, PRODUCT_LIST, USER_OPERATIONS,
+    fields = (EVENT, PAGE_VIEW, PRODUCT_VIEW, BASKET_OPERATIONS, CHECKOUT, PURCHASE, PRODUCT_LIST, USER_OPERATIONS,
               USER_UPDATE, CUSTOM_EVENT)  # fmt: skip
     credentials_declared = (Credential("apiKey", param="apiKey"),)
     url_setting = "dataCenterUrl"

@@ -284,6 +284,11 @@ def view(call: Call) -> Mapped:
     return _event(call, "view", {**others, **call.map(VIEW)})
 
 
+# Read on every event (the user id's option), and from each variant a Product Viewed gives.
+EVENT = Table("event", USER_ID_OPTION)
+GIVEN_VARIANT = Table("product_view", GIVEN_VARIANT_ID, prefix="variants[].")
+
+
 def _variants(call: Call, product: Item) -> list[dict[str, Any]]:
     """properties.variants as given (each with a variant_id), else one variant built from the product."""
     given = call.objects("variants", product)
@@ -292,7 +297,7 @@ def _variants(call: Call, product: Item) -> list[dict[str, Any]]:
     product_id = call.read(PRODUCT_VIEW["productId"], product)
     out = []
     for item in given:
-        call.read(GIVEN_VARIANT_ID, item, "product_view (variants.variant_id)")
+        call.map(GIVEN_VARIANT, item)
         out.append({"product_id": product_id, **call.passthrough(item.raw, item.path, "product_view (variants)")})
     return out
 
@@ -356,6 +361,6 @@ class WigzoDestination(Destination):
     calls = {"identify": identify, "page": view}  # noqa: RUF012
     events = EVENTS
     other_event = custom_event
-    fields = (IDENTIFY, VIEW, PRODUCT_VIEW, VARIANT, ORDER_COMPLETED, LINE_ITEM, CHECKOUT_STARTED, CHECKOUT_ITEM,
-              ADD_TO_CART)  # fmt: skip
+    fields = (EVENT, IDENTIFY, VIEW, PRODUCT_VIEW, VARIANT, ORDER_COMPLETED, LINE_ITEM, CHECKOUT_STARTED,
+              CHECKOUT_ITEM, CAMPAIGN, GIVEN_VARIANT, ADD_TO_CART)  # fmt: skip
     credentials_declared = (Credential("token", param="token"), Credential("orgToken", param="org_token"))

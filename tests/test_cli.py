@@ -41,7 +41,7 @@ def test_list_name_prints_each_declared_field_with_its_sources() -> None:
     out = res.stdout.splitlines()
     assert out[0] == "segmentify  (integrations key: Segmentify)"
     assert "dengage" not in res.stdout
-    row = out.index(next(line for line in out if line.split()[:1] == ["CHECKOUT.orderNo"]))
+    row = out.index(next(line for line in out if line.split()[:1] == ["CHECKOUT.purchase.orderNo"]))
     assert out[row + 1].strip() == "properties.order_id || properties.orderId"
     image = out.index(next(line for line in out if line.split()[:3] == ["PRODUCT_VIEW.image", "text,", "required"]))
     assert out[image + 1].strip() == ("product.image_url || product.imageUrl || options.image_url || options.imageUrl")
@@ -66,7 +66,7 @@ def test_transform_prints_warnings_on_the_message_line() -> None:
     assert "birthdate" not in event
     (warning,) = line["warnings"]
     assert warning.startswith("identify: traits.birthday must be an ISO-8601 date")
-    assert warning.endswith("left out of Segmentify USER_OPERATIONS (birthdate)")
+    assert warning.endswith("left out of Segmentify USER_OPERATIONS.update (birthdate)")
 
 
 def test_transform_survives_what_json_allows_and_utf8_does_not() -> None:
