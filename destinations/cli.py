@@ -101,12 +101,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             flags = ["required" if s["required"] else "optional"] + (["secret"] if s["secret"] else [])
             print(f"    {s['name']:<16} {', '.join(flags)}")
         if args.name:
-            print("  fields (stable name, kind, required), each with its Segment sources in the order they are read")
-            print("  (traits.x is traits.x, then context.traits.x; options.x is integrations.<key>.x):")
+            print("  fields: stable name (kind: text, number, bool, flag 0/1, date, url, texts, raw as sent), then the")
+            print("  Segment sources in the order read (options.x is integrations.<key>.x; product.x is the product's")
+            print("  own key) and what is used when none is present:")
             for f in cls.describe_fields():
                 flag = ", required" if f["required"] else ""
-                print(f"    {f['field']:<44} {f['kind']}{flag}")
-                print(f"        {' || '.join(f['sources'])}")
+                print(f"    {f['field']}  ({f['kind']}{flag})")
+                default = f" || else {f['default']}" if f["default"] is not None else ""
+                print(f"        {' || '.join(f['sources'])}{default}")
     return 0
 
 

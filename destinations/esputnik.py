@@ -46,6 +46,8 @@ VENDOR_EVENTS = frozenset(
 )  # fmt: skip
 
 Params = list[tuple[str, Any]]
+# Cart events that are also single-product events: their products[] is the cart only beside a product id.
+SINGLE_PRODUCT = frozenset({"Product Added", "Product Removed"})
 
 
 class Settings(SettingsModel):
@@ -176,6 +178,14 @@ def category_params(call: Call) -> Params:
 
 
 def cart_params(call: Call) -> Params:
+    if call.event in SINGLE_PRODUCT and call.product().path.startswith("properties.products"):
+        # One item and no product id at the top: the product of the event (MAPPINGS "Real traffic"),
+        # not the cart; sending it would set the contact's cart to that one item.
+        raise Filtered(
+            f"{call.label} carries one product in properties.products, not the whole cart that eSputnik "
+            "cartUpdated needs; send every cart item in properties.products with the product's own fields "
+            "in properties"
+        )
     if not call.has_products:
         raise Filtered(
             f"{call.label} without properties.products: eSputnik cartUpdated needs the whole cart; "

@@ -272,7 +272,13 @@ class Table:
     def describe(self) -> list[dict[str, Any]]:
         """Name, sources, kind and required for each field (for `destinations list NAME`)."""
         return [
-            {"field": self.key(f), "sources": list(f.sources), "kind": f.kind, "required": f.required}
+            {
+                "field": self.key(f),
+                "sources": list(f.sources),
+                "kind": f.kind,
+                "required": f.required,
+                "default": getattr(f.default, "__name__", None) or f.default,
+            }
             for f in self.fields
         ]
 
@@ -293,8 +299,14 @@ def present(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def full_name(call: Call, _: Item | None = None) -> str | None:
-    """firstName + " " + lastName, or the one given (MAPPINGS "Shared": name = name || first + last)."""
-    parts = [call.read(FIRST_NAME), call.read(LAST_NAME)]
+    """After `traits.name`: the traits' firstName + " " + lastName (or the one given), then the same
+    from `properties` (MAPPINGS "Shared": contact fields come from the traits, then the properties)."""
+    parts = [call.read(_TRAITS_FIRST), call.read(_TRAITS_LAST)]
+    if not any(parts):
+        name = call.read(_PROPERTIES_NAME)
+        if name:
+            return name
+        parts = [call.read(_PROPERTIES_FIRST), call.read(_PROPERTIES_LAST)]
     return " ".join(p for p in parts if p) or None
 
 
@@ -315,6 +327,11 @@ def line_item_sum(call: Call, _: Item | None = None) -> Number | None:
 LOCALE = F("locale", "context.locale")
 FIRST_NAME = F("firstName", "traits.first_name", "properties.first_name")
 LAST_NAME = F("lastName", "traits.last_name", "properties.last_name")
+_TRAITS_FIRST = F("firstName", "traits.first_name")
+_TRAITS_LAST = F("lastName", "traits.last_name")
+_PROPERTIES_NAME = F("name", "properties.name")
+_PROPERTIES_FIRST = F("firstName", "properties.first_name")
+_PROPERTIES_LAST = F("lastName", "properties.last_name")
 #: Rows that several vendors' tables share.
 ITEM_PRICE = F("price", "product.price", kind="number")
 ITEM_QUANTITY = F("quantity", "product.quantity", kind="number", default=1)
@@ -504,7 +521,7 @@ class Call:
         return path, rule
 
     def _missing(self, f: Field, item: Item | None, target: str) -> None:
-        first, *others = (self._path(_compile(s), item) for s in f.declared)
+        first, *others = (self._path(s, item) for s in f.compiled)
         rule = f"is required by {self.vendor} {target or f.name}"
         if others:
             rule += f"; also read from {', '.join(others)}"
@@ -631,7 +648,7 @@ class Call:
         it cannot be read, None with a warning, or an InvalidMessage when `required`."""
         for key in _TIME_SOURCES:
             value = getattr(self.message, key, None)
-            if value is None:
+            if value is None or value == "":
                 continue
             try:
                 moment = value if isinstance(value, datetime) else parse_iso_datetime(value)

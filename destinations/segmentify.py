@@ -53,7 +53,7 @@ from .fields import (
     line_item_sum,
     present,
 )  # fmt: skip
-from .spec import Number
+from .spec import Number, words
 
 Device = Literal["PC", "TABLET", "MOBILE", "ANDROID", "IOS"]
 DEVICES = ("PC", "TABLET", "MOBILE", "ANDROID", "IOS")
@@ -106,7 +106,7 @@ def _table(name: str, *fields: Any) -> Table:
 
 PAGE_VIEW = _table(
     "PAGE_VIEW",
-    F("category", "properties.category", "category", "name", default="Page"),
+    F("category", "properties.category", "category", "name", required=True, default="Page"),
     F("subCategory", "properties.sub_category"),
     EVENT_CURRENCY,
 )
@@ -152,7 +152,7 @@ USER_OPERATIONS = _table(
 USER_UPDATE = _table(
     "USER_OPERATIONS.update",
     F("username", "traits.username", "userId", required=True),
-    F("fullName", "traits.name", "properties.name", default=full_name),
+    F("fullName", "traits.name", default=full_name),
     F("email", *EMAIL),
     F("phone", *PHONE),
     F("age", "traits.age", kind="number"),
@@ -226,6 +226,8 @@ def user_update(call: Call) -> dict[str, Any]:
 
 def custom_event(call: Call) -> dict[str, Any]:
     """Any other track: `type` is the event name as sent, `params` the properties as a flat map."""
+    if not words(call.label):
+        raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} CUSTOM_EVENT (type)")
     return {
         "name": "CUSTOM_EVENT",
         **call.map(CUSTOM_EVENT),

@@ -370,7 +370,8 @@ def words(name: str) -> list[str]:
 @lru_cache(maxsize=4096)  # a shop has few event names; each is derived once
 def snake_case(name: str) -> str:
     """'Coupon Applied' -> 'coupon_applied'; 'Sipariş Tamamlandı' -> 'sipariş_tamamlandı' (every letter kept)."""
-    return "_".join(w.lower() for w in words(name))
+    # Lower-casing "İ" gives "i" and a combining dot; Turkish writers type "iade" for "İade".
+    return "_".join(w.lower().replace("i\u0307", "i") for w in words(name))
 
 
 @lru_cache(maxsize=4096)

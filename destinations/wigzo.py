@@ -180,7 +180,7 @@ ORDER_COMPLETED = Table(
     F("customer_id", "userId", required=True),
     F("email", *EMAIL),
     F("phone", *PHONE),
-    F("fullName", "traits.name", "properties.name", default=full_name),
+    F("fullName", "traits.name", default=full_name),
     F("total_price", *ORDER_TOTAL, kind="number", default=line_item_sum),
     F("total_line_items_price", "properties.subtotal", kind="number", default=line_item_sum),
     F("shipping_cost", "properties.shipping", kind="number"),
@@ -297,8 +297,10 @@ def _variants(call: Call, product: Item) -> list[dict[str, Any]]:
     product_id = call.read(PRODUCT_VIEW["productId"], product)
     out = []
     for item in given:
-        call.map(GIVEN_VARIANT, item)
-        out.append({"product_id": product_id, **call.passthrough(item.raw, item.path, "product_view (variants)")})
+        variant_id = call.map(GIVEN_VARIANT, item)["variant_id"]
+        # As given, with the id under Wigzo's own name whichever spelling carried it.
+        rest = call.passthrough(item.raw, item.path, "product_view (variants)", ("variant_id", "variantId"))
+        out.append({"product_id": product_id, **rest, "variant_id": variant_id})
     return out
 
 

@@ -43,8 +43,10 @@ def test_list_name_prints_each_declared_field_with_its_sources() -> None:
     assert "dengage" not in res.stdout
     row = out.index(next(line for line in out if line.split()[:1] == ["CHECKOUT.purchase.orderNo"]))
     assert out[row + 1].strip() == "properties.order_id || properties.orderId"
-    image = out.index(next(line for line in out if line.split()[:3] == ["PRODUCT_VIEW.image", "text,", "required"]))
+    image = out.index("    PRODUCT_VIEW.image  (text, required)")
     assert out[image + 1].strip() == ("product.image_url || product.imageUrl || options.image_url || options.imageUrl")
+    total = out.index("    CHECKOUT.purchase.totalPrice  (number, required)")
+    assert out[total + 1].strip() == "properties.total || properties.revenue || properties.value || else line_item_sum"
     unknown = run("list", "nope")
     assert unknown.returncode == 2
     assert "no destination type 'nope'" in unknown.stderr

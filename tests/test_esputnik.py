@@ -42,8 +42,17 @@ MAPPED: list[tuple[dict[str, Any], str, list[str]]] = [
         ["products", "currencyCode", "recycleStateId"],
     ),
     ({"type": "track", "event": "Checkout Started", "properties": CART}, "cartUpdated", ["products", "recycleStateId"]),
-    ({"type": "track", "event": "Product Added", "properties": CART}, "cartUpdated", ["products", "recycleStateId"]),
-    ({"type": "track", "event": "Product Removed", "properties": CART}, "cartUpdated", ["products", "recycleStateId"]),
+    # The product's own fields at the top, the whole cart in products[] (a lone item would be the product).
+    (
+        {"type": "track", "event": "Product Added", "properties": {"product_id": "EP-1", **CART}},
+        "cartUpdated",
+        ["products", "recycleStateId"],
+    ),
+    (
+        {"type": "track", "event": "Product Removed", "properties": {"product_id": "EP-2", **CART}},
+        "cartUpdated",
+        ["products", "recycleStateId"],
+    ),
     (
         {"type": "track", "event": "Product Added to Wishlist", "properties": {"product_id": "P1", "price": 1}},
         "productAddedToWishlist",
@@ -215,6 +224,13 @@ def test_cart_items_decode_to_the_products() -> None:
         {"productId": "A", "quantity": 3, "price": 1.5, "sizes": ["M", "L"]},
         {"productId": "B", "quantity": 1, "price": 2, "name": "Bee", "discount": 0.5},
     ]
+
+
+def test_product_added_with_one_item_and_no_product_id_is_the_product_not_the_cart() -> None:
+    # Real traffic: one item in products[] is the event's product; cartUpdated with it would empty the rest.
+    message = with_user({"type": "track", "event": "Product Removed", "properties": CART})
+    with pytest.raises(Filtered, match=r"carries one product in properties.products, not the whole cart"):
+        esputnik().handle(message)
 
 
 def test_bad_discount_is_left_out_with_a_warning_never_a_silent_zero() -> None:

@@ -133,6 +133,7 @@ def test_message_type_matches_ignoring_case() -> None:
         ("AddToCart", "add_to_cart", "addToCart"),
         ("Sipariş Tamamlandı", "sipariş_tamamlandı", "siparisTamamlandi"),
         ("Заказ Оформлен", "заказ_оформлен", "zakazOformlen"),
+        ("İade Talebi", "iade_talebi", "iadeTalebi"),
         ("sepetGüncellendi", "sepet_güncellendi", "sepetGuncellendi"),
         ("!!!", "", ""),
     ],
