@@ -133,7 +133,7 @@ def run_server(config_path: str, port: int) -> None:
     from fastapi.responses import JSONResponse
 
     from destinations.config import load_config
-    from destinations.server import create_app, tracking
+    from destinations.server import create_app, intake
 
     app = create_app(load_config(config_path), deliver=False)
 
@@ -145,9 +145,9 @@ def run_server(config_path: str, port: int) -> None:
     @app.post("/bench/checked", include_in_schema=False)
     async def checked(request: Request) -> JSONResponse:
         """/v1/batch up to the outbox: read, gunzip, parse, limits, Segment checks; no routing, no commit."""
-        body = await tracking.read_body(request, raw_limit=512_000, limit=tracking.BATCH_LIMIT)
-        data = tracking.parse_json(body)
-        tracking.prepare(data["batch"], kind=None, received_at=tracking.now_iso(), batch=data, measure=True)
+        body = await intake.read_body(request, raw_limit=512_000, limit=intake.BATCH_LIMIT)
+        data = intake.parse_json(body)
+        intake.prepare(data["batch"], kind=None, received_at=intake.now_iso(), batch=data, measure=True)
         return JSONResponse({"success": True})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -9,7 +9,6 @@ everything else in the outbox for the next start.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
@@ -18,9 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,116 +29,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 
 from ..config import Config, load_config
-from ..delivery import Delivery, IntakeReport, Outbox, Sender
 from ..errors import ConfigurationError
 from ..redaction import redact_query, redact_text
 from . import rudder, tracking, webhook
-from .metrics import CONTENT_TYPE, Metrics, TimingMiddleware
-from .tracking import ApiError
+from .intake import ApiError, Intake
+from .metrics import CONTENT_TYPE, TimingMiddleware
 
 log = logging.getLogger("destinations.server")
-
-HOUSEKEEPING_EVERY = 600.0  # seconds between prunes of delivered requests past the dedupe window
-
-
-class Intake:
-    """What the endpoints share: configuration, outbox, workers, metrics and the secrets to check."""
-
-    def __init__(self, config: Config, *, deliver: bool = True) -> None:
-        self.config = config
-        self.outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
-        self.write_keys = [k.get_secret_value().encode() for k in config.server.write_keys]
-        secret = config.server.webhook_secret
-        self.webhook_secret = secret.get_secret_value().encode() if secret is not None else None
-        # One thread commits: SQLite has one writer anyway, and a single committer never waits on itself.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
-        self.delivery: Delivery | None = None
-        self.metrics = Metrics(
-            config.destinations,
-            outbox_stats=self.outbox.stats,
-            delivery_counts=self.delivery_counts,
-            inbox_count=self.outbox.inbox_count,
-        )
-        if deliver and config.destinations:
-            self.delivery = Delivery(
-                str(config.outbox.path),
-                config.destinations,
-                config.outbox,
-                observe=self.metrics.observe_vendor,
-                on_mapped=self._mapped,
-            )
-        self._senders: dict[str, Sender] = {}
-        self._lock = threading.Lock()
-        self._housekeeping = threading.Event()
-
-    def _mapped(self, report: IntakeReport) -> None:
-        """Accepted events were mapped: count them per destination, and say who will not get what."""
-        self.metrics.mapped(report)
-        for mid, name, reason in report.errors:
-            log.info("%s will not get %s: %s", name, mid, reason, extra={"destination": name, "messageId": mid})
-
-    def check_write_key(self, key: str | None) -> bool:
-        """True when no write key is configured, or `key` is one of them (compared in constant time)."""
-        if not self.write_keys:
-            return True
-        if not key:
-            return False
-        given = key.encode("utf-8", "surrogatepass")
-        ok = False
-        for expected in self.write_keys:  # every key is compared, so timing tells nothing about which
-            ok |= hmac.compare_digest(expected, given)
-        return ok
-
-    def sender(self, name: str) -> Sender:
-        """The pooled sender of an instance, for direct mode."""
-        with self._lock:
-            sender = self._senders.get(name)
-            if sender is None:
-                cfg = self.config.outbox
-                sender = self._senders[name] = Sender(
-                    self.config.destinations[name],
-                    connect_timeout=cfg.connect_timeout,
-                    read_timeout=cfg.read_timeout,
-                    max_retry_after=cfg.max_retry_after,
-                )
-            return sender
-
-    def delivery_counts(self) -> dict[str, Counter[str]]:
-        if self.delivery is None:
-            return {}
-        c = self.delivery.counters
-        with c.lock:
-            return {"delivered": Counter(c.delivered), "retried": Counter(c.retried), "dead": Counter(c.dead)}
-
-    def start(self) -> None:
-        if self.delivery is not None:
-            self.delivery.start()
-            threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
-
-    def _housekeep(self) -> None:
-        outbox = Outbox(self.config.outbox.path, dedupe_window=self.config.outbox.dedupe_window)
-        while not self._housekeeping.wait(HOUSEKEEPING_EVERY):
-            try:
-                pruned = outbox.prune()
-            except Exception:
-                log.warning("pruning delivered requests failed; trying again later", exc_info=True)
-                continue
-            if pruned:
-                log.info("pruned %d delivered requests older than the dedupe window", pruned)
-        outbox.close()
-
-    def stop(self) -> None:
-        """Finish what is in flight; everything else stays in the outbox."""
-        self._housekeeping.set()
-        self.executor.shutdown(wait=True)
-        if self.delivery is not None:
-            cfg = self.config.outbox
-            self.delivery.stop(timeout=cfg.connect_timeout + cfg.read_timeout + 5.0)
-        with self._lock:
-            for sender in self._senders.values():
-                sender.close()
-            self._senders.clear()
-
 
 def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
     """The app for one configuration; `deliver=False` takes events into the outbox without delivering them."""

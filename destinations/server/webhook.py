@@ -27,17 +27,27 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..base import Destination, HttpRequest
 from ..delivery.intake import IntakeReport, note_warnings
 from ..errors import Filtered, InvalidMessage
-from .tracking import ApiError, Prepared, accept, now_iso, parse_json, prepare, read_body, unauthorized
+from .intake import (
+    ApiError,
+    Intake,
+    Prepared,
+    accept,
+    get_intake,
+    now_iso,
+    parse_json,
+    prepare,
+    read_body,
+    unauthorized,
+)
 
 if TYPE_CHECKING:
     from ..delivery import Outcome, Sender
-    from .app import Intake
 
 log = logging.getLogger("destinations.server")
 
@@ -247,8 +257,7 @@ _ERROR = {"content": {"application/json": {"schema": {"type": "object", "require
     },
     operation_id="segment_webhook",
 )
-async def webhook(request: Request) -> JSONResponse:
-    intake: Intake = request.app.state.intake
+async def webhook(request: Request, intake: Intake = Depends(get_intake)) -> JSONResponse:  # noqa: B008
     limit = intake.config.server.max_body_bytes
     body = await read_body(request, raw_limit=limit, limit=limit)
     secret = intake.webhook_secret
