@@ -45,18 +45,56 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The largest batch Segment's Webhooks (Actions) sends with its defaults: 1,000 events (segment-docs,
+# catalog/actions-webhook) of at most 32 KB each (Segment's limit for one event). README "Ways in".
+WEBHOOK_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
 class ServerConfig(_Table):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     write_keys: list[SecretStr] = Field(default_factory=list)
-    webhook_secret: SecretStr | None = None
+    # One secret, or several while Segment's shared secret is being rotated (any one that matches passes).
+    webhook_secret: list[SecretStr] = Field(default_factory=list)
     delivery: Literal["outbox", "direct"] = "outbox"
     max_body_bytes: int = Field(default=512_000, gt=0)
+    webhook_max_body_bytes: int = Field(default=WEBHOOK_MAX_BODY_BYTES, gt=0)
+    # Origins (scheme://host[:port]) whose pages may post to the tracking routes from a browser; "*" any.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator("write_keys")
     @classmethod
     def _no_blank_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
         return [k for k in keys if k.get_secret_value().strip()]
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str | SecretStr) else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _no_blank_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        return [s for s in secrets if s.get_secret_value().strip()]
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError('must be a list of origins such as ["https://shop.example"], or "*"')
+        out = []
+        for origin in value:
+            if origin == "*":
+                out.append(origin)
+                continue
+            if not isinstance(origin, str) or not re.fullmatch(r"https?://[^/?#\s]+", origin.strip().rstrip("/")):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], without a path")
+            out.append(origin.strip().rstrip("/").lower())
+        return out
 
 
 class OutboxConfig(_Table):

@@ -27,6 +27,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
+from starlette.middleware.cors import CORSMiddleware
 
 from ..config import Config, load_config
 from ..errors import ConfigurationError
@@ -34,8 +35,53 @@ from ..redaction import redact_query, redact_text
 from . import rudder, tracking, webhook
 from .intake import ApiError, Intake
 from .metrics import CONTENT_TYPE, TimingMiddleware
+from .tracking import TRACKING_PATHS
 
 log = logging.getLogger("destinations.server")
+
+
+class BrowserOrigins:
+    """CORS for the tracking routes only, with Starlette's CORSMiddleware (the Fetch standard's preflight,
+    `Access-Control-Allow-Origin` for allowed origins only). `/webhook`, `/v0/…` and the operations routes
+    never answer CORS.
+
+    CORS only stops a page from reading the answer; a page can still post a simple request. So a POST
+    whose `Origin` is not allowed is refused here with 403 before it is read: with `cors_origins` empty
+    (the default) no browser page can send events, while server libraries, which send no `Origin`, can.
+    """
+
+    # Headers analytics-next sends: Content-Type (text/plain), Authorization (Basic, from the write key)
+    # and X-Retry-Count on a retry (packages/browser/src/plugins/segmentio/shared-dispatcher.ts).
+    ALLOW_HEADERS = ("Content-Type", "Authorization", "X-Retry-Count")
+
+    def __init__(self, app: Any, origins: list[str]) -> None:
+        self.app = app
+        self.any = "*" in origins
+        self.origins = frozenset(origins)
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=["*"] if self.any else sorted(self.origins),
+            allow_methods=["POST"],
+            allow_headers=list(self.ALLOW_HEADERS),
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in TRACKING_PATHS:
+            await self.app(scope, receive, send)
+            return
+        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is not None and scope["method"] != "OPTIONS" and not self.allowed(origin):
+            refusal = JSONResponse(
+                {"code": "origin_not_allowed", "message": "this origin is not in the server's cors_origins"}, 403
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.cors(scope, receive, send)
+
+    def allowed(self, origin: bytes) -> bool:
+        return self.any or origin.decode("latin-1").lower() in self.origins
+
 
 def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
     """The app for one configuration; `deliver=False` takes events into the outbox without delivering them."""
@@ -64,6 +110,7 @@ def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
     )
     app.state.intake = intake
     app.add_middleware(TimingMiddleware, metrics=intake.metrics)
+    app.add_middleware(BrowserOrigins, origins=config.server.cors_origins)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
 
@@ -163,8 +210,7 @@ class JsonFormatter(logging.Formatter):
 def config_secrets(config: Config) -> list[str]:
     """Every secret of a configuration: write keys, webhook secret, each destination's credentials."""
     out = [k.get_secret_value() for k in config.server.write_keys]
-    if config.server.webhook_secret is not None:
-        out.append(config.server.webhook_secret.get_secret_value())
+    out += [s.get_secret_value() for s in config.server.webhook_secret]
     for destination in config.destinations.values():
         settings = destination.settings
         if isinstance(settings, BaseModel):

@@ -29,7 +29,7 @@ import threading
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -59,8 +59,8 @@ class Intake:
         self.config = config
         self.outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
         self.write_keys = [k.get_secret_value().encode() for k in config.server.write_keys]
-        secret = config.server.webhook_secret
-        self.webhook_secret = secret.get_secret_value().encode() if secret is not None else None
+        #: Every webhook secret (several while one is rotated); empty: signatures are not checked.
+        self.webhook_secrets = [s.get_secret_value().encode() for s in config.server.webhook_secret]
         # One thread commits: SQLite has one writer anyway, and a single committer never waits on itself.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
         self.delivery: Delivery | None = None
@@ -149,7 +149,6 @@ class Intake:
             for sender in self._senders.values():
                 sender.close()
             self._senders.clear()
-
 
 
 def get_intake(request: Request) -> Intake:
@@ -337,10 +336,16 @@ class Prepared:
     events: list[dict[str, Any]]
     positions: list[int]
     rejected: list[Rejected]
+    #: (index, type) of calls no destination takes, answered as taken (Segment's `delete`): see `prepare`.
+    unsupported: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def received(self) -> int:
-        return len(self.events) + len(self.rejected)
+        return len(self.events) + len(self.rejected) + len(self.unsupported)
+
+
+def _other_type(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and value.strip().lower() not in CALLS
 
 
 def prepare(
@@ -350,12 +355,17 @@ def prepare(
     received_at: str,
     batch: dict[str, Any] | None = None,
     measure: bool = True,
+    default_kind: str | None = None,
+    set_aside_other_types: bool = False,
 ) -> Prepared:
     """Events completed as Segment's API completes them, and checked against the Segment spec.
 
-    `kind` is the call type of a single-event endpoint (it overrides the body's); `batch` the batch
-    body whose `context`, `integrations` and `sentAt` apply to every event; `measure` checks each
-    event against the 32 KB limit (not needed when the whole body is smaller than that).
+    `kind` is the call type of a single-event endpoint (it overrides the body's); `default_kind` the
+    type of an event that has none (analytics.js's `/v1/t` …); `batch` the batch body whose `context`,
+    `integrations` and `sentAt` apply to every event; `measure` checks each event against the 32 KB
+    limit (not needed when the whole body is smaller than that). With `set_aside_other_types`, an event
+    whose `type` is text but no spec call (Segment's Webhooks send `delete`) is set aside in
+    `unsupported` instead of being rejected: Segment never retries a 4xx, and nothing is lost.
     """
     batch = batch or {}
     context, integrations, sent_at = batch.get("context"), batch.get("integrations"), batch.get("sentAt")
@@ -371,6 +381,11 @@ def prepare(
             continue
         if kind is not None:
             event["type"] = kind
+        elif default_kind is not None and event.get("type") is None:
+            event["type"] = default_kind
+        elif set_aside_other_types and _other_type(event.get("type")):
+            out.unsupported.append((index, event["type"].strip().lower()[:40]))
+            continue
         if context is not None:
             event["context"] = _merged(context, event.get("context"))
         if integrations is not None:
@@ -478,5 +493,3 @@ async def accept(intake: Intake, source: str, prepared: Prepared) -> tuple[Intak
             intake.delivery.inbox_changed()
     intake.metrics.intake(source, prepared.received, len(rejected), report)
     return report, rejected
-
-

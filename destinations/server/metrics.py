@@ -138,6 +138,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.unsupported = Counter(
+            "destinations_events_unsupported",
+            "Calls no destination takes (Segment's delete), answered as taken and set aside, by way in and type.",
+            ["source", "type"],
+            registry=r,
+        )
         self.warnings = Counter(
             "destinations_mapping_warnings",
             "Optional values left out of a vendor request because they could not be read, by destination"

@@ -115,7 +115,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _intake(request: Request, intake: Intake, kind: str | None) -> JSONResponse:
+async def _intake(request: Request, intake: Intake, kind: str | None, *, from_path: bool = True) -> JSONResponse:
+    """One route of the tracking API: a batch when `kind` is None, else one event of that call type
+    (the path's type overriding the body's, or, `from_path` False, used only when the body has none)."""
     limit, what = (
         (BATCH_LIMIT, "Segment's limit for a batch") if kind is None else (EVENT_LIMIT, "Segment's limit for one event")
     )
@@ -146,7 +148,11 @@ async def _intake(request: Request, intake: Intake, kind: str | None) -> JSONRes
             )
         prepared = prepare(events, kind=None, received_at=received_at, batch=data, measure=len(body) > EVENT_LIMIT)
     else:
-        prepared = prepare([data], kind=kind, received_at=received_at, measure=False)
+        prepared = (
+            prepare([data], kind=kind, received_at=received_at, measure=False)
+            if from_path
+            else prepare([data], kind=None, default_kind=kind, received_at=received_at, measure=False)
+        )
     _, rejected = await accept(intake, "tracking", prepared)
     if rejected and len(rejected) == prepared.received:
         if kind is not None:
@@ -166,11 +172,22 @@ _KEY_HELP = "a write key is required: send it as the HTTP Basic username, or as 
 _KEY_WRONG = "the write key is not one of this server's write keys"
 
 
-def _endpoint(kind: str | None) -> Callable[..., Any]:
+def _endpoint(kind: str | None, *, from_path: bool = True) -> Callable[..., Any]:
     async def endpoint(request: Request, intake: Intake = Depends(get_intake)) -> JSONResponse:  # noqa: B008
-        return await _intake(request, intake, kind)
+        return await _intake(request, intake, kind, from_path=from_path)
 
     return endpoint
+
+
+# analytics.js (analytics-next's Segment.io plugin) posts each call to `{apiHost}/<first letter of its type>`
+# and, in batching mode, to `{apiHost}/b`, as text/plain JSON with writeKey in the body and in Basic auth
+# (packages/browser/src/plugins/segmentio/index.ts, fetch-dispatcher.ts, batched-dispatcher.ts). The mobile
+# libraries (analytics-kotlin, analytics-swift) post their batches to `{apiHost}/b`.
+BROWSER_CALLS = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias", "s": "screen"}
+#: Every path of the tracking API: the ones a browser may call, so the ones CORS applies to (app.py).
+TRACKING_PATHS = frozenset(
+    ["/v1/batch", "/v1/import", "/v1/b", "/v1/m", *(f"/v1/{c}" for c in CALLS), *(f"/v1/{c}" for c in BROWSER_CALLS)]
+)
 
 
 router.add_api_route(
@@ -201,3 +218,33 @@ for _call in CALLS:
         openapi_extra=_openapi(_EVENT_SCHEMA),
         operation_id=f"segment_{_call}",
     )
+for _letter, _call in BROWSER_CALLS.items():
+    router.add_api_route(
+        f"/v1/{_letter}",
+        _endpoint(_call, from_path=False),
+        methods=["POST"],
+        summary=f"analytics.js {_call}: one event, 32 KB; the type from the body, else {_call}",
+        responses=_RESPONSES,
+        openapi_extra=_openapi(_EVENT_SCHEMA),
+        operation_id=f"browser_{_call}",
+    )
+router.add_api_route(
+    "/v1/b",
+    _endpoint(None),
+    methods=["POST"],
+    summary="analytics.js batching mode and the mobile libraries: a batch, as /v1/batch",
+    responses=_RESPONSES,
+    openapi_extra=_openapi(_BATCH_SCHEMA),
+    operation_id="segment_b",
+)
+
+
+@router.post(
+    "/v1/m",
+    summary="analytics.js's own usage metrics: answered and ignored",
+    responses={200: {"description": "Always", **_OK}},
+    operation_id="browser_metrics",
+)
+async def browser_metrics() -> JSONResponse:
+    """analytics-next reports its own counters here (packages/browser/src/core/stats/remote-metrics.ts)."""
+    return JSONResponse({"success": True})

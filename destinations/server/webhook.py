@@ -258,14 +258,17 @@ _ERROR = {"content": {"application/json": {"schema": {"type": "object", "require
     operation_id="segment_webhook",
 )
 async def webhook(request: Request, intake: Intake = Depends(get_intake)) -> JSONResponse:  # noqa: B008
-    limit = intake.config.server.max_body_bytes
+    limit = intake.config.server.webhook_max_body_bytes
     body = await read_body(request, raw_limit=limit, limit=limit)
-    secret = intake.webhook_secret
-    if secret is not None:
+    if intake.webhook_secrets:
         given = request.headers.get("x-signature")
         if not given:
             raise unauthorized("X-Signature is required: the hex HMAC-SHA1 of the body with the shared secret")
-        if not signature_ok(secret, body, given):
+        # Every secret is tried, so that one being rotated in or out passes, and timing tells nothing.
+        ok = False
+        for secret in intake.webhook_secrets:
+            ok |= signature_ok(secret, body, given)
+        if not ok:
             raise unauthorized("X-Signature does not match the body (hex HMAC-SHA1 with the shared secret)")
     data = parse_json(body)
     if isinstance(data, dict):
@@ -276,7 +279,8 @@ async def webhook(request: Request, intake: Intake = Depends(get_intake)) -> JSO
         raise ApiError(400, "invalid_body", "the body must be a message (JSON object) or an array of messages")
     for message in messages:
         chosen_by_segment(message)
-    prepared = prepare(messages, kind=None, received_at=now_iso(), measure=False)
+    prepared = prepare(messages, kind=None, received_at=now_iso(), measure=False, set_aside_other_types=True)
+    unsupported = set_aside(intake, prepared)
     if intake.config.server.delivery == "direct":
         return await direct(intake, prepared)
     _, rejected = await accept(intake, "webhook", prepared)
@@ -287,6 +291,32 @@ async def webhook(request: Request, intake: Intake = Depends(get_intake)) -> JSO
             f"every message was rejected; the first: {rejected[0].reason}",
             extra={"rejected": [r.to_dict() for r in rejected]},
         )
+    answer: dict[str, Any] = {"success": True}
     if rejected:
-        return JSONResponse({"success": True, "rejected": [r.to_dict() for r in rejected]})
-    return JSONResponse({"success": True})
+        answer["rejected"] = [r.to_dict() for r in rejected]
+    if unsupported:
+        answer["unsupported"] = unsupported
+    return JSONResponse(answer)
+
+
+def set_aside(intake: Intake, prepared: Prepared) -> list[dict[str, Any]]:
+    """Count and log the calls no destination takes (Segment's `delete` for a user deletion): answered as
+    taken, since Segment never retries a 4xx and there is nothing to retry."""
+    out = []
+    for index, kind in prepared.unsupported:
+        intake.metrics.unsupported.labels("webhook", kind).inc()
+        log.info("Segment sent a %s call; no destination takes %s calls, so it is answered and set aside", kind, kind)
+        out.append({"index": index, "type": kind})
+    return out
+
+
+# Webhooks (Actions) may send with PUT or PATCH; the same route takes them.
+for _method in ("PUT", "PATCH"):
+    router.add_api_route(
+        "/webhook",
+        webhook,
+        methods=[_method],
+        summary=f"Segment Webhooks (Actions) with {_method}: as POST",
+        responses={200: {"description": "As POST"}},
+        operation_id=f"segment_webhook_{_method.lower()}",
+    )
