@@ -84,9 +84,11 @@ def make_config(
     write_keys: list[str] | None = None,
     secret: str | None = WEBHOOK_SECRET,
     delivery: str = "outbox",
+    server_extra: dict[str, Any] | None = None,
     **outbox: Any,
 ) -> Config:
     server: dict[str, Any] = {"write_keys": [WRITE_KEY] if write_keys is None else write_keys, "delivery": delivery}
+    server.update(server_extra or {})
     if secret is not None:
         server["webhook_secret"] = secret
     table = {

@@ -109,8 +109,9 @@ def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.intake = intake
-    app.add_middleware(TimingMiddleware, metrics=intake.metrics)
+    # The last added runs first: timing sees the origin checks' answers too.
     app.add_middleware(BrowserOrigins, origins=config.server.cors_origins)
+    app.add_middleware(TimingMiddleware, metrics=intake.metrics)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
 
