@@ -156,6 +156,11 @@ def get_intake(request: Request) -> Intake:
     return request.app.state.intake  # type: ignore[no-any-return]
 
 
+def find_intake(request: Request) -> Intake | None:
+    """`get_intake` for routes that also serve without it (the RudderStack router mounted alone)."""
+    return getattr(request.app.state, "intake", None)
+
+
 EVENT_LIMIT = 32 * 1024
 BATCH_LIMIT = 500 * 1024
 MAX_EVENTS = 2500

@@ -30,12 +30,13 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from ..base import Destination, HttpRequest
 from ..delivery.intake import IntakeReport, note_warnings
 from ..errors import ConfigurationError, Filtered, InvalidMessage
 from ..registry import destination_types
+from .intake import Intake, find_intake
 
 try:  # orjson parses and writes several times faster; the stdlib is the fallback, never a requirement
     import orjson
@@ -289,9 +290,8 @@ def transform_event(
     return metadata, destination, handler, failure
 
 
-def _count(request: Request, report: IntakeReport) -> None:
+def _count(intake: Intake | None, report: IntakeReport) -> None:
     """Warnings of one transform request into the app's metrics, under the destination type's name."""
-    intake = getattr(request.app.state, "intake", None)
     if report.warnings and intake is not None:
         intake.metrics.mapped(report)
 
@@ -317,7 +317,11 @@ _EVENTS_SCHEMA = {
     summary="rudder-server's processor transform for one destination type",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _EVENTS_SCHEMA}}}},
 )
-async def destination_transform(name: str, request: Request) -> Response:
+async def destination_transform(
+    name: str,
+    request: Request,
+    intake: Intake | None = Depends(find_intake),  # noqa: B008
+) -> Response:
     """One output item per vendor request (an event may mean several), each echoing its metadata."""
     found = _resolve(name)
     if found is None:
@@ -342,7 +346,7 @@ async def destination_transform(name: str, request: Request) -> Response:
         user_id = _user_id(item.get("message"))
         for request_ in result:
             append({"output": _payload(request_, user_id), "metadata": metadata, "statusCode": 200})
-    _count(request, report)
+    _count(intake, report)
     return _ok(out)
 
 
@@ -404,7 +408,7 @@ def _batch_key(destination: Any, handler: Any, request: HttpRequest) -> tuple[An
         }
     },
 )
-async def router_transform(request: Request) -> Response:
+async def router_transform(request: Request, intake: Intake | None = Depends(find_intake)) -> Response:  # noqa: B008
     """Batchable requests (JSON arrays to one endpoint) are merged, up to MAX_BATCH_EVENTS each.
 
     Output items keep the order of their first event and events their order inside a batch; an
@@ -470,7 +474,7 @@ async def router_transform(request: Request) -> Response:
         batch.events.extend(first.json)
         batch.metadata.append(metadata)
         last_item_of_user[user] = index
-    _count(request, report)
+    _count(intake, report)
     return _ok({"output": [entry.item() if isinstance(entry, _Batch) else entry for entry in out]})
 
 
