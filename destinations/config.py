@@ -77,7 +77,10 @@ class ServerConfig(_Table):
     @field_validator("webhook_secret")
     @classmethod
     def _no_blank_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
-        return [s for s in secrets if s.get_secret_value().strip()]
+        # A blank secret (an unset ${VAR:-}) must not quietly turn the signature check off.
+        if any(not s.get_secret_value().strip() for s in secrets):
+            raise ValueError("must not be blank; remove the key to take unsigned calls")
+        return secrets
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -91,9 +94,12 @@ class ServerConfig(_Table):
             if origin == "*":
                 out.append(origin)
                 continue
-            if not isinstance(origin, str) or not re.fullmatch(r"https?://[^/?#\s]+", origin.strip().rstrip("/")):
+            text = origin.strip().rstrip("/").lower() if isinstance(origin, str) else ""
+            if not re.fullmatch(r"https?://[^/?#\s]+", text):
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], without a path")
-            out.append(origin.strip().rstrip("/").lower())
+            # As a browser writes it: lower case, without its scheme's default port.
+            default_port = ":80" if text.startswith("http:") else ":443"
+            out.append(text.removesuffix(default_port))
         return out
 
 

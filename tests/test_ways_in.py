@@ -112,9 +112,11 @@ def test_cors_answers_only_allowed_origins_and_only_on_tracking_routes(tmp_path:
         for path in ("/webhook", "/v0/destinations/segmentify", "/metrics", "/health"):
             res = httpx.options(f"{url}{path}", headers=preflight)
             assert "access-control-allow-origin" not in res.headers, path
+        # Segment's servers send no Origin; a browser page posting to the webhook is refused.
         res = httpx.post(f"{url}/webhook", json=track(2), headers={"Origin": PAGE_ORIGIN})
-        assert res.status_code == 200
+        assert res.status_code == 403
         assert "access-control-allow-origin" not in res.headers
+        assert httpx.post(f"{url}/webhook", json=track(2)).status_code == 200
         # Server libraries send no Origin: unaffected.
         assert httpx.post(f"{url}/v1/track", json=track(3), auth=(WRITE_KEY, "")).status_code == 200
 
@@ -215,7 +217,32 @@ def test_cors_origins_must_be_origins() -> None:
 
 def test_webhook_secret_takes_one_text_or_a_list() -> None:
     one = parse_config({"server": {"webhook_secret": "s1"}}, environ={})
-    several = parse_config({"server": {"webhook_secret": ["s1", "s2", " "]}}, environ={})
+    several = parse_config({"server": {"webhook_secret": ["s1", "s2"]}}, environ={})
     assert [s.get_secret_value() for s in one.server.webhook_secret] == ["s1"]
     assert [s.get_secret_value() for s in several.server.webhook_secret] == ["s1", "s2"]
     assert "s1" not in repr(several.server)
+    # A blank secret (an unset ${VAR:-}) must not quietly turn the check off.
+    with pytest.raises(ConfigurationError, match=r"webhook_secret must not be blank"):
+        parse_config({"server": {"webhook_secret": "${HOOK:-}"}}, environ={})
+
+
+def test_direct_mode_sets_deletes_aside_too(tmp_path: Path, sink: RecordingServer) -> None:
+    with live(config_with(tmp_path, sink.url, delivery="direct")) as url:
+        calls = [{"type": "delete", "userId": "d1"}, {"type": "track", "userId": "d2"}, track(1), {"type": "purge"}]
+        res = httpx.post(f"{url}/webhook", json=calls)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["unsupported"] == [{"index": 0, "type": "delete"}, {"index": 3, "type": "purge"}]
+        assert [r["index"] for r in body["rejected"]] == [1]
+        assert body["delivered"] is True
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'destinations_events_unsupported_total{source="webhook",type="delete"} 1.0' in metrics
+        assert 'destinations_events_unsupported_total{source="webhook",type="other"} 1.0' in metrics  # bounded
+        only = httpx.post(f"{url}/webhook", json=[{"type": "delete", "userId": "d1"}, {"type": "track"}])
+        assert only.status_code == 200, only.text
+
+
+def test_analytics_metrics_route_reads_within_the_limit(tmp_path: Path, sink: RecordingServer) -> None:
+    with live(config_with(tmp_path, sink.url, max_body_bytes=100_000)) as url:
+        assert httpx.post(f"{url}/v1/m", content=b'{"series":[]}').status_code == 200
+        assert httpx.post(f"{url}/v1/m", content=b"x" * 200_000).status_code == 413

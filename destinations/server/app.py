@@ -67,10 +67,21 @@ class BrowserOrigins:
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] not in TRACKING_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if scope["path"] == "/webhook" and origin is not None:
+            # Segment's servers send no Origin; a browser always does on a cross-site POST. Without this,
+            # any page could post events to an unsigned webhook through its visitors' browsers.
+            await JSONResponse(
+                {"code": "origin_not_allowed", "message": "/webhook takes calls from Segment's servers, not browsers"},
+                403,
+            )(scope, receive, send)
+            return
+        if scope["path"] not in TRACKING_PATHS:
+            await self.app(scope, receive, send)
+            return
         if origin is not None and scope["method"] != "OPTIONS" and not self.allowed(origin):
             refusal = JSONResponse(
                 {"code": "origin_not_allowed", "message": "this origin is not in the server's cors_origins"}, 403
@@ -80,7 +91,8 @@ class BrowserOrigins:
         await self.cors(scope, receive, send)
 
     def allowed(self, origin: bytes) -> bool:
-        return self.any or origin.decode("latin-1").lower() in self.origins
+        # Exactly as Starlette's CORSMiddleware compares it: browsers write origins in lower case.
+        return self.any or origin.decode("latin-1") in self.origins
 
 
 def create_app(config: Config, *, deliver: bool = True) -> FastAPI:

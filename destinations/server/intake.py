@@ -378,7 +378,7 @@ def prepare(
     rejected = out.rejected
     for index, event in enumerate(events):
         if not isinstance(event, dict):
-            rejected.append(Rejected(index, None, f"message: must be a JSON object, not {_json_type(event)}"))
+            rejected.append(Rejected(index, None, f"message: must be a JSON object, not {json_type(event)}"))
             continue
         event.pop("writeKey", None)
         if measure and (reason := _over_limit(event)):
@@ -437,7 +437,8 @@ def _over_limit(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """How an answer names the JSON type of a value: "a string", "an array", "null"."""
     if value is None:
         return "null"
     return {bool: "a boolean", str: "a string", list: "an array", int: "a number", float: "a number"}.get(

@@ -18,10 +18,10 @@ from .intake import (
     MAX_EVENTS,
     ApiError,
     Intake,
-    _json_type,
     accept,
     basic_username,
     get_intake,
+    json_type,
     now_iso,
     parse_json,
     prepare,
@@ -132,7 +132,7 @@ async def _intake(request: Request, intake: Intake, kind: str | None, *, from_pa
     if not isinstance(data, dict):
         if not authorized:
             raise unauthorized(_KEY_HELP)
-        raise ApiError(400, "invalid_body", f"the body must be a JSON object, not {_json_type(data)}")
+        raise ApiError(400, "invalid_body", f"the body must be a JSON object, not {json_type(data)}")
     if not authorized:
         body_key = data.get("writeKey")
         if not intake.check_write_key(body_key if isinstance(body_key, str) else None):
@@ -184,10 +184,6 @@ def _endpoint(kind: str | None, *, from_path: bool = True) -> Callable[..., Any]
 # (packages/browser/src/plugins/segmentio/index.ts, fetch-dispatcher.ts, batched-dispatcher.ts). The mobile
 # libraries (analytics-kotlin, analytics-swift) post their batches to `{apiHost}/b`.
 BROWSER_CALLS = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias", "s": "screen"}
-#: Every path of the tracking API: the ones a browser may call, so the ones CORS applies to (app.py).
-TRACKING_PATHS = frozenset(
-    ["/v1/batch", "/v1/import", "/v1/b", "/v1/m", *(f"/v1/{c}" for c in CALLS), *(f"/v1/{c}" for c in BROWSER_CALLS)]
-)
 
 
 router.add_api_route(
@@ -245,6 +241,13 @@ router.add_api_route(
     responses={200: {"description": "Always", **_OK}},
     operation_id="browser_metrics",
 )
-async def browser_metrics() -> JSONResponse:
-    """analytics-next reports its own counters here (packages/browser/src/core/stats/remote-metrics.ts)."""
+async def browser_metrics(request: Request, intake: Intake = Depends(get_intake)) -> JSONResponse:  # noqa: B008
+    """analytics-next reports its own counters here (packages/browser/src/core/stats/remote-metrics.ts);
+    read within the tracking routes' limit, then dropped."""
+    await read_body(request, raw_limit=intake.config.server.max_body_bytes, limit=EVENT_LIMIT)
     return JSONResponse({"success": True})
+
+
+#: Every path of the tracking API, read off the routes: the ones a browser may call, so the ones CORS
+#: applies to (app.py).
+TRACKING_PATHS = frozenset(route.path for route in router.routes)

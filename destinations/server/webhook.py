@@ -176,7 +176,7 @@ def _timed_send(intake: Intake, name: str, sender: Sender, request: HttpRequest)
     return outcome
 
 
-async def direct(intake: Intake, prepared: Prepared) -> JSONResponse:
+async def direct(intake: Intake, prepared: Prepared, unsupported: list[dict[str, Any]]) -> JSONResponse:
     """Deliver to every instance at once (one thread each), then answer for all of them."""
     results: dict[str, DirectResult] = {}
     messages = prepared.events
@@ -194,6 +194,8 @@ async def direct(intake: Intake, prepared: Prepared) -> JSONResponse:
     body: dict[str, Any] = {"destinations": {name: results[name].to_dict() for name in sorted(results)}}
     if prepared.rejected:
         body["rejected"] = [r.to_dict() for r in prepared.rejected]
+    if unsupported:
+        body["unsupported"] = unsupported
     retrying = [r for r in results.values() if r.retry]
     if retrying:
         throttled = all(r.throttled for r in retrying)
@@ -203,7 +205,7 @@ async def direct(intake: Intake, prepared: Prepared) -> JSONResponse:
         names = ", ".join(sorted(n for n, r in results.items() if r.retry))
         message = f"not delivered to {names} yet; send this call again"
         return JSONResponse({"code": code, "message": message, **body}, status, headers=headers)
-    if prepared.rejected and not messages:
+    if prepared.rejected and not messages and not unsupported:
         raise ApiError(400, "invalid_events", prepared.rejected[0].reason, extra=body)
     failed = any(r.failed for r in results.values())
     return JSONResponse({"success": True, "delivered": not failed, **body})
@@ -280,11 +282,11 @@ async def webhook(request: Request, intake: Intake = Depends(get_intake)) -> JSO
     for message in messages:
         chosen_by_segment(message)
     prepared = prepare(messages, kind=None, received_at=now_iso(), measure=False, set_aside_other_types=True)
-    unsupported = set_aside(intake, prepared)
+    unsupported = set_aside(intake, prepared, messages)
     if intake.config.server.delivery == "direct":
-        return await direct(intake, prepared)
+        return await direct(intake, prepared, unsupported)
     _, rejected = await accept(intake, "webhook", prepared)
-    if rejected and len(rejected) == prepared.received:
+    if rejected and len(rejected) == len(prepared.rejected) + len(prepared.events) and not unsupported:
         raise ApiError(
             400,
             "invalid_events",
@@ -299,13 +301,21 @@ async def webhook(request: Request, intake: Intake = Depends(get_intake)) -> JSO
     return JSONResponse(answer)
 
 
-def set_aside(intake: Intake, prepared: Prepared) -> list[dict[str, Any]]:
+# The calls Segment's Webhooks send that are no spec call; any other type is counted as "other", so that
+# a sender cannot grow the metric's labels.
+KNOWN_OTHER_TYPES = frozenset({"delete"})
+
+
+def set_aside(intake: Intake, prepared: Prepared, messages: list[Any]) -> list[dict[str, Any]]:
     """Count and log the calls no destination takes (Segment's `delete` for a user deletion): answered as
     taken, since Segment never retries a 4xx and there is nothing to retry."""
     out = []
     for index, kind in prepared.unsupported:
-        intake.metrics.unsupported.labels("webhook", kind).inc()
-        log.info("Segment sent a %s call; no destination takes %s calls, so it is answered and set aside", kind, kind)
+        message = messages[index]
+        intake.metrics.unsupported.labels("webhook", kind if kind in KNOWN_OTHER_TYPES else "other").inc()
+        ids = {k: message.get(k) for k in ("messageId", "userId", "anonymousId") if isinstance(message.get(k), str)}
+        log.info("Segment sent a %s call (%s); no destination takes %s calls: answered and set aside", kind,
+                 ", ".join(f"{k} {v}" for k, v in ids.items()) or "no id", kind, extra=ids)  # fmt: skip
         out.append({"index": index, "type": kind})
     return out
 
