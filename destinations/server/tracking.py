@@ -186,53 +186,28 @@ def _endpoint(kind: str | None, *, from_path: bool = True) -> Callable[..., Any]
 BROWSER_CALLS = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias", "s": "screen"}
 
 
-router.add_api_route(
-    "/v1/batch",
-    _endpoint(None),
-    methods=["POST"],
-    summary="Segment batch: up to 2,500 events, 500 KB",
-    responses=_RESPONSES,
-    openapi_extra=_openapi(_BATCH_SCHEMA),
-    operation_id="segment_batch",
-)
-router.add_api_route(
-    "/v1/import",
-    _endpoint(None),
-    methods=["POST"],
-    summary="Segment import: the batch endpoint under its historical name",
-    responses=_RESPONSES,
-    openapi_extra=_openapi(_BATCH_SCHEMA),
-    operation_id="segment_import",
-)
-for _call in CALLS:
+# (path, call type or None for a batch, type from the path over the body's, summary, operation id)
+_ROUTES: list[tuple[str, str | None, bool, str, str]] = [
+    ("/v1/batch", None, True, "Segment batch: up to 2,500 events, 500 KB", "segment_batch"),
+    ("/v1/import", None, True, "Segment import: the batch endpoint under its historical name", "segment_import"),
+    ("/v1/b", None, True, "analytics.js batching mode and the mobile libraries: a batch, as /v1/batch", "segment_b"),
+    *((f"/v1/{c}", c, True, f"Segment {c}: one event, 32 KB", f"segment_{c}") for c in CALLS),
+    *(
+        (f"/v1/{letter}", c, False, f"analytics.js {c}: one event, 32 KB; the type from the body, else {c}",
+         f"browser_{c}")
+        for letter, c in BROWSER_CALLS.items()
+    ),
+]  # fmt: skip
+for _path, _kind, _from_path, _summary, _operation in _ROUTES:
     router.add_api_route(
-        f"/v1/{_call}",
-        _endpoint(_call),
+        _path,
+        _endpoint(_kind, from_path=_from_path),
         methods=["POST"],
-        summary=f"Segment {_call}: one event, 32 KB",
+        summary=_summary,
         responses=_RESPONSES,
-        openapi_extra=_openapi(_EVENT_SCHEMA),
-        operation_id=f"segment_{_call}",
+        openapi_extra=_openapi(_BATCH_SCHEMA if _kind is None else _EVENT_SCHEMA),
+        operation_id=_operation,
     )
-for _letter, _call in BROWSER_CALLS.items():
-    router.add_api_route(
-        f"/v1/{_letter}",
-        _endpoint(_call, from_path=False),
-        methods=["POST"],
-        summary=f"analytics.js {_call}: one event, 32 KB; the type from the body, else {_call}",
-        responses=_RESPONSES,
-        openapi_extra=_openapi(_EVENT_SCHEMA),
-        operation_id=f"browser_{_call}",
-    )
-router.add_api_route(
-    "/v1/b",
-    _endpoint(None),
-    methods=["POST"],
-    summary="analytics.js batching mode and the mobile libraries: a batch, as /v1/batch",
-    responses=_RESPONSES,
-    openapi_extra=_openapi(_BATCH_SCHEMA),
-    operation_id="segment_b",
-)
 
 
 @router.post(
