@@ -134,6 +134,30 @@ class OutboxConfig(_Table):
         return None if value is None else duration(value)
 
 
+class RudderConfig(_Table):
+    """The RudderStack transformer routes: where rudder-transformer is, for what this package does not own."""
+
+    # rudder-transformer's address (http://host:9090): every transformer request for another destination
+    # type, a user transformation or a source is passed there unchanged. Absent: those are answered 404.
+    upstream: str | None = None
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 600.0  # a user transformation may take long; rudder-server waits too
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value.strip()):
+            raise ValueError("must be an http(s) URL such as http://rudder-transformer:9090")
+        return value.strip().rstrip("/")
+
+    @field_validator("upstream_connect_timeout", "upstream_read_timeout", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float:
+        return duration(value)
+
+
 @dataclass(frozen=True)
 class Config:
     """A validated configuration: server, outbox and the destination instances by name."""
@@ -142,6 +166,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     destinations: dict[str, Destination] = field(default_factory=dict)
     source: str = "(defaults)"
+    rudder: RudderConfig = field(default_factory=RudderConfig)
 
 
 def expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
@@ -178,9 +203,12 @@ def parse_config(
     data: dict[str, Any], source: str = "destinations.toml", environ: dict[str, str] | None = None
 ) -> Config:
     env = dict(os.environ) if environ is None else environ
-    unknown = sorted(set(data) - {"server", "outbox", "destinations"})
+    unknown = sorted(set(data) - {"server", "outbox", "destinations", "rudder"})
     if unknown:
-        raise ConfigurationError(f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations)")
+        raise ConfigurationError(
+            f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations, rudder)"
+        )
+    rudder = _validate(RudderConfig, expand_env(data.get("rudder", {}), "rudder", env), f"{source}: [rudder]")
     server = _validate(ServerConfig, expand_env(data.get("server", {}), "server", env), f"{source}: [server]")
     outbox = _validate(OutboxConfig, expand_env(data.get("outbox", {}), "outbox", env), f"{source}: [outbox]")
     tables = data.get("destinations", {})
@@ -199,7 +227,7 @@ def parse_config(
             instances[name] = get_destination(kind, settings)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{where} {exc}", exc.problems) from None
-    return Config(server=server, outbox=outbox, destinations=instances, source=source)
+    return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder)
 
 
 def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:

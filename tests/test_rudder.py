@@ -713,7 +713,7 @@ def test_features(base_url: str, http: requests.Session) -> None:
     features = answer.json()
     assert features["supportSourceTransformV1"] is True
     assert features["upgradedToSourceTransformV2"] is True
-    assert features["supportTransformerProxyV1"] is False
+    assert features["supportTransformerProxyV1"] is True  # the proxy v1 route serves our types
     assert features["regulations"] == []
     for name in ("SEGMENTIFY", "DENGAGE", "WIGZO", "ESPUTNIK"):
         assert features["routerTransform"][name] is True

@@ -112,6 +112,7 @@ def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            await intake.upstream.close()
             await anyio.to_thread.run_sync(intake.stop)
             log.info("stopped; requests not yet delivered stay in the outbox")
 

@@ -41,6 +41,7 @@ from ..delivery import Delivery, IntakeReport, Outbox, Sender, message_id_of
 from ..errors import InvalidMessage
 from ..spec import parse_iso_datetime, parse_message
 from .metrics import Metrics
+from .upstream import Upstream
 
 try:  # parses and measures several times faster; the stdlib does the same job when it is absent
     import orjson
@@ -79,6 +80,9 @@ class Intake:
                 on_mapped=self._mapped,
             )
         self._senders: dict[str, Sender] = {}
+        #: rudder-transformer, for the transformer requests this package does not own.
+        self.upstream = Upstream(config.rudder)
+        self.upstream.on_forwarded = self.metrics.forwarded
         self._lock = threading.Lock()
         self._housekeeping = threading.Event()
 

@@ -138,6 +138,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.upstream = Counter(
+            "destinations_upstream_requests",
+            "Transformer requests passed to rudder-transformer ([rudder] upstream), by route and its answer's status.",
+            ["route", "status"],
+            registry=r,
+        )
         self.unsupported = Counter(
             "destinations_events_unsupported",
             "Calls no destination takes (Segment's delete), answered as taken and set aside, by way in and type.",
@@ -201,6 +207,10 @@ class Metrics:
             self.warnings.labels(name, field).inc(n)
         if report.duplicates:
             self.duplicates.inc(report.duplicates)
+
+    def forwarded(self, route: str, status: int) -> None:
+        """A request passed to rudder-transformer, and the status it answered (503 when it did not)."""
+        self.upstream.labels(route, str(status)).inc()
 
     def observe_vendor(self, destination: str, outcome: Outcome, seconds: float) -> None:
         """The Delivery's `observe` callback (and direct mode's): one call to a vendor."""

@@ -30,9 +30,11 @@ import json
 from functools import lru_cache
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..base import Destination, HttpRequest
+from ..delivery import Outcome, Sender
 from ..delivery.intake import IntakeReport, note_warnings
 from ..errors import ConfigurationError, Filtered, InvalidMessage
 from ..registry import destination_types
@@ -48,6 +50,7 @@ router = APIRouter(tags=["RudderStack transformer"])
 API_VERSION_HEADERS = {"apiVersion": "2"}
 FILTERED_STATUS = 298  # rudder-server's FilterEventCode: "deliberately not sent", never retried
 MAX_BATCH_EVENTS = 100  # events merged into one routerTransform batchedRequest
+DEFAULT_BATCH_BYTES = 500_000  # and bytes of its body, when no configuration says (the outbox's batch_bytes)
 _CACHE_SIZE = 256  # configured destinations kept; one per (type, Config) seen recently
 
 
@@ -191,7 +194,7 @@ def _payload(request: HttpRequest, user_id: str | None = None) -> dict[str, Any]
         "type": "REST",
         "method": request.method,
         "endpoint": request.url,
-        "headers": request.headers,
+        "headers": dict(request.headers),
         "params": dict(request.params),
         "body": {"JSON": json_body, "JSON_ARRAY": json_array, "XML": {}, "FORM": {}},
         "files": {},
@@ -269,7 +272,8 @@ def transform_event(
     handler = None
     try:
         handler = handlers.get({} if config is None else config)
-        requests_, warnings = handler.handle_with_warnings(item.get("message"))
+        message = _by_display_name(item.get("message"), destination, handler.display_name)
+        requests_, warnings = handler.handle_with_warnings(message)
     except Filtered as exc:
         failure = EventFailure(FILTERED_STATUS, exc.reason, "transformation", "filtered")
     except InvalidMessage as exc:
@@ -294,6 +298,30 @@ def _count(intake: Intake | None, report: IntakeReport) -> None:
     """Warnings of one transform request into the app's metrics, under the destination type's name."""
     if report.warnings and intake is not None:
         intake.metrics.mapped(report)
+
+
+def _by_display_name(message: Any, destination: Any, ours: str) -> Any:
+    """The message with `integrations.<ours>` set from `integrations.<DisplayName>` of the destination
+    definition, when only the latter is there: rudder-server filters by that DisplayName ("D·engage" in a
+    workspace), so a message it sent us names us that way (processor/integrations/integrations.go)."""
+    definition = destination.get("DestinationDefinition") if isinstance(destination, dict) else None
+    shown = definition.get("DisplayName") if isinstance(definition, dict) else None
+    integrations = message.get("integrations") if isinstance(message, dict) else None
+    if not isinstance(shown, str) or shown == ours or not isinstance(integrations, dict):
+        return message
+    if shown not in integrations or ours in integrations:
+        return message
+    return {**message, "integrations": {**integrations, ours: integrations[shown]}}
+
+
+async def _not_ours(
+    request: Request, intake: Intake | None, route: str, text: str, body: bytes | None = None
+) -> Response:
+    """A request for what this package does not own: to rudder-transformer when `[rudder] upstream` is set,
+    else 404 (which rudder-server treats as terminal)."""
+    if intake is not None and intake.upstream.enabled:
+        return await intake.upstream.forward(request, route, body)
+    return _error(404, text)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -325,7 +353,7 @@ async def destination_transform(
     """One output item per vendor request (an event may mean several), each echoing its metadata."""
     found = _resolve(name)
     if found is None:
-        return _error(404, f"Unknown destination: {name[:100]}")
+        return await _not_ours(request, intake, "/v0/destinations", f"Unknown destination: {name[:100]}")
     type_name, cls = found
     try:
         events = loads(await request.body())
@@ -353,11 +381,12 @@ async def destination_transform(
 class _Batch:
     """Batchable requests of one destination to one endpoint, merged in arrival order."""
 
-    __slots__ = ("destination", "events", "metadata", "request")
+    __slots__ = ("destination", "events", "metadata", "request", "size")
 
     def __init__(self, request: HttpRequest, destination: Any) -> None:
         self.request = request
         self.destination = destination
+        self.size = 2  # the brackets of the JSON array
         self.events: list[Any] = []
         self.metadata: list[Any] = []
 
@@ -409,7 +438,25 @@ def _batch_key(destination: Any, handler: Any, request: HttpRequest) -> tuple[An
     },
 )
 async def router_transform(request: Request, intake: Intake | None = Depends(find_intake)) -> Response:  # noqa: B008
-    """Batchable requests (JSON arrays to one endpoint) are merged, up to MAX_BATCH_EVENTS each.
+    """rudder-server's router stage: `{"input": [...], "destType"}`, answered `{"output": [...]}`."""
+    return await _router_stage(request, intake, "/routerTransform", wrap=True)
+
+
+@router.post(
+    "/batch",
+    response_class=JSONResponse,
+    summary="rudder-server's router batching (Router.<type>.enableBatching): as /routerTransform, a bare array",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}},
+)
+async def batch_transform(request: Request, intake: Intake | None = Depends(find_intake)) -> Response:  # noqa: B008
+    """The same work as `/routerTransform`, answered as rudder-transformer's `batchProcess` does: the list
+    of items itself (router/transformer/transformer.go reads BATCH answers unwrapped)."""
+    return await _router_stage(request, intake, "/batch", wrap=False)
+
+
+async def _router_stage(request: Request, intake: Intake | None, route: str, *, wrap: bool) -> Response:
+    """Batchable requests (JSON arrays to one endpoint) are merged, up to MAX_BATCH_EVENTS events and the
+    outbox's `batch_bytes` of body each.
 
     Output items keep the order of their first event and events their order inside a batch; an
     event never joins a batch placed before another item of its user's, so rudder-server's
@@ -417,8 +464,9 @@ async def router_transform(request: Request, intake: Intake | None = Depends(fin
     inside a batch before) and an event that means several requests each get an item of their own;
     the latter's `batchedRequest` is the list of its requests.
     """
+    raw = await request.body()
     try:
-        body = loads(await request.body())
+        body = loads(raw)
     except ValueError:
         return _error(400, "the request body is not valid JSON")
     events = body.get("input") if isinstance(body, dict) else None
@@ -428,12 +476,13 @@ async def router_transform(request: Request, intake: Intake | None = Depends(fin
     if not isinstance(dest_type_name, str) or not dest_type_name:
         dest_type_name = _definition_name(events)
         if not events:
-            return _ok({"output": []})
+            return _ok({"output": []} if wrap else [])
     found = _resolve(dest_type_name)
     if found is None:
-        return _error(404, f"Unknown destination: {dest_type_name[:100]}")
+        return await _not_ours(request, intake, route, f"Unknown destination: {dest_type_name[:100]}", raw)
     type_name, cls = found
     dest_type = type_name.upper()
+    byte_cap = intake.config.outbox.batch_bytes if intake is not None else DEFAULT_BATCH_BYTES
 
     out: list[Any] = []
     handlers = Handlers(cls)
@@ -464,18 +513,22 @@ async def router_transform(request: Request, intake: Intake | None = Depends(fin
             })  # fmt: skip
             last_item_of_user[user] = len(out) - 1
             continue
+        size = sum(len(dumps(e)) + 1 for e in first.json)
         batch, index = open_batches.get(key, (None, -1))
         # Joining an earlier batch would send this event before one of its user's that sits
-        # in a later item; a full batch is closed too.
-        if batch is None or len(batch.metadata) >= MAX_BATCH_EVENTS or index < last_item_of_user.get(user, -1):
+        # in a later item; a full batch is closed too (by events or by bytes).
+        if (batch is None or len(batch.metadata) >= MAX_BATCH_EVENTS or batch.size + size > byte_cap
+                or index < last_item_of_user.get(user, -1)):  # fmt: skip
             batch, index = _Batch(first, destination), len(out)
             open_batches[key] = (batch, index)
             out.append(batch)
         batch.events.extend(first.json)
+        batch.size += size
         batch.metadata.append(metadata)
         last_item_of_user[user] = index
     _count(intake, report)
-    return _ok({"output": [entry.item() if isinstance(entry, _Batch) else entry for entry in out]})
+    items = [entry.item() if isinstance(entry, _Batch) else entry for entry in out]
+    return _ok({"output": items} if wrap else items)
 
 
 def _ordering_key(metadata: Any, message: Any) -> Any:
@@ -498,16 +551,142 @@ def _definition_name(events: list[Any]) -> str:
 
 
 @router.get("/features", response_class=JSONResponse, summary="what this transformer supports, for rudder-server")
-async def features() -> Response:
-    """Every destination type is served by `/routerTransform` (so rudder-server batches for it).
+async def features(intake: Intake | None = Depends(find_intake)) -> Response:  # noqa: B008
+    """Every destination type of this package is served by `/routerTransform` (so rudder-server batches for
+    it), and by the proxy v1 route. With `[rudder] upstream`, rudder-transformer's own document is the base
+    and these types are added to its `routerTransform` map: rudder-server sees one transformer.
 
-    The two source flags only keep rudder-server from refusing this transformer: sources are not
-    transformed here, so use SDK or HTTP API sources, not webhook sources, with this transformer.
+    Without an upstream, the two source flags only keep rudder-server from refusing this transformer:
+    sources are not transformed here.
     """
-    return _ok({
-        "routerTransform": {name.upper(): True for name in destination_types()},
+    ours = {name.upper(): True for name in destination_types()}
+    document: dict[str, Any] = {
         "regulations": [],
         "supportSourceTransformV1": True,
         "upgradedToSourceTransformV2": True,
-        "supportTransformerProxyV1": False,
-    })  # fmt: skip
+    }
+    upstream = await intake.upstream.get_json("/features") if intake is not None else None
+    if isinstance(upstream, dict):
+        document = upstream
+    their_router = document.get("routerTransform")
+    document["routerTransform"] = {**(their_router if isinstance(their_router, dict) else {}), **ours}
+    document["supportTransformerProxyV1"] = True
+    return _ok(document)
+
+
+# --- the transformer proxy (v1) -----------------------------------------------------------------
+
+
+def _job_status(outcome: Outcome) -> int:
+    """rudder-server's status for one job (router/misc.go): 2xx delivered; 429, 408 and 5xx retried; any
+    other 4xx aborted. A vendor error hidden in a 200 (Segmentify's BAD_INPUT) is a 400: aborted."""
+    code = outcome.status.split(" ", 1)[0]
+    status = int(code) if code.isdigit() else 0
+    if outcome.kind == "delivered":
+        return status or 200
+    if outcome.kind == "retry":
+        return status if status in (408, 429) or status >= 500 else 500
+    return status if 400 <= status < 500 else 400
+
+
+@router.post(
+    "/v1/destinations/{name}/proxy",
+    response_class=JSONResponse,
+    summary="rudder-server's router through the transformer proxy (v1): deliver one request, a status per job",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}},
+)
+async def proxy_v1(
+    name: str,
+    request: Request,
+    intake: Intake | None = Depends(find_intake),  # noqa: B008
+) -> Response:
+    """Deliver the request rudder-server's router built from this package's `/routerTransform` output, with
+    this package's sender and classifier, and answer rudder-transformer's DeliveryV1Response:
+    `{"output": {"status", "message", "response": [{"statusCode", "metadata", "error"}]}}`, one item per
+    job of `metadata` (router/transformer/transformer.go ProxyRequestPayload and ProxyResponseV1)."""
+    found = _resolve(name)
+    if found is None:
+        return await _not_ours(request, intake, "/v1/destinations/proxy", f"Unknown destination: {name[:100]}")
+    _, cls = found
+    try:
+        body = loads(await request.body())
+    except ValueError:
+        return _error(400, "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "the request body must be the proxy request object")
+    jobs = body.get("metadata")
+    jobs = jobs if isinstance(jobs, list) else [jobs] if isinstance(jobs, dict) else []
+    try:
+        destination = destination_for(cls, body.get("destinationConfig") or {})
+        method, url, params, headers, data = _vendor_call(body)
+    except (ConfigurationError, ValueError) as exc:
+        return _proxied(jobs, 400, f"cannot be delivered: {exc}")
+    sender = Sender(destination, connect_timeout=5.0, read_timeout=_proxy_timeout(request))
+    try:
+        outcome = await anyio.to_thread.run_sync(sender.send_raw, method, url, params, headers, data)
+    finally:
+        sender.close()
+    message = f"{outcome.status} {outcome.detail}".strip()
+    return _proxied(jobs, _job_status(outcome), message if outcome.kind != "delivered" else "delivered")
+
+
+def _proxied(jobs: list[Any], status: int, message: str) -> Response:
+    # One HTTP call carried every job, so each job gets its outcome.
+    error = "" if 200 <= status < 300 else message
+    response = [{"statusCode": status, "metadata": job, "error": error} for job in jobs]
+    return _ok({"output": {"status": status, "message": message, "response": response}})
+
+
+def _proxy_timeout(request: Request) -> float:
+    """rudder-server's `RdProxy-Timeout` (milliseconds) as the read timeout, 30 s without it."""
+    try:
+        return max(1.0, float(request.headers.get("rdproxy-timeout", "30000")) / 1000.0)
+    except ValueError:
+        return 30.0
+
+
+def _vendor_call(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], dict[str, str], bytes]:
+    """(method, url, params, headers, body bytes) of the request in a proxy payload
+    (processor/integrations/integrations.go PostParametersT)."""
+    method, url = body.get("method"), body.get("endpoint")
+    if not isinstance(method, str) or not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError("method and endpoint (an http(s) URL) are required")
+    params = body.get("params") if isinstance(body.get("params"), dict) else {}
+    headers = body.get("headers") if isinstance(body.get("headers"), dict) else {}
+    payload = body.get("body") if isinstance(body.get("body"), dict) else {}
+    array, single = payload.get("JSON_ARRAY"), payload.get("JSON")
+    if isinstance(array, dict) and isinstance(array.get("batch"), str):
+        data = array["batch"].encode()  # verbatim, as rudder-server's router sends it
+    elif single:
+        data = dumps(single)
+    else:
+        data = b""
+    return (
+        method.upper(),
+        url,
+        {str(k): v for k, v in params.items()},
+        {str(k): str(v) for k, v in headers.items()},
+        data,
+    )
+
+
+# --- everything else: rudder-transformer's ------------------------------------------------------
+
+# rudder-transformer's other routes: user transformations, sources, deletions, and any destination route.
+_UPSTREAM_PATHS = ("/customTransform", "/v0/{rest:path}", "/v1/sources/{rest:path}", "/v1/destinations/{rest:path}",
+                   "/v2/{rest:path}", "/transformation/{rest:path}", "/deleteUsers", "/extractor",
+                   "/transformerBuildVersion")  # fmt: skip
+
+
+async def _upstream_only(request: Request, intake: Intake | None = Depends(find_intake)) -> Response:  # noqa: B008
+    route = request.scope.get("route")
+    return await _not_ours(request, intake, getattr(route, "path", "other"), "Not found")
+
+
+for _path in _UPSTREAM_PATHS:
+    router.add_api_route(
+        _path,
+        _upstream_only,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
