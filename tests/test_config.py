@@ -28,9 +28,9 @@ def test_the_example_file_documents_every_key_and_loads() -> None:
     assert config.outbox.lease_seconds == 45
     assert config.server.write_keys == []  # "${SEGMENT_WRITE_KEY:-}" unset: no keys
     text = (ROOT / "examples" / "destinations.toml").read_text()
-    from destinations.config import OutboxConfig, ServerConfig
+    from destinations.config import OutboxConfig, RudderConfig, ServerConfig
 
-    for key in [*OutboxConfig.model_fields, *ServerConfig.model_fields]:
+    for key in [*OutboxConfig.model_fields, *ServerConfig.model_fields, *RudderConfig.model_fields]:
         assert f"{key} =" in text, f"examples/destinations.toml does not document {key}"
 
 
