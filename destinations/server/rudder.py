@@ -324,6 +324,23 @@ async def _not_ours(
     return _error(404, text)
 
 
+async def _ours(
+    request: Request, intake: Intake | None, name: str, route: str, *, shape: type, what: str
+) -> tuple[tuple[str, type[Destination]], Any] | Response:
+    """((type name, class), parsed body) for a route about one of our types; otherwise the answer to give:
+    the upstream's for another type, 400 for a body that is not JSON of `shape` (`what` describes it)."""
+    found = _resolve(name)
+    if found is None:
+        return await _not_ours(request, intake, route, f"Unknown destination: {name[:100]}")
+    try:
+        body = loads(await request.body())
+    except ValueError:
+        return _error(400, "the request body is not valid JSON")
+    if not isinstance(body, shape):
+        return _error(400, f"the request body must be {what}")
+    return found, body
+
+
 # --- routes -------------------------------------------------------------------------------------
 
 _EVENTS_SCHEMA = {
@@ -351,16 +368,11 @@ async def destination_transform(
     intake: Intake | None = Depends(find_intake),  # noqa: B008
 ) -> Response:
     """One output item per vendor request (an event may mean several), each echoing its metadata."""
-    found = _resolve(name)
-    if found is None:
-        return await _not_ours(request, intake, "/v0/destinations", f"Unknown destination: {name[:100]}")
-    type_name, cls = found
-    try:
-        events = loads(await request.body())
-    except ValueError:
-        return _error(400, "the request body is not valid JSON")
-    if not isinstance(events, list):
-        return _error(400, "the request body must be a JSON array of {message, metadata, destination}")
+    what = "a JSON array of {message, metadata, destination}"
+    taken = await _ours(request, intake, name, "/v0/destinations", shape=list, what=what)
+    if isinstance(taken, Response):
+        return taken
+    (type_name, cls), events = taken
     dest_type = type_name.upper()
     handlers = Handlers(cls)
     out: list[dict[str, Any]] = []
@@ -604,16 +616,10 @@ async def proxy_v1(
     this package's sender and classifier, and answer rudder-transformer's DeliveryV1Response:
     `{"output": {"status", "message", "response": [{"statusCode", "metadata", "error"}]}}`, one item per
     job of `metadata` (router/transformer/transformer.go ProxyRequestPayload and ProxyResponseV1)."""
-    found = _resolve(name)
-    if found is None:
-        return await _not_ours(request, intake, "/v1/destinations/proxy", f"Unknown destination: {name[:100]}")
-    _, cls = found
-    try:
-        body = loads(await request.body())
-    except ValueError:
-        return _error(400, "the request body is not valid JSON")
-    if not isinstance(body, dict):
-        return _error(400, "the request body must be the proxy request object")
+    taken = await _ours(request, intake, name, "/v1/destinations/proxy", shape=dict, what="the proxy request object")
+    if isinstance(taken, Response):
+        return taken
+    (_, cls), body = taken
     jobs = body.get("metadata")
     jobs = jobs if isinstance(jobs, list) else [jobs] if isinstance(jobs, dict) else []
     try:
