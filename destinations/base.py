@@ -253,6 +253,11 @@ class Destination:
         items = [mapped] if isinstance(mapped, Mapped | HttpRequest) else list(mapped)
         return [self.request(m) if isinstance(m, Mapped) else m for m in items]
 
+    @property
+    def base_url(self) -> str:
+        """Where this instance's requests go (its `url_setting`): a request to anywhere else is not its own."""
+        return self._base_url
+
     def request(self, mapped: Mapped) -> HttpRequest:
         """The one typed form of a vendor request: the base URL and path, credentials and headers added."""
         headers = {**self._secret_headers, **self.headers, **mapped.headers}

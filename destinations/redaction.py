@@ -10,7 +10,7 @@ from typing import Any
 MASK = "***"
 
 # Query parameters and headers that carry credentials, for every vendor.
-SECRET_PARAMS = frozenset({"apikey", "token", "org_token", "orgtoken", "api_key"})
+SECRET_PARAMS = frozenset({"apikey", "token", "org_token", "orgtoken", "api_key", "writekey", "write_key"})
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key"})
 
 
@@ -53,7 +53,7 @@ _FILTER = QuerySecretFilter()
 
 def guard_http_logs() -> None:
     """Attach the filter to urllib3's loggers (once): they log request lines with the query string."""
-    for name in ("urllib3.connectionpool", "urllib3.connection", "requests"):
+    for name in ("urllib3.connectionpool", "urllib3.connection", "requests", "httpx"):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)

@@ -12,6 +12,7 @@ processor/types and router/types). The proxy v1 request is rudder-server's `Prox
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from test_rudder import RUDDER_HEADERS, SECRET, processor_event, router_job, rudder_message
-from test_server import live
+from test_server import live, wait_for
 
 from destinations.config import parse_config
 from destinations.sink import Answer, Received, RecordingServer
@@ -80,7 +81,10 @@ def test_what_is_not_ours_goes_to_rudder_transformer_unchanged(tmp_path: Path, u
             assert res.status_code == 207, (path, res.text)
             assert res.json() == {"from": "rudder-transformer", "path": path.split("?")[0]}
             assert res.headers["X-Upstream"] == "yes"
-            got = upstream.received[-1]
+            # The stand-in records a request once it has answered it.
+            count = cases.index((method, path, body)) + 1
+            assert wait_for(lambda count=count: len(upstream.received) >= count)
+            got = upstream.received[count - 1]
             assert (got.method, got.path, got.body) == (method, path.split("?")[0], content or b"")
             assert {k.lower(): v for k, v in got.headers.items()}["x-trace"] == "t-1"  # header names: any case
         assert upstream.received[0].params == {"x": "1"}
@@ -95,7 +99,8 @@ def test_features_is_rudder_transformers_document_with_our_types(tmp_path: Path,
         "AM": True, "HS": True, "SEGMENTIFY": True, "DENGAGE": True, "WIGZO": True, "ESPUTNIK": True
     }  # fmt: skip
     assert features["regulations"] == ["BRAZE", "AM"]
-    assert features["supportDestTransformCompactedPayloadV1"] is True
+    # rudder-server would compact payloads for every type; these routes read full events.
+    assert features["supportDestTransformCompactedPayloadV1"] is False
     assert features["supportTransformerProxyV1"] is True
 
 
@@ -119,8 +124,8 @@ def test_upstream_down_is_a_status_rudder_server_retries(tmp_path: Path) -> None
         res = post(f"{url}/v0/destinations/am", [processor_event("am", rudder_message("Product Viewed"), 1)])
         assert res.status_code == 503
         assert res.headers["X-Rudder-Should-Retry"] == "true"
-        # /features still answers, with ours only.
-        assert httpx.get(f"{url}/features").json()["routerTransform"]["SEGMENTIFY"] is True
+        # /features too: a document without rudder-transformer's types would be taken for the truth.
+        assert httpx.get(f"{url}/features").status_code == 503
 
 
 def test_without_upstream_other_types_are_404(tmp_path: Path) -> None:
@@ -197,6 +202,50 @@ def test_proxy_v1_delivers_and_reports_each_job(tmp_path: Path, answer: Answer, 
         output = res.json()["output"]
         assert [(r["statusCode"], r["metadata"]["jobId"]) for r in output["response"]] == [(status, 7), (status, 8)]
         assert all(r["error"].startswith(error) for r in output["response"])
+        assert wait_for(lambda: len(vendor.received) == 1)
         (sent,) = vendor.received
         assert [(e["name"], e["step"]) for e in json.loads(sent.body)] == [("CHECKOUT", "purchase")] * 2
         assert SECRET not in res.text
+
+
+def test_what_is_relayed_is_relayed_as_bytes(tmp_path: Path, upstream: RecordingServer) -> None:
+    with live(config(tmp_path, upstream.url), deliver=False) as url:
+        # A header value that is not ASCII, an escaped path: passed on as they came, never our 500.
+        res = httpx.post(f"{url}/v0/sources/web%3Fhook", content=b"{}", headers={"X-Utf": "caf\u00e9".encode()})
+        assert res.status_code == 207, res.text
+        assert wait_for(lambda: len(upstream.received) == 1)
+        got = upstream.received[0]
+        assert got.path == "/v0/sources/web%3Fhook"
+        sent = {k.lower() for k in res.request.headers}
+        assert "x-utf" in {k.lower() for k in got.headers}
+        assert {k.lower() for k in got.headers} <= sent | {"host", "content-length"}  # no headers of our own
+        # A body these routes cannot read (gzip) goes on when another type may own it.
+        res = httpx.post(f"{url}/routerTransform", content=b"\x1f\x8b...", headers={"Content-Encoding": "gzip"})
+        assert res.status_code == 207
+        assert len(res.headers.get_list("date")) == 1
+
+
+def test_the_proxy_aborts_what_it_cannot_send_and_sends_nowhere_else(tmp_path: Path) -> None:
+    with RecordingServer() as vendor, live(config(tmp_path, None), deliver=False) as url:
+        settings = {"apiKey": SECRET, "dataCenterUrl": vendor.url}
+        job = {"jobId": 1, "attemptNum": 0, "userId": "", "sourceId": "s", "destinationId": "d", "workspaceId": "w",
+               "secret": None, "dontBatch": False}  # fmt: skip
+        base = {"type": "REST", "method": "POST", "endpoint": f"{vendor.url}/add/events/v1.json", "userId": "",
+                "headers": {"Content-Type": "application/json"}, "params": {"apiKey": SECRET},
+                "body": {"JSON": {}, "JSON_ARRAY": {"batch": "[]"}, "XML": {}, "FORM": {}}, "files": {},
+                "metadata": [job], "destinationConfig": settings}  # fmt: skip
+        cases = [
+            {"endpoint": "http://127.0.0.1:9/steal"},  # not this destination's data center: never called
+            {"method": "FOO BAR"},
+            {"body": {"FORM": {"a": "1"}}},
+            {"headers": {"X": "a\r\nInjected: 1"}},
+        ]
+        for change in cases:
+            res = post(f"{url}/v1/destinations/segmentify/proxy", {**base, **change})
+            [item] = res.json()["output"]["response"]
+            assert item["statusCode"] == 400, (change, item)  # aborted: the same would fail every retry
+            assert SECRET not in res.text
+        res = post(f"{url}/v1/destinations/segmentify/proxy", {**base, "metadata": []})
+        assert res.json()["output"]["response"] == []
+        time.sleep(0.2)
+        assert vendor.received == []

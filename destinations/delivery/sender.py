@@ -36,6 +36,7 @@ class Outcome:
     detail: str = ""
     retry_after: float | None = None
     split: bool = False
+    http: int = 0  # the vendor's HTTP status; 0 when there was no answer
 
 
 def parse_retry_after(value: str | None, now: float, cap: float) -> float | None:
@@ -66,18 +67,18 @@ def classify(
     if 200 <= status < 300:
         problem = destination.response_problem(status, body)
         if problem is None:
-            return Outcome("delivered", str(status))
+            return Outcome("delivered", str(status), http=status)
         kind, code = problem
-        return Outcome(kind, f"{status} {code}", detail, split=kind == "permanent")  # type: ignore[arg-type]
+        return Outcome(kind, f"{status} {code}", detail, split=kind == "permanent", http=status)  # type: ignore[arg-type]
     retry_after = parse_retry_after(headers.get("Retry-After"), time.time(), max_retry_after)
     if status in RETRY_STATUSES or (500 <= status < 600 and status != 501):
-        return Outcome("retry", str(status), detail, retry_after)
+        return Outcome("retry", str(status), detail, retry_after, http=status)
     if status in CONFIG_STATUSES:
-        return Outcome("config", str(status), detail)
+        return Outcome("config", str(status), detail, http=status)
     problem = destination.response_problem(status, body)
     if problem is not None and problem[0] == "config":
-        return Outcome("config", f"{status} {problem[1]}", detail)
-    return Outcome("permanent", str(status), detail, split=status in (400, 413, 422))
+        return Outcome("config", f"{status} {problem[1]}", detail, http=status)
+    return Outcome("permanent", str(status), detail, split=status in (400, 413, 422), http=status)
 
 
 def classify_exception(destination: Destination, exc: Exception) -> Outcome:
@@ -89,6 +90,10 @@ def classify_exception(destination: Destination, exc: Exception) -> Outcome:
         return Outcome("retry", "connection error", text)
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         return Outcome("config", "invalid url", text)
+    if isinstance(exc, requests.exceptions.InvalidHeader | requests.exceptions.InvalidSchema | ValueError):
+        # A request that cannot be formed never will be: permanent. The text may quote a header's value,
+        # which can hold a credential this destination does not know about: only the kind is kept.
+        return Outcome("permanent", "invalid request", type(exc).__name__)
     return Outcome("retry", type(exc).__name__, text)
 
 

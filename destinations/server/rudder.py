@@ -27,6 +27,7 @@ error text or a log line; the package's errors already name keys, never values.
 from __future__ import annotations
 
 import json
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -315,13 +316,13 @@ def _by_display_name(message: Any, destination: Any, ours: str) -> Any:
 
 
 async def _not_ours(
-    request: Request, intake: Intake | None, route: str, text: str, body: bytes | None = None
+    request: Request, intake: Intake | None, route: str, text: str, body: bytes | None = None, *, status: int = 404
 ) -> Response:
     """A request for what this package does not own: to rudder-transformer when `[rudder] upstream` is set,
-    else 404 (which rudder-server treats as terminal)."""
+    else `status` (404: rudder-server's processor and router take it as final)."""
     if intake is not None and intake.upstream.enabled:
         return await intake.upstream.forward(request, route, body)
-    return _error(404, text)
+    return _error(status, text)
 
 
 async def _ours(
@@ -478,12 +479,19 @@ async def _router_stage(request: Request, intake: Intake | None, route: str, *, 
     """
     raw = await request.body()
     try:
-        body = loads(raw)
+        body = loads(raw) if "content-encoding" not in request.headers else None
     except ValueError:
-        return _error(400, "the request body is not valid JSON")
+        body = None
     events = body.get("input") if isinstance(body, dict) else None
-    if not isinstance(events, list):
-        return _error(400, 'the request body must be an object {"input": [...], "destType": "..."}')
+    if not isinstance(events, list):  # not for us to read: rudder-transformer's, when there is one
+        return await _not_ours(
+            request,
+            intake,
+            route,
+            'the request body must be an object {"input": [...], "destType": "..."}',
+            raw,
+            status=400,
+        )
     dest_type_name = body.get("destType")
     if not isinstance(dest_type_name, str) or not dest_type_name:
         dest_type_name = _definition_name(events)
@@ -573,16 +581,18 @@ async def features(intake: Intake | None = Depends(find_intake)) -> Response:  #
     """
     ours = {name.upper(): True for name in destination_types()}
     document: dict[str, Any] = {
-        "regulations": [],
-        "supportSourceTransformV1": True,
-        "upgradedToSourceTransformV2": True,
-    }
-    upstream = await intake.upstream.get_json("/features") if intake is not None else None
-    if isinstance(upstream, dict):
+        "regulations": [], "supportSourceTransformV1": True, "upgradedToSourceTransformV2": True,
+        "supportTransformerProxyV1": True,
+    }  # fmt: skip
+    if intake is not None and intake.upstream.enabled:
+        upstream = await intake.upstream.get_json("/features")
+        if not isinstance(upstream, dict):  # a status rudder-server retries, not a document without its types
+            return _error(503, "rudder-transformer (upstream) did not answer /features; try again")
         document = upstream
     their_router = document.get("routerTransform")
     document["routerTransform"] = {**(their_router if isinstance(their_router, dict) else {}), **ours}
-    document["supportTransformerProxyV1"] = True
+    # rudder-server compacts payloads for every type when this is on; these routes read full events only.
+    document["supportDestTransformCompactedPayloadV1"] = False
     return _ok(document)
 
 
@@ -592,8 +602,7 @@ async def features(intake: Intake | None = Depends(find_intake)) -> Response:  #
 def _job_status(outcome: Outcome) -> int:
     """rudder-server's status for one job (router/misc.go): 2xx delivered; 429, 408 and 5xx retried; any
     other 4xx aborted. A vendor error hidden in a 200 (Segmentify's BAD_INPUT) is a 400: aborted."""
-    code = outcome.status.split(" ", 1)[0]
-    status = int(code) if code.isdigit() else 0
+    status = outcome.http
     if outcome.kind == "delivered":
         return status or 200
     if outcome.kind == "retry":
@@ -622,18 +631,39 @@ async def proxy_v1(
     (_, cls), body = taken
     jobs = body.get("metadata")
     jobs = jobs if isinstance(jobs, list) else [jobs] if isinstance(jobs, dict) else []
+    if not jobs:
+        return _proxied(jobs, 400, "no job in metadata: nothing to deliver")
     try:
         destination = destination_for(cls, body.get("destinationConfig") or {})
-        method, url, params, headers, data = _vendor_call(body)
+        method, url, params, headers, data = _vendor_call(body, destination)
     except (ConfigurationError, ValueError) as exc:
         return _proxied(jobs, 400, f"cannot be delivered: {exc}")
-    sender = Sender(destination, connect_timeout=5.0, read_timeout=_proxy_timeout(request))
-    try:
-        outcome = await anyio.to_thread.run_sync(sender.send_raw, method, url, params, headers, data)
-    finally:
-        sender.close()
+    sender = _proxy_sender(destination, intake, _proxy_timeout(request))
+    outcome = await anyio.to_thread.run_sync(sender.send_raw, method, url, params, headers, data)
     message = f"{outcome.status} {outcome.detail}".strip()
     return _proxied(jobs, _job_status(outcome), message if outcome.kind != "delivered" else "delivered")
+
+
+_PROXY_SENDERS: dict[tuple[int, float], Sender] = {}
+_PROXY_SENDERS_LOCK = threading.Lock()
+
+
+def _proxy_sender(destination: Destination, intake: Intake | None, read_timeout: float) -> Sender:
+    """One pooled sender per configured destination (`destination_for` keeps those) and timeout."""
+    key = (id(destination), read_timeout)
+    with _PROXY_SENDERS_LOCK:
+        sender = _PROXY_SENDERS.get(key)
+        if sender is None or sender.destination is not destination:
+            if len(_PROXY_SENDERS) >= _CACHE_SIZE:
+                _PROXY_SENDERS.pop(next(iter(_PROXY_SENDERS))).close()
+            outbox = intake.config.outbox if intake is not None else None
+            sender = _PROXY_SENDERS[key] = Sender(
+                destination,
+                connect_timeout=outbox.connect_timeout if outbox else 5.0,
+                read_timeout=read_timeout,
+                max_retry_after=outbox.max_retry_after if outbox else 600.0,
+            )
+        return sender
 
 
 def _proxied(jobs: list[Any], status: int, message: str) -> Response:
@@ -651,26 +681,44 @@ def _proxy_timeout(request: Request) -> float:
         return 30.0
 
 
-def _vendor_call(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], dict[str, str], bytes]:
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def _vendor_call(
+    body: dict[str, Any], destination: Destination
+) -> tuple[str, str, dict[str, Any], dict[str, str], bytes]:
     """(method, url, params, headers, body bytes) of the request in a proxy payload
-    (processor/integrations/integrations.go PostParametersT)."""
+    (processor/integrations/integrations.go PostParametersT), as this package's `/routerTransform` made it:
+    to the destination's own base URL, with a JSON or JSON_ARRAY body. Anything else is a ValueError, which
+    aborts the jobs: the vendor credentials go nowhere but the vendor, and a call that cannot be made as sent
+    would fail the same way on every retry."""
     method, url = body.get("method"), body.get("endpoint")
-    if not isinstance(method, str) or not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ValueError("method and endpoint (an http(s) URL) are required")
-    params = body.get("params") if isinstance(body.get("params"), dict) else {}
-    headers = body.get("headers") if isinstance(body.get("headers"), dict) else {}
-    payload = body.get("body") if isinstance(body.get("body"), dict) else {}
-    array, single = payload.get("JSON_ARRAY"), payload.get("JSON")
-    if isinstance(array, dict) and isinstance(array.get("batch"), str):
-        data = array["batch"].encode()  # verbatim, as rudder-server's router sends it
+    if not isinstance(method, str) or method.upper() not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(sorted(_METHODS))}")
+    if not isinstance(url, str) or not url.startswith(destination.base_url + "/"):
+        raise ValueError(f"endpoint must be under this destination's {destination.url_setting}")
+    params, headers = body.get("params") or {}, body.get("headers") or {}
+    if not isinstance(params, dict) or not isinstance(headers, dict):
+        raise ValueError("params and headers must be objects")
+    if any(isinstance(v, dict | list) for v in params.values()):
+        raise ValueError("params must be flat")
+    payload = body.get("body") or {}
+    array = payload.get("JSON_ARRAY") if isinstance(payload, dict) else None
+    single = payload.get("JSON") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or payload.get("XML") or payload.get("FORM") or payload.get("GZIP"):
+        raise ValueError("body must be JSON or JSON_ARRAY (the forms this package's transform makes)")
+    if array:
+        if not isinstance(array, dict) or not isinstance(array.get("batch"), str):
+            raise ValueError("body.JSON_ARRAY.batch must be the array as JSON text")
+        data = array["batch"].encode("utf-8")  # verbatim, as rudder-server's router sends it
     elif single:
         data = dumps(single)
     else:
-        data = b""
+        raise ValueError("body is empty")
     return (
         method.upper(),
         url,
-        {str(k): v for k, v in params.items()},
+        {str(k): v for k, v in params.items() if v is not None},
         {str(k): str(v) for k, v in headers.items()},
         data,
     )
@@ -679,9 +727,11 @@ def _vendor_call(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], dict[s
 # --- everything else: rudder-transformer's ------------------------------------------------------
 
 # rudder-transformer's other routes: user transformations, sources, deletions, and any destination route.
+# The Marketo bulk uploader's routes too (/fileUpload, /pollStatus, /getFailedJobs, /getWarningJobs).
 _UPSTREAM_PATHS = ("/customTransform", "/v0/{rest:path}", "/v1/sources/{rest:path}", "/v1/destinations/{rest:path}",
-                   "/v2/{rest:path}", "/transformation/{rest:path}", "/deleteUsers", "/extractor",
-                   "/transformerBuildVersion")  # fmt: skip
+                   "/v2/{rest:path}", "/transformation/{rest:path}", "/transformationLibrary/{rest:path}",
+                   "/deleteUsers", "/extractor", "/extractLibs", "/transformerBuildVersion", "/buildVersion",
+                   "/version", "/fileUpload", "/pollStatus", "/getFailedJobs", "/getWarningJobs")  # fmt: skip
 
 
 async def _upstream_only(request: Request, intake: Intake | None = Depends(find_intake)) -> Response:  # noqa: B008
@@ -693,6 +743,6 @@ for _path in _UPSTREAM_PATHS:
     router.add_api_route(
         _path,
         _upstream_only,
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )

@@ -19,13 +19,17 @@ from ..config import RudderConfig
 
 log = logging.getLogger("destinations.rudder")
 
-# Connection-level headers (RFC 9110 section 7.6.1) and the ones httpx sets itself: never passed on.
+# Connection-level headers (RFC 9110 section 7.6.1) and the ones each hop sets itself: never passed on.
 _HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "host", "content-length",
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer", b"trailers",
+        b"transfer-encoding", b"upgrade", b"host", b"content-length",
     }
 )  # fmt: skip
+# Set again by this server's own HTTP layer on the way back; relayed too, they would be doubled.
+_SET_BY_US = frozenset({b"date", b"server"})
+# httpx logs every request line at INFO, query string and all: only its warnings are wanted.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 # What rudder-server retries when its transformer cannot be reached. Its processor retries any status for
 # which `IsJobTerminated` is false (429, 408, 5xx: processor/internal/transformer/utils.go); its router gives
 # every job 500, a retry, for any non-200 but 404 (router/transformer/transformer.go); its HTTP client retries
@@ -48,19 +52,24 @@ class Upstream:
 
     def _client_for_loop(self) -> httpx.AsyncClient:
         if self._client is None:
+            # As many connections as rudder-server opens to its transformer (100 per host by default).
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
                 follow_redirects=False,
             )
+            self._client.headers.clear()  # pass on the caller's headers only, not httpx's defaults
         return self._client
 
     async def forward(self, request: Request, route: str, body: bytes | None = None) -> Response:
         """Pass `request` on (its body, or `body` when the caller has read it already) and relay the answer."""
         assert self.url is not None
         content = await request.body() if body is None else body
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
-        url = self.url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # Raw bytes both ways: a header value that is not ASCII, or a path with escapes, goes on as it came.
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _HOP_BY_HOP]
+        query = request.scope.get("query_string", b"")
+        target = request.scope.get("raw_path") or request.url.path.encode()
+        url = httpx.URL(self.url + target.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else ""))
         client = self._client_for_loop()
         try:
             upstream = await client.send(
@@ -70,7 +79,7 @@ class Upstream:
                 data = b"".join([chunk async for chunk in upstream.aiter_raw()])
             finally:
                 await upstream.aclose()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # the upstream's failure, or a request it cannot take: never our 500
             log.warning("rudder-transformer (upstream) did not answer %s %s: %s", request.method, route,
                         type(exc).__name__)  # fmt: skip
             self._note(route, UNREACHABLE_STATUS)
@@ -81,19 +90,18 @@ class Upstream:
                 headers={"X-Rudder-Should-Retry": "true"},
             )
         self._note(route, upstream.status_code)
-        relayed = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
+        relayed = [(k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP | _SET_BY_US]
         response = Response(data, upstream.status_code)
-        response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed] + [
-            (b"content-length", str(len(data)).encode())
-        ]
+        response.raw_headers = [*relayed, (b"content-length", str(len(data)).encode())]
         return response
 
     async def get_json(self, path: str) -> Any:
-        """GET a JSON document from upstream (its /features); None when it cannot be had."""
+        """GET a JSON document from upstream (its /features), within the connect timeout twice over;
+        None when it cannot be had."""
         if self.url is None:
             return None
         try:
-            answer = await self._client_for_loop().get(self.url + path)
+            answer = await self._client_for_loop().get(self.url + path, timeout=self._timeout.connect * 2)
             return answer.json() if answer.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
