@@ -9,12 +9,13 @@ from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
 from .fields import Call, Table
 from .redaction import mask_headers, mask_params
-from .spec import Message, check_envelope, format_path, integration_setting, parse_message, raw_label
+from .shaping import Shaping, ShapingSettings
+from .spec import Message, Track, check_envelope, format_path, integration_setting, parse_message, raw_label
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class Credential(NamedTuple):
 # --- settings -----------------------------------------------------------------------------------
 
 
-class SettingsModel(BaseModel):
-    """Base of every destination's settings: camelCase keys, unknown keys rejected, frozen."""
+class SettingsModel(ShapingSettings):
+    """Base of every destination's settings: camelCase keys, unknown keys rejected, frozen; with the shaping
+    keys every destination takes (shaping.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -157,8 +159,15 @@ class Destination:
     headers: ClassVar[Mapping[str, str]] = MappingProxyType({"Content-Type": "application/json"})
     batchable: ClassVar[bool] = False
 
+    #: The vendor's own event keys, which no custom event may take (customEventNames, MAPPINGS "Real traffic").
+    vendor_events: ClassVar[frozenset[str]] = frozenset()
+
     def __init__(self, settings: Mapping[str, Any] | SettingsModel | None = None) -> None:
         self.settings = self.parse_settings(settings)
+        try:
+            self.shaping = Shaping(self.settings, self.fields, self.vendor_events)
+        except ValueError as exc:
+            raise ConfigurationError(f"{self.name} settings: {exc}", [str(exc)]) from None
         params, headers = {}, {}
         for c in self.credentials_declared:
             secret = getattr(self.settings, c.setting)
@@ -235,7 +244,14 @@ class Destination:
         parsed = parse_message(message)
         if parsed.userId is None and parsed.anonymousId is None:
             raise InvalidMessage(parsed.event_label, "userId", "or anonymousId is required by the Segment spec")
+        shaping = self.shaping
+        if shaping.active:
+            shaping.check(parsed, parsed.event if isinstance(parsed, Track) else None, self.display_name)
         call = Call(parsed, options, self.settings, self.display_name)
+        call.overrides = shaping.overrides
+        if isinstance(parsed, Track) and shaping.active:
+            call.event = shaping.spec_event(parsed.event) or call.event
+            call.custom_name = shaping.custom_name(parsed.event)
         if kind == "track":
             # Through the class: a plain function stored on it must not become a bound method.
             mapper = self.events.get(call.event) or type(self).other_event

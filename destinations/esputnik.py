@@ -212,7 +212,7 @@ def custom_event(call: Call) -> Mapped:
     """Any other track: the event name in lowerCamelCase over ASCII (`custom` before a key that is one of
     eSputnik's own), one param per property; a property never repeats a locator param."""
     who = locators(call)
-    key = (call.read(EVENT_TYPE_KEY, target="event (eventTypeKey)") or "").strip()
+    key = (call.read(EVENT_TYPE_KEY, target="event (eventTypeKey)") or "").strip() or call.custom_name or ""
     if not key:
         # Letters and digits of the name as sent: an emoji or a currency sign transliterates to words.
         key = lower_camel(call.event) if words(call.event) else ""
@@ -268,6 +268,7 @@ EVENTS: dict[str, Mapper] = {
 
 
 class EsputnikDestination(Destination):
+    vendor_events = VENDOR_EVENTS
     name = "esputnik"
     display_name = "eSputnik"
     Settings = Settings

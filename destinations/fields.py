@@ -208,6 +208,8 @@ class Field:
     required: bool = False
     default: Any = None
     to: Callable[[Any], Any] | None = None
+    #: False: read the declared sources exactly as written (a user's field mapping), no other spelling.
+    spelled: bool = True
     #: Every path read, in order: each declared source followed by its other spelling.
     sources: tuple[str, ...] = field(default=(), compare=False)
     compiled: tuple[Source, ...] = field(default=(), compare=False, repr=False)
@@ -217,7 +219,7 @@ class Field:
     def __post_init__(self) -> None:
         if self.kind not in READERS:
             raise ValueError(f"unknown field kind {self.kind!r}")
-        compiled = tuple(_compile(s) for s in spellings(*self.declared))
+        compiled = tuple(_compile(s) for s in (spellings(*self.declared) if self.spelled else self.declared))
         object.__setattr__(self, "sources", tuple(s.path for s in compiled))
         object.__setattr__(self, "compiled", compiled)
         object.__setattr__(self, "reader", READERS[self.kind])
@@ -368,8 +370,8 @@ class Call:
     """
 
     __slots__ = (
-        "_item", "_products", "_roots", "event", "message", "options", "properties", "settings", "traits",
-        "vendor", "warnings",
+        "_item", "_products", "_roots", "custom_name", "event", "message", "options", "overrides", "properties",
+        "settings", "traits", "vendor", "warnings",
     )  # fmt: skip
 
     def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
@@ -393,6 +395,10 @@ class Call:
         self._products: list[Item] | None = None
         self._item: Item | None = None
         self.warnings: list[MappingWarning] = []
+        #: The destination instance's field mappings: id(declared field) -> the field to read instead.
+        self.overrides: dict[int, Field] = {}
+        #: The vendor event name a user gave this custom event (customEventNames), if any.
+        self.custom_name: str | None = None
         # In ROOTS order; the product's slot is filled for each read that uses it.
         self._roots: list[Any] = [
             self.properties, own, context_traits, self.options, None, message.context, message
@@ -441,6 +447,8 @@ class Call:
         source gives a value (naming the first source path). `target` names the field in both:
         `<vendor event> (<field>)`.
         """
+        if self.overrides:
+            f = self.overrides.get(id(f), f)
         roots = self._roots
         if f.uses_product:
             roots[_PRODUCT_ROOT] = (item or self.product()).raw
@@ -530,12 +538,13 @@ class Call:
     def map(self, table: Table, item: Item | None = None) -> dict[str, Any]:
         """Every field of `table` that has a value, in declared order, by vendor field name."""
         out: dict[str, Any] = {}
-        read, roots = self.read, self._roots
+        read, roots, overrides = self.read, self._roots, self.overrides
         if table.uses_product:
             item = item or self.product()
             roots[_PRODUCT_ROOT] = item.raw
         for f, target, probe in table.targets:
-            if probe is not None:
+            # A field the user mapped elsewhere is read by `read` from that path, whatever the probe says.
+            if probe is not None and not (overrides and id(f) in overrides):
                 for index, key in probe:
                     if roots[index].get(key) is not None:
                         break
@@ -607,6 +616,9 @@ class Call:
         """The entries of `values` not in `skip`, nulls left out, each made sendable; an entry that
         cannot be sent (lone surrogate, nesting too deep) is left out with a warning."""
         out: dict[str, Any] = {}
+        if self.overrides and root in ("traits", "properties"):
+            # A value a user's field mapping reads is sent in that field, not again as its own key.
+            skip = {*skip, *(src.key for f in self.overrides.values() for src in f.compiled if src.root == root)}
         for key, value in values.items():
             if value is None or key in skip:
                 continue

@@ -226,12 +226,12 @@ def user_update(call: Call) -> dict[str, Any]:
 
 def custom_event(call: Call) -> dict[str, Any]:
     """Any other track: `type` is the event name as sent, `params` the properties as a flat map."""
-    if not words(call.label):
+    if not call.custom_name and not words(call.label):
         raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} CUSTOM_EVENT (type)")
     return {
         "name": "CUSTOM_EVENT",
         **call.map(CUSTOM_EVENT),
-        "type": call.label,
+        "type": call.custom_name or call.label,
         "params": call.flat(call.properties, "properties", "CUSTOM_EVENT (params)") or None,
     }
 

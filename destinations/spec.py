@@ -328,15 +328,15 @@ SPEC_EVENTS = (
 )  # fmt: skip
 
 
-def _name_key(name: str) -> str:
+def name_key(name: str) -> str:
     """How names are compared: case and runs of spaces do not count."""
     return " ".join(name.split()).casefold()
 
 
 _EXACT = frozenset(SPEC_EVENTS)
 _CANONICAL: dict[str, str] = {
-    **{_name_key(name): name for name in SPEC_EVENTS},
-    **{_name_key(v1): v2 for v1, v2 in V1_ALIASES.items()},
+    **{name_key(name): name for name in SPEC_EVENTS},
+    **{name_key(v1): v2 for v1, v2 in V1_ALIASES.items()},
 }
 
 
@@ -344,7 +344,7 @@ def canonical_event(name: str) -> str:
     """The e-commerce v2 name of a spec event (v2 or v1, any case and spacing); other names as they are."""
     if name in _EXACT:
         return name
-    return V1_ALIASES.get(name) or _CANONICAL.get(_name_key(name), name)
+    return V1_ALIASES.get(name) or _CANONICAL.get(name_key(name), name)
 
 
 def words(name: str) -> list[str]:

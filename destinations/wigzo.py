@@ -339,6 +339,10 @@ def add_to_cart(call: Call) -> Mapped:
 def custom_event(call: Call) -> Mapped:
     """Any other track: the event name in snake_case over Unicode letters (`custom_` before a name
     that is one of Wigzo's own keys), the properties as they are (nulls left out)."""
+    if call.custom_name:  # a name the user gave (customEventNames): sent exactly as given
+        return _event(
+            call, call.custom_name, call.passthrough(call.properties, "properties", "custom event (eventval)")
+        )
     name = snake_case(call.event)
     if not name:
         raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} event (eventName)")
@@ -357,6 +361,7 @@ EVENTS: dict[str, Mapper] = {
 
 
 class WigzoDestination(Destination):
+    vendor_events = VENDOR_EVENTS
     name = "wigzo"
     display_name = "Wigzo"
     Settings = Settings

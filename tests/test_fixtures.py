@@ -22,3 +22,19 @@ def test_fixture(path: Path) -> None:
 def test_every_built_in_destination_has_fixtures() -> None:
     folders = {p.parent.name for p in CASES}
     assert set(BUILT_IN) <= folders
+
+
+EXAMPLES = find_cases([FIXTURES.parent / "examples" / "shaping"])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_shipped_shaping_example(path: Path) -> None:
+    """README's "Shaping the mapping" examples, one per setting, run like fixtures."""
+    result = run_case(path)
+    assert result.ok, result.detail
+
+
+def test_an_example_for_every_shaping_setting() -> None:
+    assert {p.stem for p in EXAMPLES} == {
+        "eventMappings", "customEventNames", "allowedEvents", "blockedEvents", "fieldMappings", "consentCategories"
+    }  # fmt: skip

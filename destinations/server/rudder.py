@@ -134,6 +134,11 @@ def _configured(cls: type[Destination], items: tuple[tuple[str, Any], ...]) -> D
         return exc
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
+def _configured_json(cls: type[Destination], items: str) -> Destination | ConfigurationError:
+    return _configured.__wrapped__(cls, tuple((k, v) for k, v in json.loads(items)))
+
+
 def destination_for(cls: type[Destination], config: Any) -> Destination:
     """The destination for a rudder-server `destination.Config`; ConfigurationError when it is bad.
 
@@ -147,8 +152,8 @@ def destination_for(cls: type[Destination], config: Any) -> Destination:
     items = tuple([(key, value) for key in _setting_names(cls) if (value := get(key)) is not None and value != ""])
     try:
         found = _configured(cls, items)
-    except TypeError:  # an unhashable value (a list where a string belongs): validate uncached
-        return cls(dict(items))
+    except TypeError:  # unhashable values (the shaping settings' objects and lists): cached by their JSON text
+        found = _configured_json(cls, dumps(items).decode())
     if isinstance(found, ConfigurationError):
         raise found.with_traceback(None)  # a cached instance: drop the last raise's traceback
     return found
