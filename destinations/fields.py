@@ -395,8 +395,9 @@ class Call:
         self._products: list[Item] | None = None
         self._item: Item | None = None
         self.warnings: list[MappingWarning] = []
-        #: The destination instance's field mappings: id(declared field) -> the field to read instead.
-        self.overrides: dict[int, Field] = {}
+        #: The destination instance's field mappings, to read instead of a declared field: by id(field) for a
+        #: field name, by (id(table), id(field)) for a stable name (shaping.field_overrides).
+        self.overrides: dict[Any, Field] = {}
         #: The vendor event name a user gave this custom event (customEventNames), if any.
         self.custom_name: str | None = None
         # In ROOTS order; the product's slot is filled for each read that uses it.
@@ -500,6 +501,8 @@ class Call:
 
     def strict(self, f: Field, item: Item | None = None) -> Any:
         """Like `read`, but a present value that cannot be read raises `Unreadable` (for computed values)."""
+        if self.overrides:
+            f = self.overrides.get(id(f), f)
         for source in f.compiled:
             value = self._value(source, item)
             if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
@@ -542,15 +545,18 @@ class Call:
         if table.uses_product:
             item = item or self.product()
             roots[_PRODUCT_ROOT] = item.raw
+        table_id = id(table)
         for f, target, probe in table.targets:
-            # A field the user mapped elsewhere is read by `read` from that path, whatever the probe says.
-            if probe is not None and not (overrides and id(f) in overrides):
+            field = f
+            if overrides:  # a field the user mapped: read from that path, whatever the probe says
+                field = overrides.get((table_id, id(f)), f)
+            if probe is not None and field is f and not (overrides and id(f) in overrides):
                 for index, key in probe:
                     if roots[index].get(key) is not None:
                         break
                 else:
                     continue
-            value = read(f, item, target)
+            value = read(field, item, target)
             if value is not None:
                 out[f.name] = value
         return out
@@ -617,8 +623,18 @@ class Call:
         cannot be sent (lone surrogate, nesting too deep) is left out with a warning."""
         out: dict[str, Any] = {}
         if self.overrides and root in ("traits", "properties"):
-            # A value a user's field mapping reads is sent in that field, not again as its own key.
-            skip = {*skip, *(src.key for f in self.overrides.values() for src in f.compiled if src.root == root)}
+            # A value a user's field mapping (by field name) reads is sent in that field, not again as its own key.
+            roots = ("traits", "context.traits") if root == "traits" else (root,)
+            skip = {
+                *skip,
+                *(
+                    s.key
+                    for k, f in self.overrides.items()
+                    if isinstance(k, int)
+                    for s in f.compiled
+                    if s.root in roots
+                ),
+            }
         for key, value in values.items():
             if value is None or key in skip:
                 continue

@@ -27,31 +27,45 @@ _PATH = re.compile(
 
 
 def _pairs(value: Any, what: str) -> Any:
-    """An object, or RudderStack's list of `{"from": …, "to": …}` rows (blank rows dropped)."""
+    """An object of texts, or RudderStack's list of `{"from": …, "to": …}` rows (rows blank on both sides, as
+    its UI leaves them, dropped); names that differ only in case and spacing must not both appear."""
+    if value is None:
+        return {}
     if isinstance(value, list):
-        out = {}
+        rows = {}
         for row in value:
-            if not isinstance(row, dict) or not {"from", "to"} <= set(row):
-                raise ValueError(f"must be an object of {what}, or a list of {{from, to}} rows")
-            if str(row["from"]).strip() and str(row["to"]).strip():
-                out[str(row["from"]).strip()] = str(row["to"]).strip()
-        return out
-    return value
+            if not isinstance(row, dict) or not isinstance(row.get("from"), str) or not isinstance(row.get("to"), str):
+                raise ValueError(f"must be an object of {what}, or a list of {{from, to}} rows of texts")
+            if row["from"].strip() or row["to"].strip():
+                rows[row["from"]] = row["to"]
+        value = rows
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object of {what}")
+    seen: dict[str, str] = {}
+    for theirs, ours in value.items():
+        if not isinstance(ours, str) or not theirs.strip() or not ours.strip():
+            raise ValueError(f"must map non-blank names onto non-blank texts ({what}); {theirs!r} does not")
+        if (key := name_key(theirs)) in seen:
+            raise ValueError(f"names {seen[key]!r} and {theirs!r}, which match the same events")
+        seen[key] = theirs
+    return {k.strip(): v.strip() for k, v in value.items()}
 
 
 def _names(value: Any) -> Any:
-    """A list of names, or RudderStack's `[{"eventName": …}]` rows; blank names dropped."""
+    """A list of names, or RudderStack's `[{"eventName": …}]` rows; blank names (as its UI leaves them) dropped,
+    anything else that is not a name refused."""
     if value is None:
         return []
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, list):
-        return [
-            str(v.get("eventName", "")).strip() if isinstance(v, dict) else v
-            for v in value
-            if not (isinstance(v, dict) and not str(v.get("eventName", "")).strip()) and v != ""
-        ]
-    return value
+    if not isinstance(value, list):
+        raise ValueError("must be a list of names")
+    out = []
+    for row in value:
+        name = row.get("eventName") if isinstance(row, dict) and set(row) == {"eventName"} else row
+        if not isinstance(name, str):
+            raise ValueError('must be a list of names, or of {"eventName": name} rows')
+        if name.strip():
+            out.append(name)
+    return out
 
 
 class ShapingSettings(BaseModel):
@@ -81,7 +95,7 @@ class ShapingSettings(BaseModel):
     def _spec_events(cls, value: dict[str, str]) -> dict[str, str]:
         for theirs, spec in value.items():
             if canonical_event(spec) not in SPEC_EVENTS:
-                raise ValueError(f"maps {theirs!r} onto {spec!r}, which is not a Segment spec event")
+                raise ValueError(f"maps {theirs!r} onto an event that is not a Segment spec event")
         return value
 
     @field_validator("fieldMappings")
@@ -90,7 +104,7 @@ class ShapingSettings(BaseModel):
         for field, path in value.items():
             if not _PATH.fullmatch(path.strip()):
                 raise ValueError(
-                    f"maps {field!r} onto {path!r}, which is not a Segment path (properties.x, traits.x, "
+                    f"maps {field!r} onto something that is not a Segment path (properties.x, traits.x, "
                     "context.x, context.traits.x, userId, anonymousId, event, name, category)"
                 )
         return value
@@ -150,31 +164,44 @@ def consented(context: Mapping[str, Any], categories: tuple[str, ...]) -> bool:
     consent = context.get("consent")
     preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
     management = context.get("consentManagement")
-    if not isinstance(preferences, dict) and not isinstance(management, dict):
+    if preferences is None and management is None:
         return True
-    if isinstance(preferences, dict) and not all(preferences.get(c) is True for c in categories):
+    # Consent information that cannot be read grants nothing.
+    if preferences is not None and not (
+        isinstance(preferences, dict) and all(preferences.get(c) is True for c in categories)
+    ):
         return False
-    if isinstance(management, dict):
-        allowed = management.get("allowedConsentIds")
-        denied = management.get("deniedConsentIds")
-        allowed = set(allowed) if isinstance(allowed, list) else set()
-        denied = set(denied) if isinstance(denied, list) else set()
+    if management is not None:
+        if not isinstance(management, dict):
+            return False
+        allowed, denied = _ids(management.get("allowedConsentIds")), _ids(management.get("deniedConsentIds"))
         if any(c in denied or c not in allowed for c in categories):
             return False
     return True
 
 
-def field_overrides(mappings: Mapping[str, str], tables: list[Table]) -> dict[int, VendorField]:
-    """The declared fields each `fieldMappings` key names, each replaced by one reading only the given path.
+def _ids(value: Any) -> frozenset[str]:
+    """Consent ids as RudderStack's SDKs send them: a list of texts (one text counts as a list of one)."""
+    items = value if isinstance(value, list) else [value]
+    return frozenset(v for v in items if isinstance(v, str))
 
-    A key is a field name (every event that declares it) or a stable name (`PRODUCT_VIEW.image`); a key no
+
+def field_overrides(mappings: Mapping[str, str], tables: list[Table]) -> dict[Any, VendorField]:
+    """The declared fields each `fieldMappings` key names, each replaced by one reading only the given path
+    (and, for `traits.x`, `context.traits.x`, where every call may carry traits), with no computed fallback.
+
+    A key is a field name, for every event that declares it (keyed by the field), or a stable name
+    (`PRODUCT_VIEW.image`), for that event's table only (keyed by table and field, which wins); a key no
     table declares is a ValueError naming it.
     """
-    out: dict[int, VendorField] = {}
-    for key, path in mappings.items():
-        found = [f for t in tables for f in t.fields if key in (f.name, t.key(f))]
+    out: dict[Any, VendorField] = {}
+    for key, path in sorted(mappings.items(), key=lambda kv: "." in kv[0]):  # qualified names last: they win
+        found = [(t, f) for t in tables for f in t.fields if key in (f.name, t.key(f))]
         if not found:
             raise ValueError(f"fieldMappings names {key!r}, which no event of this destination declares")
-        for f in found:
-            out[id(f)] = VendorField(f.name, (path.strip(),), f.kind, f.required, f.default, f.to, spelled=False)
+        given = path.strip()
+        sources = (given, f"context.{given}") if given.startswith("traits.") else (given,)
+        for table, f in found:
+            replacement = VendorField(f.name, sources, f.kind, f.required, None, f.to, spelled=False)
+            out[(id(table), id(f)) if key == table.key(f) else id(f)] = replacement
     return out

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from test_rudder import RUDDER_HEADERS, processor_event, rudder_message
-from test_server import WRITE_KEY, events_of, live, wait_for
+from test_server import WRITE_KEY, events_of, live, make_config, wait_for
 
-from destinations import ConfigurationError, Filtered, get_destination
+from destinations import ConfigurationError, Filtered, InvalidMessage, get_destination
 from destinations.config import parse_config
 from destinations.sink import RecordingServer
 
@@ -163,3 +163,73 @@ def test_through_the_server_and_a_rudder_server_config(tmp_path: Path) -> None:
             assert item["statusCode"] == 298
             assert "blockedEvents" in item["error"]
     assert config.destinations["shop-segmentify"].shaping.blocked == frozenset({"Debug Ping"})
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"allowedEvents": [{"name": "Only This"}]},  # not an {"eventName"} row: refused, never "allow all"
+        {"allowedEvents": ""},
+        {"consentCategories": [{"oneTrustCookieCategory": "Marketing"}]},
+        {"customEventNames": [{"from": None, "to": None}]},
+        {"customEventNames": {"X": " "}},
+        {"eventMappings": {"": "Product Added"}},
+        {"eventMappings": {"ATC": "Product Added", "atc": "Order Completed"}},
+    ],
+)
+def test_values_that_would_silently_change_meaning_are_refused(settings: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        get_destination("wigzo", {**WIGZO, **settings})
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"consentManagement": {"allowedConsentIds": [["Marketing"]], "deniedConsentIds": []}},
+        {"consentManagement": {"allowedConsentIds": [{"id": "Marketing"}]}},
+        {"consentManagement": "yes"},
+        {"consent": {"categoryPreferences": "yes"}},
+        {"consentManagement": {"allowedConsentIds": ["Marketing"], "deniedConsentIds": "Marketing"}},
+    ],
+)
+def test_consent_that_cannot_be_read_grants_nothing(context: dict[str, Any]) -> None:
+    settings = {**WIGZO, "consentCategories": ["Marketing"]}
+    with pytest.raises(Filtered, match=r"^consent: "):
+        get_destination("wigzo", settings).handle({"type": "track", "event": "X", "userId": "u", "context": context})
+
+
+def test_a_qualified_field_mapping_stays_with_its_event() -> None:
+    settings = {**SEGMENTIFY, "fieldMappings": {"PRODUCT_VIEW.pageUrl": "properties.link"}}
+    page = {"type": "page", "userId": "u", "context": {"sessionId": "s", "page": {"url": "https://shop.example/"}},
+            "properties": {"link": "https://elsewhere.example/"}}  # fmt: skip
+    assert one("segmentify", settings, page)["pageUrl"] == "https://shop.example/"
+    # Unqualified, every event that declares it reads the path, and nothing falls back.
+    every = {**SEGMENTIFY, "fieldMappings": {"fullName": "traits.display_name"}}
+    identify = {"type": "identify", "userId": "u", "context": {"sessionId": "s"},
+                "traits": {"firstName": "Ann", "lastName": "Lee"}}  # fmt: skip
+    assert "fullName" not in one("segmentify", every, identify)
+    # traits.x also reads context.traits, where every call may carry traits.
+    wigzo = {**WIGZO, "fieldMappings": {"email": "traits.contact_email"}}
+    rudder_identify = {"type": "identify", "userId": "u", "context": {"traits": {"contact_email": "c@example.com"}}}
+    assert one("wigzo", wigzo, rudder_identify)["email"] == "c@example.com"
+    assert "contact_email" not in one("wigzo", wigzo, rudder_identify)
+
+
+def test_a_required_field_mapped_to_an_absent_path_is_refused_naming_it() -> None:
+    settings = {**SEGMENTIFY, "fieldMappings": {"CHECKOUT.purchase.totalPrice": "properties.grand_total"}}
+    order = {"type": "track", "event": "Order Completed", "userId": "u", "context": {"sessionId": "s"},
+             "properties": {"order_id": "o", "products": [{"product_id": "p", "price": 10}]}}  # fmt: skip
+    with pytest.raises(InvalidMessage, match=r"properties\.grand_total is required by Segmentify"):
+        get_destination("segmentify", settings).handle(order)
+
+
+def test_a_rudder_config_with_a_lone_surrogate_is_no_500(tmp_path: Path) -> None:
+    with live(make_config(tmp_path, "http://127.0.0.1:9", kinds=(), secret=None), deliver=False) as url:
+        event = processor_event("wigzo", rudder_message("Coupon Applied"), 1,
+                                config={"orgToken": "t", "blockedEvents": ["\ud800"]})  # fmt: skip
+        res = httpx.post(f"{url}/v0/destinations/wigzo", content=json.dumps([event]), headers=RUDDER_HEADERS)
+        assert res.status_code == 200
+        [item] = res.json()
+        # A name that is no text is a bad Config: that event fails as a configuration error, the call does not.
+        assert item["statusCode"] == 400
+        assert "blockedEvents" in item["error"]

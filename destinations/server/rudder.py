@@ -153,7 +153,7 @@ def destination_for(cls: type[Destination], config: Any) -> Destination:
     try:
         found = _configured(cls, items)
     except TypeError:  # unhashable values (the shaping settings' objects and lists): cached by their JSON text
-        found = _configured_json(cls, dumps(items).decode())
+        found = _configured_json(cls, json.dumps(items, sort_keys=True))  # ASCII: lone surrogates escaped
     if isinstance(found, ConfigurationError):
         raise found.with_traceback(None)  # a cached instance: drop the last raise's traceback
     return found
