@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import __version__
 from .conformance import run_cases
 from .errors import ConfigurationError, Filtered, InvalidMessage
 from .registry import destination_types, get_destination
@@ -64,9 +65,17 @@ def print_line(value: Any) -> None:
     sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
 
 
+def _open(name: str) -> TextIO:
+    """An input file, or a UsageError (exit 2) naming it: never a traceback."""
+    try:
+        return open(name, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+
+
 def cmd_transform(args: argparse.Namespace) -> int:
     destination = get_destination(args.name, _load_settings(args.settings))
-    with open(args.file, encoding="utf-8") if args.file else sys.stdin as stream:
+    with _open(args.file) if args.file else sys.stdin as stream:
         invalid = 0
         for message, problem in read_messages(stream):
             message_id = message.get("messageId") if isinstance(message, dict) else None
@@ -125,13 +134,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
-def _messages(files: list[str]) -> Iterator[Any]:
-    """Messages from files (or standard input); unreadable lines are reported and skipped."""
+def _messages(files: list[str], problems: list[str]) -> Iterator[Any]:
+    """Messages from files (or standard input); unreadable lines are reported, counted in `problems` and skipped."""
     for name in files or ["-"]:
-        with sys.stdin if name == "-" else open(name, encoding="utf-8") as stream:
+        with sys.stdin if name == "-" else _open(name) as stream:
             for message, problem in read_messages(stream):
                 if problem:
                     print(f"{name}: {problem}", file=sys.stderr)
+                    problems.append(problem)
                 else:
                     yield message
 
@@ -143,7 +153,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.destinations:
         raise UsageError(f"{args.config}: no [destinations.NAME] table; nothing to send to")
-    return send(config, _messages(args.inputs), wait=not args.no_wait, quiet=args.quiet)
+    for name in args.inputs:
+        if name != "-":
+            _open(name).close()  # a missing file is a usage error before anything is sent
+    problems: list[str] = []
+    status = send(config, _messages(args.inputs, problems), wait=not args.no_wait, quiet=args.quiet)
+    return status or (1 if problems else 0)
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -151,6 +166,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     from .delivery.commands import cmd_outbox as outbox
 
     config = load_config(args.config)
+    name = getattr(args, "destination", None)
+    if name is not None and name not in config.destinations:
+        known = ", ".join(sorted(config.destinations)) or "none"
+        raise UsageError(f"{args.config}: no destination instance {name!r} (configured: {known})")
     return outbox(
         config,
         args.action,
@@ -163,32 +182,53 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo, run_offline_demo
 
-    run = run_offline_demo if args.offline else run_demo
-    return run(users=args.users, out_dir=Path(args.out) if args.out else None)
+    if args.users < 1:
+        raise UsageError("--users must be 1 or more")
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {out_dir}: {exc.strerror}") from None
+    run = run_offline_demo if args.offline else _needs_server(lambda: run_demo)
+    return run(users=args.users, out_dir=out_dir)
+
+
+def _needs_server(load: Any) -> Any:
+    """`load()`, or a UsageError saying how to install the server extra when it is not installed."""
+    try:
+        return load()
+    except ModuleNotFoundError as exc:
+        if exc.name in ("fastapi", "uvicorn", "starlette", "prometheus_client", "httpx", "orjson", "analytics"):
+            raise UsageError(
+                f"this command needs the server extra ({exc.name} is missing): pip install 'destinations[server]'"
+            ) from None
+        raise
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server.app import serve
-
-    return serve(
-        args.config,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        deliver=not args.no_deliver,
-        log_level=args.log_level,
-        access_log=args.access_log,
+    serve = _needs_server(lambda: __import__("destinations.server.app", fromlist=["serve"]).serve)
+    return int(
+        serve(
+            args.config,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            deliver=not args.no_deliver,
+            log_level=args.log_level,
+            access_log=args.access_log,
+        )
     )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .server.app import run_worker
-
-    return run_worker(args.config, log_level=args.log_level)
+    run_worker = _needs_server(lambda: __import__("destinations.server.app", fromlist=["run_worker"]).run_worker)
+    return int(run_worker(args.config, log_level=args.log_level))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="destinations", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"destinations {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="the destinations and their settings; with NAME, its declared fields too")

@@ -227,3 +227,30 @@ def test_check_missing_folder_is_usage_error(tmp_path: Path) -> None:
     res = run("check", str(tmp_path / "absent"))
     assert res.returncode == 2
     assert "no such folder" in res.stderr
+
+
+def test_usage_faults_get_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "d.toml"
+    config.write_text(
+        f'[outbox]\npath = "{tmp_path / "o.sqlite3"}"\n[destinations.a]\ntype = "wigzo"\norgToken = "t"\n'
+    )
+    cases = [
+        (["transform", "segmentify", "--settings", SETTINGS, str(tmp_path / "missing.json")], "cannot read"),
+        (["send", "--config", str(config), str(tmp_path / "missing.json")], "cannot read"),
+        (["demo", "--users", "0"], "--users must be 1 or more"),
+        (["outbox", "dead", "--config", str(config), "--destination", "nope"], "no destination instance 'nope'"),
+    ]
+    for args, text in cases:
+        res = run(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert text in res.stderr
+        assert "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    # Input that is not JSON is reported and fails the run.
+    res = run("send", "--config", str(config), "--no-wait", "--quiet", stdin="not json\n")
+    assert res.returncode == 1
+    assert "not valid JSON" in res.stderr
+    assert run("--version").stdout.startswith("destinations ")
+    out = tmp_path / "new" / "folder"
+    assert run("demo", "--offline", "--users", "1", "--out", str(out)).returncode == 0
+    assert (out / "requests.jsonl").exists()
