@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from .base import Destination, describe_settings_errors
 from .errors import ConfigurationError
@@ -119,6 +119,18 @@ class OutboxConfig(_Table):
     max_retry_after: float = 600.0
     lease: float | None = None  # seconds a claim is held; default connect + read timeout + 10 s
     dedupe_window: float = 24 * 3600.0
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_outlasts_a_call(cls, lease: float | None, info: ValidationInfo) -> float | None:
+        # A claim that ends while its call may still be waiting lets a second worker send the same request.
+        call = info.data.get("connect_timeout", 5.0) + info.data.get("read_timeout", 30.0)
+        if lease is not None and lease <= call:
+            raise ValueError(
+                f"must be longer than connect_timeout + read_timeout ({call:g} s), or a slow vendor gets the same"
+                " request twice"
+            )
+        return lease
 
     @property
     def lease_seconds(self) -> float:

@@ -102,3 +102,13 @@ def test_two_instances_of_one_type() -> None:
     )
     assert config.destinations["tr"].settings.apiKey.get_secret_value() == "a"
     assert config.destinations["de"].settings.dataCenterUrl == "https://dce2.segmentify.com"
+
+
+def test_a_lease_shorter_than_a_call_is_refused_naming_the_key() -> None:
+    from destinations.config import parse_config
+
+    with pytest.raises(
+        ConfigurationError, match=r"\[outbox\] lease must be longer than connect_timeout \+ read_timeout"
+    ):
+        parse_config({"outbox": {"lease": "30s", "read_timeout": "30s"}}, environ={})
+    assert parse_config({"outbox": {"lease": "36s"}}, environ={}).outbox.lease == 36

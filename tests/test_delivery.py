@@ -233,7 +233,7 @@ def test_a_failing_destination_never_delays_another(tmp_path: Path) -> None:
 
 def test_a_crashed_workers_claims_come_back_after_the_lease(tmp_path: Path) -> None:
     with RecordingServer() as sink:
-        config = make_config(tmp_path, sink.url, lease=0.3)
+        config = make_config(tmp_path, sink.url, lease=0.3, connect_timeout=0.1, read_timeout=0.1)
         outbox = Outbox(config.outbox.path)
         route([message(1)], config.destinations, outbox)
         (claimed,) = outbox.claim("shop", max_batches=1, batch_size=10, batch_bytes=10**6, lease=0.3)

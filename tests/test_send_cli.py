@@ -140,7 +140,16 @@ def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:
     that arrive twice were in flight at the kill, so they are bounded by concurrency x batch size."""
     concurrency, batch = 2, 5
     with RecordingServer(lambda _: Answer(delay=0.03)) as seg, RecordingServer() as wz:
-        config = write_config(tmp_path, seg.url, wz.url, concurrency=concurrency, batch_size=batch, lease=1.0)
+        config = write_config(
+            tmp_path,
+            seg.url,
+            wz.url,
+            concurrency=concurrency,
+            batch_size=batch,
+            lease=2.0,
+            connect_timeout=0.5,
+            read_timeout=1.0,
+        )
         # Only Segmentify is slow and killed mid-way; Wigzo is removed to keep the run short.
         text = config.read_text()
         config.write_text(text[: text.index("[destinations.shop-wigzo]")])

@@ -760,6 +760,16 @@ def test_serve_refuses_a_public_address_without_write_keys(tmp_path: Path) -> No
     assert "refusing to listen on 0.0.0.0" in err
 
 
+def test_serve_refuses_a_public_address_with_an_unsigned_webhook(tmp_path: Path) -> None:
+    # Write keys guard the tracking API, but /webhook would still take anyone's events without a secret.
+    config = write_config(tmp_path, "http://127.0.0.1:9", keys=True)
+    process = command("serve", "--config", str(config), "--host", "0.0.0.0")  # noqa: S104 - the refused case
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "webhook_secret is not set" in err
+    assert "refusing to listen on 0.0.0.0" in err
+
+
 def test_serve_no_deliver_then_worker_delivers(tmp_path: Path, sink: RecordingServer) -> None:
     config = write_config(tmp_path, sink.url)
     port = free_port()

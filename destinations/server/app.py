@@ -265,12 +265,19 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(config: Config, host: str) -> None:
-    """Without write keys anyone who can reach the port can send events: allow loopback only."""
+    """Every way events are written must be authenticated to listen beyond loopback: the tracking API by write
+    keys, /webhook by its signature secret. Otherwise anyone who can reach the port can send events."""
     if not config.server.write_keys and not is_loopback(host):
         raise ConfigurationError(
             f"{config.source}: [server] write_keys is empty, so the tracking API takes events without a key;"
             f" refusing to listen on {host}, which other machines can reach. Set write_keys (for example"
             ' write_keys = ["${SEGMENT_WRITE_KEY}"]) or listen on 127.0.0.1.'
+        )
+    if not config.server.webhook_secret and not is_loopback(host):
+        raise ConfigurationError(
+            f"{config.source}: [server] webhook_secret is not set, so /webhook takes events without a signature;"
+            f" refusing to listen on {host}, which other machines can reach. Set webhook_secret (Segment's shared"
+            " secret of the Webhooks destination) or listen on 127.0.0.1."
         )
 
 
