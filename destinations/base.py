@@ -292,6 +292,12 @@ class Destination:
         """
         return dict(self._secret_params), dict(self._secret_headers)
 
+    def credential_names(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The (query parameter, header) names, lower-cased, that carry this instance's secrets: what the outbox
+        never stores and the sender adds back (from `credentials`, so from the declaration)."""
+        params, headers = self.credentials()
+        return frozenset(k.lower() for k in params), frozenset(k.lower() for k in headers)
+
     def response_problem(self, status: int, body: bytes) -> tuple[str, str] | None:
         """A vendor-specific failure hidden in an HTTP answer: ("permanent" or "config", code), or None."""
         return None

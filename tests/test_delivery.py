@@ -311,3 +311,41 @@ def test_retry_after_zero_still_backs_off(tmp_path: Path) -> None:
     waits = [row[0] - now for row in outbox._db().execute("SELECT next_at FROM requests")]
     assert len(waits) == 20
     assert max(waits) > 0.5  # full jitter over [0, 2 s): twenty draws all below 0.5 s is a one-in-10^12 event
+
+
+def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> None:
+    """The destination's credential declaration, not a list of names, decides what the outbox leaves out."""
+    from typing import Annotated, ClassVar
+
+    from pydantic import SecretStr
+
+    from destinations.base import Credential, Destination, Mapped, SettingsModel
+    from destinations.delivery.sender import Sender
+
+    class PluginSettings(SettingsModel):
+        accessToken: Annotated[SecretStr, ...]
+        baseUrl: str
+
+    class Plugin(Destination):
+        name = "plugin"
+        display_name = "Plugin"
+        Settings = PluginSettings
+        calls: ClassVar = {"identify": lambda call: Mapped("/users", {"id": call.user_id})}
+        credentials_declared = (Credential("accessToken", param="access_token"),)
+
+    with RecordingServer() as vendor:
+        plugin = Plugin({"accessToken": "plugin-token-9f8e7d", "baseUrl": vendor.url})
+        outbox = Outbox(tmp_path / "outbox.sqlite3")
+        route([{"type": "identify", "userId": "u1", "messageId": "m1"}], {"plug": plugin}, outbox)
+        assert b"plugin-token-9f8e7d" not in (tmp_path / "outbox.sqlite3").read_bytes()
+        (batch,) = outbox.claim("plug", max_batches=1, batch_size=10, batch_bytes=10**6, lease=30)
+        row = batch[0]
+        assert "access_token" not in row.params
+        sender = Sender(plugin)
+        try:
+            outcome = sender.send_raw(row.method, row.url, row.params, row.headers, row.body.encode())
+        finally:
+            sender.close()
+        assert outcome.kind == "delivered"
+        assert vendor.received[0].params == {"access_token": "plugin-token-9f8e7d"}
+        outbox.close()

@@ -58,7 +58,7 @@ def route(
     """Map every message for every instance and commit all resulting requests in one transaction."""
     report = IntakeReport()
     items = _map(messages, destinations, report, keep_errors=keep_errors)
-    result = outbox.enqueue(items)
+    result = outbox.enqueue(items, credentials=credential_names(destinations))
     report.duplicates = result.duplicates
     report.accepted.update(result.accepted)
     return report
@@ -102,6 +102,11 @@ def note_warnings(report: IntakeReport, name: str, message_id: str | None, warni
                     extra={"destination": name, "messageId": message_id})  # fmt: skip
 
 
+def credential_names(destinations: Mapping[str, Destination]) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """Each instance's declared credential names, for the outbox to leave out."""
+    return {name: d.credential_names() for name, d in destinations.items()}
+
+
 def map_inbox(
     outbox: Outbox, destinations: Mapping[str, Destination], *, limit: int = 500, lease: float = 60.0
 ) -> IntakeReport:
@@ -113,7 +118,7 @@ def map_inbox(
         return report
     messages = [json.loads(body) for _, body in claimed]
     items = _map(messages, destinations, report)
-    result = outbox.enqueue(items, inbox_ids=[rid for rid, _ in claimed])
+    result = outbox.enqueue(items, inbox_ids=[rid for rid, _ in claimed], credentials=credential_names(destinations))
     report.duplicates = result.duplicates
     report.accepted.update(result.accepted)
     return report

@@ -18,7 +18,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +132,12 @@ def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
         yield ids[i : i + size]
 
 
-def _public(mapping: dict[str, Any], secret: frozenset[str]) -> dict[str, Any]:
+def _public(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k.lower() not in secret}
+
+
+# Where an instance's credential names are not given: the names the built-in destinations use.
+_KNOWN_SECRETS = (SECRET_PARAMS, SECRET_HEADERS)
 
 
 class Outbox:
@@ -185,10 +189,16 @@ class Outbox:
         now: float | None = None,
         *,
         inbox_ids: Iterable[int] = (),
+        credentials: Mapping[str, tuple[frozenset[str], frozenset[str]]] | None = None,
     ) -> Enqueued:
         """Store (instance, messageId, user key, requests) items in one transaction, removing the
         inbox events they came from; returns counts of requests accepted and of duplicates ignored.
-        Committed when this returns."""
+        Committed when this returns.
+
+        `credentials` gives, per instance, the (query parameter, header) names that carry its secrets, from
+        the destination's declaration (`Destination.credential_names`): those are never stored; the sender
+        adds them back. Instances it does not name fall back to the built-in destinations' names."""
+        credentials = credentials or {}
         now = time.time() if now is None else now
         rows: dict[str, list[tuple[Any, ...]]] = {}
         # Requests of one instance share params and headers: encode each distinct pair once.
@@ -198,8 +208,9 @@ class Outbox:
                 envelope_key = (r.method, r.url, r.batchable, *r.params.items(), None, *r.headers.items())
                 envelope = envelopes.get(envelope_key)
                 if envelope is None:
-                    params = _public(r.params, SECRET_PARAMS)
-                    headers = _public(r.headers, SECRET_HEADERS)
+                    secret_params, secret_headers = credentials.get(destination, _KNOWN_SECRETS)
+                    params = _public(r.params, secret_params)
+                    headers = _public(r.headers, secret_headers)
                     key = json.dumps([r.method, r.url, params, headers], sort_keys=True) if r.batchable else ""
                     envelope = envelopes[envelope_key] = (json.dumps(params), json.dumps(headers), key)
                 body = _dumps(r.json)
