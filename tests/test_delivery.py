@@ -349,3 +349,20 @@ def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> 
         assert outcome.kind == "delivered"
         assert vendor.received[0].params == {"access_token": "plugin-token-9f8e7d"}
         outbox.close()
+
+
+def test_delivered_rows_keep_only_what_dedupe_needs(tmp_path: Path) -> None:
+    import sqlite3
+
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url)
+        deliver(config, [message(1, note="x" * 5000), message(2)])
+        assert len(sink.delivered()) >= 1
+        with sqlite3.connect(config.outbox.path) as db:
+            rows = db.execute("SELECT state, length(body), params, headers FROM requests").fetchall()
+        db.close()
+        assert rows
+        assert all(row == ("delivered", 0, "{}", "{}") for row in rows)
+        # The same messages again: still delivered once.
+        deliver(config, [message(1, note="x" * 5000), message(2)])
+        assert sum(len(r.json) for r in sink.delivered()) == 2

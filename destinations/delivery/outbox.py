@@ -363,8 +363,10 @@ class Outbox:
         with self._write() as db:
             for part in _chunks(ids):
                 db.execute(
+                    # Only dedupe needs a delivered row (its instance, messageId and index): the body goes.
                     "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
-                    " last_status = ?, last_error = NULL, lease_until = 0 WHERE id IN ("
+                    " last_status = ?, last_error = NULL, lease_until = 0, body = '', params = '{}', headers = '{}'"
+                    " WHERE id IN ("
                     + ",".join("?" * len(part))
                     + ")",
                     [now, status, *part],
