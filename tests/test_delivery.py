@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -115,6 +116,22 @@ def test_retry_after_is_honoured(tmp_path: Path) -> None:
         first, second = sink.received
     assert second.at - first.at >= 0.95
     assert states(config) == [("delivered", 2, "200")]
+
+
+def test_429s_without_retry_after_pause_the_whole_instance_longer_each_time(tmp_path: Path) -> None:
+    # Three 429s without Retry-After, then success. Other users' requests wait too (base, 2 x base, 4 x base):
+    # more users waiting must not mean more load on a throttling vendor.
+    with RecordingServer(sequence(Answer(429), Answer(429), Answer(429))) as sink:
+        config = make_config(
+            tmp_path, sink.url, "wigzo", backoff_base=0.2, backoff_cap=5, concurrency=1, retry_window=60
+        )
+        deliver(config, [message(n, user=f"u{n}", url="https://shop.example/p") for n in range(1, 9)], timeout=30)
+        times = [r.at for r in sink.received]
+    gaps = [b - a for a, b in itertools.pairwise(times)][:3]
+    assert gaps[0] >= 0.18
+    assert gaps[1] >= 0.38
+    assert gaps[2] >= 0.78
+    assert len(times) == 8 + 3
 
 
 def test_the_same_message_id_is_delivered_once(tmp_path: Path) -> None:

@@ -366,9 +366,7 @@ class Outbox:
                     # Only dedupe needs a delivered row (its instance, messageId and index): the body goes.
                     "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
                     " last_status = ?, last_error = NULL, lease_until = 0, body = '', params = '{}', headers = '{}'"
-                    " WHERE id IN ("
-                    + ",".join("?" * len(part))
-                    + ")",
+                    " WHERE id IN (" + ",".join("?" * len(part)) + ")",
                     [now, status, *part],
                 )
 

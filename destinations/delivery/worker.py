@@ -61,6 +61,7 @@ class InstanceWorker(threading.Thread):
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.paused_until = 0.0
+        self.throttled = 0  # 429s in a row: the pause without Retry-After grows with them
         self.sender = Sender(
             destination,
             connect_timeout=config.connect_timeout,
@@ -125,11 +126,18 @@ class InstanceWorker(threading.Thread):
         cfg, n = self.config, len(batch)
         self.counters.add("attempts", self.instance, n)
         if outcome.kind == "delivered":
+            self.throttled = 0
             self.outbox.delivered(batch, outcome.status)
             self.counters.add("delivered", self.instance, n)
         elif outcome.kind == "retry":
-            if outcome.status == "429" and outcome.retry_after:
-                self.paused_until = max(self.paused_until, time.time() + outcome.retry_after)
+            if outcome.status == "429":
+                # The whole instance waits, not only this batch: more users waiting must not mean more load.
+                # Without Retry-After the wait grows while 429s go on (backoff_base doubling, up to backoff_cap).
+                self.throttled += 1
+                wait = outcome.retry_after
+                if wait is None:
+                    wait = min(cfg.backoff_cap, cfg.backoff_base * 2 ** min(self.throttled - 1, 30))
+                self.paused_until = max(self.paused_until, time.time() + wait)
             died = self.outbox.retry(
                 batch,
                 outcome.status,
