@@ -150,7 +150,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .config import load_config
     from .delivery.commands import cmd_send as send
 
-    config = load_config(args.config)
+    config = load_config(args.config, server_needed=False)
     if not config.destinations:
         raise UsageError(f"{args.config}: no [destinations.NAME] table; nothing to send to")
     for name in args.inputs:
@@ -165,7 +165,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     from .config import load_config
     from .delivery.commands import cmd_outbox as outbox
 
-    config = load_config(args.config)
+    config = load_config(args.config, server_needed=False)
     name = getattr(args, "destination", None)
     if name is not None and name not in config.destinations:
         known = ", ".join(sorted(config.destinations)) or "none"

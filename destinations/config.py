@@ -212,17 +212,31 @@ def _validate(model: type[_Table], data: Any, where: str) -> Any:
 
 
 def parse_config(
-    data: dict[str, Any], source: str = "destinations.toml", environ: dict[str, str] | None = None
+    data: dict[str, Any],
+    source: str = "destinations.toml",
+    environ: dict[str, str] | None = None,
+    *,
+    server_needed: bool = True,
 ) -> Config:
+    """Validate a configuration. With `server_needed` False (`send`, `outbox`), a `${VAR}` of `[server]` that
+    is not set counts as empty: those commands never use the server's write keys or webhook secret."""
     env = dict(os.environ) if environ is None else environ
+
+    def expand(value: Any, where: str, lenient: bool = False) -> Any:
+        try:
+            return expand_env(value, where, _Lenient(env) if lenient else env)
+        except ConfigurationError as exc:  # name the file too
+            raise ConfigurationError(f"{source}: {exc}") from None
+
     unknown = sorted(set(data) - {"server", "outbox", "destinations", "rudder"})
     if unknown:
         raise ConfigurationError(
             f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations, rudder)"
         )
-    rudder = _validate(RudderConfig, expand_env(data.get("rudder", {}), "rudder", env), f"{source}: [rudder]")
-    server = _validate(ServerConfig, expand_env(data.get("server", {}), "server", env), f"{source}: [server]")
-    outbox = _validate(OutboxConfig, expand_env(data.get("outbox", {}), "outbox", env), f"{source}: [outbox]")
+    rudder = _validate(RudderConfig, expand(data.get("rudder", {}), "rudder"), f"{source}: [rudder]")
+    server_table = expand(data.get("server", {}), "server", lenient=not server_needed)
+    server = _validate(ServerConfig, server_table, f"{source}: [server]")
+    outbox = _validate(OutboxConfig, expand(data.get("outbox", {}), "outbox"), f"{source}: [outbox]")
     tables = data.get("destinations", {})
     if not isinstance(tables, dict):
         raise ConfigurationError(f"{source}: [destinations] must hold one table per destination instance")
@@ -231,7 +245,7 @@ def parse_config(
         where = f"{source}: [destinations.{name}]"
         if not isinstance(table, dict):
             raise ConfigurationError(f"{where} must be a table")
-        settings = expand_env(dict(table), f"[destinations.{name}]", env)
+        settings = expand(dict(table), f"[destinations.{name}]")
         kind = settings.pop("type", None)
         if not isinstance(kind, str) or not kind:
             raise ConfigurationError(f"{where} type is required (one of: segmentify, dengage, wigzo, esputnik, ...)")
@@ -242,7 +256,17 @@ def parse_config(
     return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder)
 
 
-def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+class _Lenient(dict):  # type: ignore[type-arg]
+    """An environment in which every variable is set: unset ones are empty."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None, *, server_needed: bool = True) -> Config:
     """Read and validate a `destinations.toml`; relative outbox paths are taken from the working directory."""
     path = Path(path)
     try:
@@ -252,4 +276,4 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
         raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, str(path), environ)
+    return parse_config(data, str(path), environ, server_needed=server_needed)

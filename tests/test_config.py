@@ -112,3 +112,20 @@ def test_a_lease_shorter_than_a_call_is_refused_naming_the_key() -> None:
     ):
         parse_config({"outbox": {"lease": "30s", "read_timeout": "30s"}}, environ={})
     assert parse_config({"outbox": {"lease": "36s"}}, environ={}).outbox.lease == 36
+
+
+def test_a_missing_variable_names_the_file_and_send_does_not_need_the_servers(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(
+        '[server]\nwrite_keys = ["${NOPE_KEY}"]\n[destinations.shop]\ntype = "wigzo"\norgToken = "${ORG}"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigurationError, match=r"d\.toml: server\.write_keys\[0\]: environment variable NOPE_KEY"):
+        load_config(path, environ={"ORG": "o"})
+    # `send` and `outbox` never use the server's secrets: an unset one there counts as empty.
+    config = load_config(path, environ={"ORG": "o"}, server_needed=False)
+    assert config.server.write_keys == []
+    with pytest.raises(
+        ConfigurationError, match=r"d\.toml: \[destinations\.shop\]\.orgToken: environment variable ORG"
+    ):
+        load_config(path, environ={}, server_needed=False)

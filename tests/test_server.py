@@ -685,6 +685,9 @@ def test_json_logs_mask_configured_secrets(tmp_path: Path) -> None:
     assert line["message"] == "key *** and ***"
     assert line["destination"] == "shop-esputnik"
     assert line["note"] == "token=***"
+    # uvicorn adds the message again with ANSI colours: not in a JSON line.
+    record.color_message = "\x1b[31mkey %s\x1b[0m"
+    assert "color_message" not in json.loads(formatter.format(record))
 
 
 def test_graceful_stop_finishes_in_flight_and_keeps_the_rest(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ class Progress:
         filled = int(width * done / accepted) if accepted else width
         bar = "#" * filled + "-" * (width - filled)
         line = (
-            f"[{bar}] accepted {accepted} | delivered {delivered} | retrying {pending} | dead {dead}"
+            f"[{bar}] accepted {accepted} | delivered {delivered} | pending {pending} | dead {dead}"
             if accepted
             else "nothing to deliver"
         )

@@ -192,7 +192,10 @@ def _document_write_key(app: FastAPI) -> None:
 # --- logging ----------------------------------------------------------------------------------------
 
 
-_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# LogRecord's own attributes, and uvicorn's `color_message` (the message again, with ANSI colour codes).
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "color_message",
+}  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):
