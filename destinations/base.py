@@ -37,6 +37,8 @@ class HttpRequest(NamedTuple):
     headers: Mapping[str, str] = _EMPTY
     json: Any = None
     batchable: bool = False
+    #: The lower-cased param and header names its destination declares secret (masked in the repr too).
+    secret_names: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """What is sent, secrets included (the fixtures and `transform` compare this)."""
@@ -50,8 +52,10 @@ class HttpRequest(NamedTuple):
 
     def __repr__(self) -> str:
         return (
-            f"HttpRequest(method={self.method!r}, url={self.url!r}, params={mask_params(self.params)!r}, "
-            f"headers={mask_headers(self.headers)!r}, json={self.json!r}, batchable={self.batchable!r})"
+            f"HttpRequest(method={self.method!r}, url={self.url!r}, "
+            f"params={mask_params(self.params, self.secret_names)!r}, "
+            f"headers={mask_headers(self.headers, self.secret_names)!r}, json={self.json!r}, "
+            f"batchable={self.batchable!r})"
         )
 
 
@@ -179,6 +183,7 @@ class Destination:
             if c.header:
                 headers[c.header] = c.form(value) if c.form else value
         self._secret_params, self._secret_headers = params, headers
+        self._secret_names = frozenset(k.lower() for k in (*params, *headers))
         self._base_url = str(getattr(self.settings, self.url_setting, "") or "")
 
     @classmethod
@@ -279,7 +284,7 @@ class Destination:
         headers = {**self._secret_headers, **self.headers, **mapped.headers}
         return HttpRequest(
             mapped.method, self._base_url + mapped.path, dict(self._secret_params), headers, mapped.json,
-            self.batchable,
+            self.batchable, self._secret_names,
         )  # fmt: skip
 
     # -- delivery hooks (used by destinations.delivery, never by handle)

@@ -418,6 +418,12 @@ class Call:
         """Record that the value at `path` was left out of `target` ("<vendor event> (<field>)")."""
         self.warnings.append(MappingWarning(self.label, path, rule, self.vendor, target))
 
+    def path_of(self, f: Field) -> str:
+        """The Segment path a field is first read from (a user's field mapping included): what an error
+        names when a rule over several fields fails."""
+        f = self.overrides.get(id(f), f) if self.overrides else f
+        return self._path(f.compiled[0], None) if f.compiled else f.name
+
     def require(self, value: Any, path: str, target: str) -> Any:
         """`value`, or an InvalidMessage saying `path` is required by `target` (vendor event and field)."""
         if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable

@@ -14,12 +14,13 @@ SECRET_PARAMS = frozenset({"apikey", "token", "org_token", "orgtoken", "api_key"
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key"})
 
 
-def mask_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (MASK if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
+def mask_params(params: Mapping[str, Any], declared: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`params` with the built-in secret names and a destination's `declared` ones (lower case) masked."""
+    return {k: (MASK if k.lower() in SECRET_PARAMS or k.lower() in declared else v) for k, v in params.items()}
 
 
-def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: (MASK if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+def mask_headers(headers: Mapping[str, str], declared: frozenset[str] = frozenset()) -> dict[str, str]:
+    return {k: (MASK if k.lower() in SECRET_HEADERS or k.lower() in declared else v) for k, v in headers.items()}
 
 
 def redact_text(text: str, secrets: Iterable[str]) -> str:

@@ -165,6 +165,8 @@ USER_UPDATE = _table(
 CUSTOM_EVENT = _table("CUSTOM_EVENT", EVENT_CURRENCY)
 
 _GENDERS = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
+GENDER = F("gender", "traits.gender")  # M or F when recognisable, else kept in `custom`
+GENDER_TABLE = Table("USER_OPERATIONS.update", GENDER)
 # Traits that `user_update` sends in fields of their own (the name's parts too); the rest go to `custom`.
 _PROFILE_TRAITS = USER_UPDATE.keys_of("traits") | Table("", FIRST_NAME, LAST_NAME).keys_of("traits")
 
@@ -211,8 +213,9 @@ def user_operation(step: str) -> Mapper:
 
 
 def user_update(call: Call) -> dict[str, Any]:
-    gender_text = call.traits.get("gender")
-    gender = _GENDERS.get(gender_text.strip().lower()) if isinstance(gender_text, str) else None
+    gender_text = call.read(GENDER, target="USER_OPERATIONS.update (gender)")
+    gender = _GENDERS.get(gender_text.strip().lower()) if gender_text else None
+    # A gender that is not recognisably male or female stays in `custom` rather than being dropped.
     skip = _PROFILE_TRAITS | ({"gender"} if gender else set())
     custom = call.flat(call.traits, "traits", "USER_OPERATIONS (custom)", skip)
     return {
@@ -374,7 +377,7 @@ class SegmentifyDestination(Destination):
     events = {name: event(mapper) for name, mapper in EVENTS.items()}  # noqa: RUF012
     other_event = event(custom_event)
     fields = (EVENT, PAGE_VIEW, PRODUCT_VIEW, BASKET_OPERATIONS, CHECKOUT, PURCHASE, PRODUCT_LIST, USER_OPERATIONS,
-              USER_UPDATE, CUSTOM_EVENT)  # fmt: skip
+              USER_UPDATE, GENDER_TABLE, CUSTOM_EVENT)  # fmt: skip
     credentials_declared = (Credential("apiKey", param="apiKey"),)
     url_setting = "dataCenterUrl"
     headers = MappingProxyType({"Content-Type": "application/json", "Accept": "application/json"})

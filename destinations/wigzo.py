@@ -274,7 +274,8 @@ def _event(call: Call, name: str, eventval: dict[str, Any]) -> Mapped:
 def identify(call: Call) -> Mapped:
     profile = call.map(IDENTIFY)
     if "email" not in profile and "phone" not in profile:
-        raise call.fail("traits.email", f"or traits.phone is required by {call.vendor} identify")
+        email, phone = call.path_of(IDENTIFY["email"]), call.path_of(IDENTIFY["phone"])
+        raise call.fail(email, f"or {phone} is required by {call.vendor} identify")
     others = call.flat(call.traits, "traits", "identify (traits)", _PROFILE_TRAITS)
     return Mapped(IDENTIFY_PATH, {**others, "userId": user_id(call), **profile, "source": call.settings.source})
 

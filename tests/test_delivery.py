@@ -353,6 +353,7 @@ def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> 
     with RecordingServer() as vendor:
         plugin = Plugin({"accessToken": "plugin-token-9f8e7d", "baseUrl": vendor.url})
         outbox = Outbox(tmp_path / "outbox.sqlite3")
+        assert "plugin-token-9f8e7d" not in repr(plugin.handle({"type": "identify", "userId": "u1"}))
         route([{"type": "identify", "userId": "u1", "messageId": "m1"}], {"plug": plugin}, outbox)
         assert b"plugin-token-9f8e7d" not in (tmp_path / "outbox.sqlite3").read_bytes()
         (batch,) = outbox.claim("plug", max_batches=1, batch_size=10, batch_bytes=10**6, lease=30)

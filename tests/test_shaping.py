@@ -233,3 +233,11 @@ def test_a_rudder_config_with_a_lone_surrogate_is_no_500(tmp_path: Path) -> None
         # A name that is no text is a bad Config: that event fails as a configuration error, the call does not.
         assert item["statusCode"] == 400
         assert "blockedEvents" in item["error"]
+
+
+def test_a_rule_over_mapped_fields_names_the_mapped_paths() -> None:
+    settings = {**WIGZO, "fieldMappings": {"email": "traits.contact_email", "phone": "traits.mobile"}}
+    with pytest.raises(
+        InvalidMessage, match=r"^identify: traits\.contact_email or traits\.mobile is required by Wigzo"
+    ):
+        get_destination("wigzo", settings).handle({"type": "identify", "userId": "u", "traits": {"email": "x@y.z"}})
