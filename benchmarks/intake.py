@@ -302,13 +302,15 @@ def map_everything(config_path: Path, limit: int) -> tuple[int, float, int]:
     from destinations.config import load_config
     from destinations.delivery import Outbox
     from destinations.delivery.intake import map_inbox
+    from destinations.delivery.outbox import Holder
 
     config = load_config(config_path, environ={})
     outbox = Outbox(config.outbox.path)
+    holder = Holder.new()
     done = requests = 0
     started = time.perf_counter()
     while done < limit:
-        report = map_inbox(outbox, config.destinations, limit=min(500, limit - done))
+        report = map_inbox(outbox, config.destinations, holder, limit=min(500, limit - done))
         if not report.messages:
             break
         done += report.messages

@@ -15,6 +15,7 @@ import pytest
 
 from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
+from destinations.delivery.outbox import Event, Holder, LeaseLost, resolve_url
 from destinations.sink import Answer, Received, RecordingServer, sequence
 
 SECRET = "sk-delivery-7e3f9a1b2c4d"
@@ -291,16 +292,20 @@ def test_accepted_events_are_mapped_from_the_inbox_and_delivered(tmp_path: Path)
         assert sorted(e["productId"] for r in sink.delivered() for e in r.json) == [f"P{n}" for n in range(5)]
 
 
-def test_a_crashed_mappers_events_come_back_after_the_lease(tmp_path: Path) -> None:
+def test_a_stalled_mappers_events_come_back_after_the_lease(tmp_path: Path) -> None:
+    """A mapper of a live process that stops answering keeps the lease until it ends, then loses it."""
     with RecordingServer() as sink:
         config = make_config(tmp_path, sink.url)
         outbox = Outbox(config.outbox.path)
         outbox.accept_events([message(1)])
-        assert len(outbox.claim_inbox(10, lease=0.3)) == 1  # this mapper "dies" before committing
-        assert outbox.claim_inbox(10, lease=0.3) == []
+        stalled, other = Holder.new(), Holder.new()  # both of this (live) process
+        ((inbox_id, _),) = outbox.claim_inbox(10, stalled, lease=0.3)
+        assert outbox.claim_inbox(10, other, lease=0.3) == []
         time.sleep(0.35)
-        deliver(config, [])
+        deliver(config, [])  # another mapper takes the ended lease and maps the event
         assert len(sink.delivered()) == 1
+        with pytest.raises(LeaseLost):  # the stalled mapper wakes up: its round is not committed
+            outbox.enqueue([Event([], inbox_id)], holder=stalled)
 
 
 def test_values_orjson_refuses_are_still_stored_and_delivered(tmp_path: Path) -> None:
@@ -361,7 +366,8 @@ def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> 
         assert "access_token" not in row.params
         sender = Sender(plugin)
         try:
-            outcome = sender.send_raw(row.method, row.url, row.params, row.headers, row.body.encode())
+            url = resolve_url(row.url, plugin.base_url)
+            outcome = sender.send_raw(row.method, url, row.params, row.headers, row.body.encode())
         finally:
             sender.close()
         assert outcome.kind == "delivered"

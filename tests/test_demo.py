@@ -8,22 +8,36 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from destinations.demo import DEMO_SETTINGS
+from destinations.registry import get_destination
 
 SCRIPT = shutil.which("destinations", path=str(Path(sys.executable).parent)) or "destinations"
 
 
-def test_demo_delivers_a_shop_session_to_every_vendor(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The demo for two users, run once: (what it printed, its request log)."""
+    out = tmp_path_factory.mktemp("demo")
     res = subprocess.run(
-        [SCRIPT, "demo", "--users", "2", "--out", str(tmp_path)],
+        [SCRIPT, "demo", "--users", "2", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout, out / "requests.jsonl"
+
+
+def test_demo_delivers_a_shop_session_to_every_vendor(demo: tuple[str, Path]) -> None:
+    stdout, log = demo
     for name in ("segmentify", "dengage", "wigzo", "esputnik"):
-        assert f"{name}: 20 events received by the vendor (outbox: " in res.stdout
-    lines = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+        assert f"{name}: 20 events received by the vendor (outbox: " in stdout
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
     per_vendor = Counter(line["destination"] for line in lines)
     assert set(per_vendor) == {"segmentify", "dengage", "wigzo", "esputnik"}
 
@@ -36,12 +50,30 @@ def test_demo_delivers_a_shop_session_to_every_vendor(tmp_path: Path) -> None:
     wigzo = [line for line in lines if line["destination"] == "wigzo"]
     orders = [w["json"] for w in wigzo if w["json"].get("eventName") == "order_completed"]
     assert {o["eventval"]["orderId"] for o in orders} == {"ord-1", "ord-2"}
-    assert all(w["params"]["org_token"] == "demo-org-token" for w in wigzo)
+    assert all(w["params"]["org_token"] == "***" for w in wigzo)
 
     esp = [line["json"] for line in lines if line["destination"] == "esputnik"]
     keys = Counter(body.get("eventTypeKey", "contact") for body in esp)
     assert keys["productViewed"] == 2
     assert keys["cartUpdated"] == 8
+
+
+def test_demo_request_log_has_each_requests_headers_and_no_credential(demo: tuple[str, Path]) -> None:
+    _, log = demo
+    text = log.read_text()
+    lines: list[dict[str, Any]] = [json.loads(line) for line in text.splitlines()]
+    assert lines
+    for line in lines:
+        assert line["headers"]["Content-Type"] == "application/json", line["headers"]
+    esputnik = [line for line in lines if line["destination"] == "esputnik"]
+    assert esputnik
+    assert all(line["headers"]["Authorization"] == "***" for line in esputnik)  # Basic, from the API key
+    for name, settings in DEMO_SETTINGS.items():
+        params, headers = get_destination(name, settings).credentials()
+        secrets = {*params.values(), *headers.values(), *(v.split(" ", 1)[-1] for v in headers.values())}
+        secrets |= {v for k, v in settings.items() if k.lower().endswith(("key", "token"))}
+        for secret in secrets:
+            assert secret not in text, (name, secret)
 
 
 def test_offline_demo_maps_without_sockets(tmp_path: Path) -> None:

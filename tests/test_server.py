@@ -32,6 +32,7 @@ from analytics.request import APIError
 from destinations.config import Config, parse_config
 from destinations.delivery import Outbox
 from destinations.delivery.intake import map_inbox
+from destinations.delivery.outbox import Holder
 from destinations.server import create_app
 from destinations.sink import Answer, Received, RecordingServer, sequence
 
@@ -381,6 +382,52 @@ def test_limits(client: httpx.Client, tmp_path: Path) -> None:
     assert_error(client.post("/v1/batch", json={"batch": [big]}), 400, "invalid_events")
 
 
+# Every route that reads a body itself, with a body it answers 200: the tracking API, /webhook, the
+# transformer routes, and the relay to rudder-transformer (which reads the body to pass it on).
+_BODY_ROUTES = [
+    ("/v1/batch", {"batch": [track(1)]}),
+    ("/v1/track", track(2)),
+    ("/v1/m", {"series": []}),
+    ("/webhook", track(3)),
+    ("/v0/destinations/segmentify", []),
+    ("/routerTransform", {"input": [], "destType": "SEGMENTIFY"}),
+    ("/batch", {"input": [], "destType": "SEGMENTIFY"}),
+    ("/customTransform", []),
+]
+
+
+def test_a_client_gone_in_the_middle_of_its_body_is_one_line_and_nothing_taken(
+    tmp_path: Path, sink: RecordingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = {
+        "server": {"write_keys": [WRITE_KEY]},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+        "rudder": {"upstream": sink.url},
+        "destinations": {"shop-segmentify": settings_for("segmentify", sink.url)},
+    }
+    config = parse_config(raw, environ={})
+    auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    with caplog.at_level(logging.INFO), live(config, deliver=False) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for path, _ in _BODY_ROUTES:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                head += "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                s.sendall(head.encode() + b'{"batch": [' + b" " * 50_000)
+                time.sleep(0.1)  # the server is reading the body now
+            assert wait_for(lambda path=path: f"POST {path}" in caplog.text), path
+        assert Outbox(config.outbox.path).inbox_count() == 0
+        assert sink.received == []  # nothing half-read was passed on to rudder-transformer
+        with httpx.Client(base_url=url, auth=(WRITE_KEY, ""), timeout=20) as c:
+            for path, body in _BODY_ROUTES:
+                assert c.post(path, json=body).status_code == 200, path
+    assert "Exception in ASGI application" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    for path, _ in _BODY_ROUTES:
+        assert f"POST {path}: the client closed the connection" in caplog.text
+    assert Outbox(config.outbox.path).inbox_count() == 3
+
+
 def test_invalid_events_are_rejected_one_by_one(client: httpx.Client, sink: RecordingServer) -> None:
     batch = [
         track(1),
@@ -462,7 +509,7 @@ def test_single_event_endpoints_set_type_and_fill_ids(tmp_path: Path, sink: Reco
     assert accepted[0]["messageId"].startswith("sha256:")
     assert all("receivedAt" in e for e in accepted)
     assert WRITE_KEY not in json.dumps(accepted)
-    report = map_inbox(outbox, config.destinations)
+    report = map_inbox(outbox, config.destinations, Holder.new())
     assert (report.messages, report.duplicates) == (3, 1)
     assert outbox.inbox_count() == 0
     rows = list(outbox._db().execute("SELECT message_id, body FROM requests ORDER BY id"))

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ..config import Config
 from .intake import IntakeReport, route
-from .outbox import Outbox
+from .outbox import Outbox, resolve_url
 from .worker import Counters, Delivery
 
 CHUNK = 500  # messages committed per transaction by `send`
@@ -141,10 +141,28 @@ def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: i
         inbox = outbox.inbox_count()
         if inbox:
             print(f"{inbox} accepted event(s) in the inbox, not yet mapped: a delivery process maps them")
+        dead_events = outbox.dead_event_count()
+        if dead_events:
+            print(f"{dead_events} accepted event(s) set aside, not mappable: `destinations outbox dead` lists them")
         return 0
     if action == "dead":
+        events = [] if destination or ids else outbox.dead_events(limit)
+        for event in events:
+            print(
+                json.dumps(
+                    {
+                        "inboxEvent": event["id"],
+                        "messageId": event["message_id"],
+                        "reason": event["reason"],
+                        "received": _when(event["received_at"]),
+                        "died": _when(event["dead_at"]),
+                    },
+                    ensure_ascii=False,
+                )
+            )
         rows = outbox.dead_rows(destination, limit)
         for row in rows:
+            instance = config.destinations.get(row["destination"])
             print(
                 json.dumps(
                     {
@@ -152,7 +170,7 @@ def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: i
                         "destination": row["destination"],
                         "messageId": row["message_id"],
                         "request": row["index"],
-                        "url": row["url"],
+                        "url": resolve_url(row["url"], instance.base_url) if instance else row["url"],
                         "attempts": row["attempts"],
                         "lastStatus": row["last_status"],
                         "lastError": row["last_error"],
@@ -162,11 +180,17 @@ def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: i
                     ensure_ascii=False,
                 )
             )
-        print(f"{len(rows)} dead request(s) shown", file=sys.stderr)
+        shown = f"{len(events)} dead inbox event(s) and " if events else ""
+        print(f"{shown}{len(rows)} dead request(s) shown", file=sys.stderr)
         return 0
     if action == "replay":
         n = outbox.replay(destination, ids or None)
-        print(f"{n} dead request(s) back in the outbox; run `destinations outbox drain` or a worker to deliver them")
+        events = 0 if destination or ids else outbox.replay_events()
+        again = f" and {events} inbox event(s) back to be mapped" if events else ""
+        print(
+            f"{n} dead request(s) back in the outbox{again}; run `destinations outbox drain` or a worker to deliver"
+            " them (requests go to the instance's URL as configured now)"
+        )
         return 0
     if action == "drain":
         counters = deliver_until_drained(config, outbox, outbox.pending_count())

@@ -4,25 +4,38 @@ The server commits raw Segment events to the `inbox` table of the same file befo
 cheap insert); the delivery process maps them into vendor requests in a transaction that also
 removes them from the inbox, so an accepted event is never lost between the two stages.
 
-Guarantees: a request is stored, without its credentials, in the same transaction as the other
-requests of its message, before the sender of the event hears "accepted"; (instance, messageId,
-request index) is unique, so a message received twice is delivered once while its row is kept
-(the dedupe window); a user's requests to one instance are claimed in the order received; a
-crashed worker's claims come back when their lease ends.
+Guarantees: a request is stored, without its credentials and with its path rather than its
+instance's base URL, in the same transaction as the other requests of its message, before the
+sender of the event hears "accepted"; (instance, messageId, request index) is unique, so a message
+received twice is delivered once while its row is kept (the dedupe window).
+
+Per-user order, across crashes and any number of processes:
+- one mapper at a time holds the `mapper` lease and maps the oldest inbox events, so request ids
+  follow arrival order; a holder whose process is gone (same host) is replaced at once, a live one
+  when its lease ends, and a mapper commits only while it still holds the lease;
+- a user's requests to one instance are claimed in id order, and a user with a request leased or
+  waiting to retry is skipped as a whole (so one user's retries never hold back another's);
+- an outcome is recorded only under the claim's own lease: a row another worker has claimed since
+  is left to that worker.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
+import re
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..base import HttpRequest
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
@@ -62,12 +75,40 @@ CREATE TABLE IF NOT EXISTS inbox (
     lease_until REAL    NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_finished ON requests (state, finished_at);
+CREATE TABLE IF NOT EXISTS leases (
+    name   TEXT    PRIMARY KEY,
+    holder TEXT    NOT NULL,
+    host   TEXT    NOT NULL,
+    pid    INTEGER NOT NULL,
+    until  REAL    NOT NULL
+);
 """
+
+# Columns and indexes added since the first schema: applied to files of any age.
+MIGRATIONS = (
+    # Claims the inbox event took part in without being committed: a process that dies mapping it counts.
+    ("inbox", "attempts", "ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"),
+    ("inbox", "dead_reason", "ALTER TABLE inbox ADD COLUMN dead_reason TEXT"),
+    ("inbox", "dead_at", "ALTER TABLE inbox ADD COLUMN dead_at REAL"),
+)
+# Users that cannot be claimed now (a request in flight or waiting to retry): few rows, found without a scan.
+WAITING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS requests_waiting ON requests (destination, user_key)"
+    " WHERE state = 'pending' AND (attempts > 0 OR lease_until > 0)"
+)
+MAPPER = "mapper"  # the name of the lease one mapping process holds at a time
+MAX_MAPPING_ATTEMPTS = 5  # claims of one inbox event whose process died before committing: then it is dead
+
+log = logging.getLogger("destinations.delivery")
 
 
 @dataclass(frozen=True)
 class Row:
-    """A claimed request; `body` is its JSON text as stored (merged as text, never re-parsed)."""
+    """A claimed request; `body` is its JSON text as stored (merged as text, never re-parsed).
+
+    `url` is as stored: a path under the instance's base URL (see `resolve_url`), or an absolute URL for
+    a request a plugin sends elsewhere. `lease` is the end of the claim that returned it: outcomes are
+    recorded only while the row still carries it."""
 
     id: int
     destination: str
@@ -81,16 +122,84 @@ class Row:
     batchable: bool
     attempts: int
     created_at: float
+    lease: float = 0.0
+
+
+class Event(NamedTuple):
+    """One message's requests for every instance that takes it: stored together, or set aside together.
+
+    `items` are (instance, messageId, user key, requests); `inbox_id` is the inbox event they were mapped
+    from, if any; `dead` says why the event could not be mapped at all (it is set aside with that reason)."""
+
+    items: list[tuple[str, str, str, list[HttpRequest]]]
+    inbox_id: int | None = None
+    dead: str | None = None
+
+
+class StoredForm(NamedTuple):
+    """How one instance's requests are stored: its credential names (lower-case query parameters and
+    headers) left out, and its base URL taken off, so the sender adds back what the settings say *now*."""
+
+    secret_params: frozenset[str]
+    secret_headers: frozenset[str]
+    base_url: str = ""
 
 
 @dataclass(frozen=True)
 class Enqueued:
     accepted: dict[str, int]  # requests committed, per instance
     duplicates: int  # requests already in the outbox (same instance, messageId and index)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (position among the events, reason)
 
     @property
     def total(self) -> int:
         return sum(self.accepted.values())
+
+
+class Holder(NamedTuple):
+    """Who holds a lease: a token of its own, and the host and process it runs in (a holder whose
+    process is gone from this host is replaced at once instead of when its lease ends)."""
+
+    token: str
+    host: str
+    pid: int
+
+    @classmethod
+    def new(cls) -> Holder:
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+
+
+class LeaseLost(Exception):
+    """The mapper lease passed to another process: this mapper's round is not committed."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host exists (a zombie counts; on doubt, yes)."""
+    if os.name != "posix":  # signal 0 means something else on Windows: let the lease run out instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def stored_url(url: str, base_url: str) -> str:
+    """What the outbox keeps of a request's URL: the part after its instance's base URL (so a base URL
+    fixed later applies to requests already stored), or the whole URL when it lies elsewhere."""
+    if base_url and url.startswith(base_url) and url[len(base_url) : len(base_url) + 1] in ("", "/"):
+        return url[len(base_url) :]
+    return url
+
+
+def resolve_url(stored: str, base_url: str) -> str:
+    """The URL a stored request goes to, under the instance's current base URL."""
+    return stored if _ABSOLUTE.match(stored) else base_url + stored
 
 
 # One writer at a time per file within a process: SQLite's own busy handler sleeps in steps of
@@ -136,8 +245,24 @@ def _public(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any
     return {k: v for k, v in mapping.items() if k.lower() not in secret}
 
 
-# Where an instance's credential names are not given: the names the built-in destinations use.
-_KNOWN_SECRETS = (SECRET_PARAMS, SECRET_HEADERS)
+# Where an instance's form is not given: the credential names the built-in destinations use, URLs kept whole.
+_KNOWN = StoredForm(SECRET_PARAMS, SECRET_HEADERS)
+
+# What one event could not be stored for: its own content, never the database's state.
+_EVENT_FAULTS = (ValueError, TypeError, RecursionError, OverflowError, sqlite3.InterfaceError, sqlite3.DataError)
+
+_DEAD = (
+    "UPDATE requests SET state = 'dead', attempts = attempts + 1, finished_at = ?, lease_until = 0,"
+    " last_status = ?, last_error = ?"
+)
+
+_INSERT = (
+    "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
+    " batchable, batch_key, size, created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# (event, its rows, or the reason it is set aside)
+_Unit = tuple[Event, list[tuple[Any, ...]], str | None]
 
 
 class Outbox:
@@ -149,7 +274,13 @@ class Outbox:
         self.dedupe_window = dedupe_window
         self._local = threading.local()
         self._lock = _write_lock(self.path)
-        self._db().executescript(SCHEMA)  # executescript commits on its own
+        db = self._db()
+        db.executescript(SCHEMA)  # executescript commits on its own
+        with self._write() as db:
+            for table, column, sql in MIGRATIONS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(sql)
+            db.execute(WAITING_INDEX)
 
     # -- connections
 
@@ -185,56 +316,112 @@ class Outbox:
 
     def enqueue(
         self,
-        items: Iterable[tuple[str, str, str, list[HttpRequest]]],
+        events: Iterable[Event],
         now: float | None = None,
         *,
-        inbox_ids: Iterable[int] = (),
-        credentials: Mapping[str, tuple[frozenset[str], frozenset[str]]] | None = None,
+        forms: Mapping[str, StoredForm] | None = None,
+        holder: Holder | None = None,
+        lease: float = 60.0,
     ) -> Enqueued:
-        """Store (instance, messageId, user key, requests) items in one transaction, removing the
-        inbox events they came from; returns counts of requests accepted and of duplicates ignored.
+        """Store events' requests in one transaction, removing the inbox events they came from; returns
+        the requests accepted, the duplicates ignored and the events that could not be stored.
         Committed when this returns.
 
-        `credentials` gives, per instance, the (query parameter, header) names that carry its secrets, from
-        the destination's declaration (`Destination.credential_names`): those are never stored; the sender
-        adds them back. Instances it does not name fall back to the built-in destinations' names."""
-        credentials = credentials or {}
+        Each event is stored whole or not at all: one whose requests cannot be written (a value SQLite
+        cannot take) is set aside, as a dead inbox event when it came from the inbox, and the others are
+        stored. `forms` gives each instance's stored form (`StoredForm`, from the destination's declaration);
+        instances it does not name keep the built-in destinations' credential names and whole URLs.
+        With `holder`, nothing is committed unless it still holds the mapper lease (LeaseLost)."""
+        forms = forms or {}
         now = time.time() if now is None else now
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        # Requests of one instance share params and headers: encode each distinct pair once.
-        envelopes: dict[tuple[Any, ...], tuple[str, str, str]] = {}
-        for destination, message_id, user_key, requests_ in items:
+        envelopes: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+        units: list[_Unit] = []
+        for event in events:
+            if event.dead is not None:
+                units.append((event, [], event.dead))
+                continue
+            try:
+                units.append((event, self._rows(event, forms, envelopes, now), None))
+            except _EVENT_FAULTS as exc:
+                units.append((event, [], f"its requests cannot be stored ({type(exc).__name__})"))
+        if not units:
+            return Enqueued({}, 0)
+        with self._write() as db:
+            if holder is not None and not self._hold(db, holder, lease, now):
+                raise LeaseLost
+            try:
+                db.execute("SAVEPOINT every_event")
+                accepted = self._store(db, units, now)
+                db.execute("RELEASE every_event")
+            except sqlite3.OperationalError:
+                raise  # the database's state (locked, full), not an event's: nothing is blamed
+            except _EVENT_FAULTS:
+                db.execute("ROLLBACK TO every_event")
+                db.execute("RELEASE every_event")
+                log.info("a round of events could not be stored as a whole; storing them one by one")
+                accepted = {}
+                for i, unit in enumerate(units):
+                    try:
+                        db.execute("SAVEPOINT one_event")
+                        part = self._store(db, [unit], now)
+                        db.execute("RELEASE one_event")
+                    except _EVENT_FAULTS as exc:
+                        db.execute("ROLLBACK TO one_event")
+                        db.execute("RELEASE one_event")
+                        units[i] = (unit[0], [], f"its requests cannot be stored ({type(exc).__name__})")
+                        part = self._store(db, [units[i]], now)
+                    for name, n in part.items():
+                        accepted[name] = accepted.get(name, 0) + n
+        total = sum(len(rows) for _, rows, reason in units if reason is None)
+        failed = [(i, reason) for i, (_, _, reason) in enumerate(units) if reason is not None]
+        return Enqueued(accepted, total - sum(accepted.values()), failed)
+
+    @staticmethod
+    def _rows(
+        event: Event,
+        forms: Mapping[str, StoredForm],
+        envelopes: dict[tuple[Any, ...], tuple[str, str, str, str]],
+        now: float,
+    ) -> list[tuple[Any, ...]]:
+        rows = []
+        for destination, message_id, user_key, requests_ in event.items:
             for idx, r in enumerate(requests_):
-                envelope_key = (r.method, r.url, r.batchable, *r.params.items(), None, *r.headers.items())
+                # Requests of one instance share params and headers: encode each distinct envelope once.
+                envelope_key = (destination, r.method, r.url, r.batchable, *r.params.items(), None, *r.headers.items())
                 envelope = envelopes.get(envelope_key)
                 if envelope is None:
-                    secret_params, secret_headers = credentials.get(destination, _KNOWN_SECRETS)
-                    params = _public(r.params, secret_params)
-                    headers = _public(r.headers, secret_headers)
-                    key = json.dumps([r.method, r.url, params, headers], sort_keys=True) if r.batchable else ""
-                    envelope = envelopes[envelope_key] = (json.dumps(params), json.dumps(headers), key)
+                    form = forms.get(destination, _KNOWN)
+                    url = stored_url(r.url, form.base_url)
+                    params = _public(r.params, form.secret_params)
+                    headers = _public(r.headers, form.secret_headers)
+                    key = json.dumps([r.method, url, params, headers], sort_keys=True) if r.batchable else ""
+                    envelope = envelopes[envelope_key] = (url, json.dumps(params), json.dumps(headers), key)
                 body = _dumps(r.json)
-                rows.setdefault(destination, []).append(
-                    (destination, message_id, idx, user_key, r.method, r.url, envelope[0], envelope[1], body,
-                     int(r.batchable), envelope[2], len(body), now, now)
+                rows.append(
+                    (destination, message_id, idx, user_key, r.method, envelope[0], envelope[1], envelope[2], body,
+                     int(r.batchable), envelope[3], len(body), now, now)
                 )  # fmt: skip
+        return rows
+
+    @staticmethod
+    def _store(db: sqlite3.Connection, units: list[_Unit], now: float) -> dict[str, int]:
+        """Insert these events' rows, remove their inbox events and set aside the ones with a reason;
+        returns the rows inserted per instance."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for _, rows, reason in units:
+            if reason is None:
+                for row in rows:
+                    groups.setdefault(row[0], []).append(row)
         accepted: dict[str, int] = {}
-        done = [(rid,) for rid in inbox_ids]
-        if not rows and not done:
-            return Enqueued(accepted, 0)
-        with self._write() as db:
-            db.executemany("DELETE FROM inbox WHERE id = ?", done)
-            for destination, group in rows.items():
-                before = db.total_changes
-                db.executemany(
-                    "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params,"
-                    " headers, body, batchable, batch_key, size, created_at, next_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    group,
-                )
-                accepted[destination] = db.total_changes - before
-        total = sum(len(g) for g in rows.values())
-        return Enqueued(accepted, total - sum(accepted.values()))
+        for destination, group in groups.items():
+            before = db.total_changes
+            db.executemany(_INSERT, group)
+            accepted[destination] = db.total_changes - before
+        done = [(e.inbox_id,) for e, _, reason in units if reason is None and e.inbox_id is not None]
+        dead = [(reason, now, e.inbox_id) for e, _, reason in units if reason is not None and e.inbox_id is not None]
+        db.executemany("DELETE FROM inbox WHERE id = ?", done)
+        db.executemany("UPDATE inbox SET dead_reason = ?, dead_at = ? WHERE id = ?", dead)
+        return accepted
 
     # -- the inbox: accepted events waiting to be mapped
 
@@ -246,18 +433,106 @@ class Outbox:
             db.executemany("INSERT INTO inbox (body, received_at) VALUES (?, ?)", rows)
         return len(rows)
 
-    def claim_inbox(self, limit: int, lease: float, now: float | None = None) -> list[tuple[int, str]]:
-        """Lease up to `limit` accepted events, oldest first, for mapping."""
+    # -- the mapper lease: one mapping process at a time, so requests are stored in arrival order
+
+    @staticmethod
+    def _hold(db: sqlite3.Connection, holder: Holder, lease: float, now: float) -> bool:
+        """Renew the mapper lease if `holder` still has it."""
+        return (
+            db.execute(
+                "UPDATE leases SET until = ? WHERE name = ? AND holder = ?", (now + lease, MAPPER, holder.token)
+            ).rowcount
+            == 1
+        )
+
+    @staticmethod
+    def _take(db: sqlite3.Connection, holder: Holder, lease: float, now: float) -> bool:
+        """Take or renew the mapper lease: free, ended, ours, or held by a process gone from this host."""
+        row = db.execute("SELECT holder, host, pid, until FROM leases WHERE name = ?", (MAPPER,)).fetchone()
+        if row is not None and row[0] != holder.token and row[3] > now:
+            if row[1] != holder.host or _alive(row[2]):
+                return False
+            log.info("the mapper lease's holder (process %d) is gone; this process maps the inbox now", row[2])
+        db.execute(
+            "INSERT OR REPLACE INTO leases (name, holder, host, pid, until) VALUES (?, ?, ?, ?, ?)",
+            (MAPPER, holder.token, holder.host, holder.pid, now + lease),
+        )
+        return True
+
+    def release_mapper(self, holder: Holder) -> None:
+        """Give the mapper lease up (a graceful stop), so another process need not wait for it to end."""
+        with self._write() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token))
+
+    def claim_inbox(self, limit: int, holder: Holder, lease: float, now: float | None = None) -> list[tuple[int, str]]:
+        """The oldest accepted events to map, up to `limit`, under the mapper lease ([] while another
+        process holds it).
+
+        An event claimed before without being committed (its process died mapping it) is mapped alone,
+        so it cannot take others down with it again; after MAX_MAPPING_ATTEMPTS such claims it is set
+        aside as a dead inbox event."""
         now = time.time() if now is None else now
         with self._write() as db:
-            rows = db.execute(
-                "SELECT id, body FROM inbox WHERE lease_until <= ? ORDER BY id LIMIT ?", (now, limit)
-            ).fetchall()
-            db.executemany("UPDATE inbox SET lease_until = ? WHERE id = ?", [(now + lease, rid) for rid, _ in rows])
-        return rows
+            if not self._take(db, holder, lease, now):
+                return []
+            while True:
+                rows = db.execute(
+                    "SELECT id, body, attempts FROM inbox WHERE dead_reason IS NULL ORDER BY id LIMIT ?", (limit,)
+                ).fetchall()
+                if not rows:
+                    return []
+                retried = next((i for i, row in enumerate(rows) if row[2] > 0), None)
+                if retried == 0 and rows[0][2] >= MAX_MAPPING_ATTEMPTS:
+                    reason = f"mapping it never finished: its process stopped each of {rows[0][2]} times"
+                    db.execute("UPDATE inbox SET dead_reason = ?, dead_at = ? WHERE id = ?", (reason, now, rows[0][0]))
+                    continue
+                rows = rows[:1] if retried == 0 else rows[:retried]
+                break
+            # The oldest live events are consecutive among live ones: one range covers them.
+            db.execute(
+                "UPDATE inbox SET attempts = attempts + 1 WHERE id BETWEEN ? AND ? AND dead_reason IS NULL",
+                (rows[0][0], rows[-1][0]),
+            )
+        return [(rid, body) for rid, body, _ in rows]
+
+    def unclaim_inbox(self, ids: list[int]) -> None:
+        """A round that failed in this process, not by dying: its events do not count it as an attempt."""
+        with self._write() as db:
+            db.executemany("UPDATE inbox SET attempts = MAX(attempts - 1, 0) WHERE id = ?", [(i,) for i in ids])
 
     def inbox_count(self) -> int:
-        return int(self._db().execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+        """Accepted events not yet mapped (dead inbox events are not waiting)."""
+        return int(self._db().execute("SELECT COUNT(*) FROM inbox WHERE dead_reason IS NULL").fetchone()[0])
+
+    def dead_events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Inbox events set aside because they could not be mapped or stored, with the reason."""
+        out = []
+        for rid, body, received, died, reason in self._db().execute(
+            "SELECT id, body, received_at, dead_at, dead_reason FROM inbox WHERE dead_reason IS NOT NULL"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        ):
+            try:
+                message = json.loads(body)
+                mid = message.get("messageId") if isinstance(message, dict) else None
+            except (ValueError, RecursionError):
+                mid = None
+            out.append({"id": rid, "message_id": mid if isinstance(mid, str) else None, "received_at": received,
+                        "dead_at": died, "reason": reason})  # fmt: skip
+        return out
+
+    def dead_event_count(self) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM inbox WHERE dead_reason IS NOT NULL").fetchone()[0])
+
+    def replay_events(self, ids: list[int] | None = None) -> int:
+        """Dead inbox events back to be mapped again (after the fault that stopped them is fixed)."""
+        sql = "UPDATE inbox SET dead_reason = NULL, dead_at = NULL, attempts = 0 WHERE dead_reason IS NOT NULL"
+        args: list[Any] = []
+        if ids:
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        with self._write() as db:
+            return db.execute(sql, args).rowcount
 
     # -- claiming
 
@@ -276,15 +551,20 @@ class Outbox:
 
         Per-user order: a user's request is claimable only when every earlier pending request of
         that user is claimed in this same round into the same batch (concatenated in order), so no
-        request overtakes an earlier one that is in flight or waiting to retry.
+        request overtakes an earlier one that is in flight or waiting to retry. Users with such a
+        request are left out before the scan, so however many rows they hold, others go on.
         """
         now = time.time() if now is None else now
         scan = min(scan, max(2 * max_batches * batch_size, 200))
+        until = now + lease
         with self._write() as db:
             candidates = db.execute(
                 "SELECT id, user_key, batchable, batch_key, solo, next_at, lease_until, size FROM requests"
-                " WHERE destination = ? AND state = 'pending' ORDER BY id LIMIT ?",
-                (destination, scan),
+                " WHERE destination = ? AND state = 'pending' AND user_key NOT IN ("
+                "  SELECT user_key FROM requests WHERE destination = ? AND state = 'pending'"
+                "  AND (attempts > 0 OR lease_until > 0) AND (next_at > ? OR lease_until > ?))"
+                " ORDER BY id LIMIT ?",
+                (destination, destination, now, now, scan),
             ).fetchall()
             blocked: set[str] = set()
             user_batch: dict[str, int] = {}  # user -> index of the open batch holding its last row
@@ -322,12 +602,11 @@ class Outbox:
             for part in _chunks(ids):
                 db.execute(
                     "UPDATE requests SET lease_until = ? WHERE id IN (" + ",".join("?" * len(part)) + ")",
-                    [now + lease, *part],
+                    [until, *part],
                 )
             rows: dict[int, Row] = {}
             decoded: dict[str, Any] = {}  # params and headers repeat across rows: decode each text once
-            for i in range(0, len(ids), 500):
-                part = ids[i : i + 500]
+            for part in _chunks(ids):
                 sql = (
                     "SELECT id, message_id, user_key, method, url, params, headers, body, batchable, attempts,"
                     " created_at FROM requests WHERE id IN (" + ",".join("?" * len(part)) + ")"
@@ -340,7 +619,7 @@ class Outbox:
                     if headers not in decoded:
                         decoded[headers] = json.loads(headers)
                     rows[rid] = Row(rid, destination, mid, user, method, url, decoded[params], decoded[headers], body,
-                                    bool(batchable), attempts, created)  # fmt: skip
+                                    bool(batchable), attempts, created, until)  # fmt: skip
         return [[rows[rid] for rid in batch] for batch in chosen]
 
     def next_due(self, destination: str) -> float | None:
@@ -355,20 +634,33 @@ class Outbox:
         )
         return row[0]
 
-    # -- outcomes
+    # -- outcomes: each recorded only where the row still carries the claim's lease
 
-    def delivered(self, rows: list[Row], status: str, now: float | None = None) -> None:
+    @staticmethod
+    def _under_lease(db: sqlite3.Connection, sql: str, rows: list[Row], values: list[tuple[Any, ...]]) -> int:
+        """Run an outcome's UPDATE (`values` end with the row id) for the rows still under their claim;
+        returns how many were recorded. A row another claim took since is that claim's to record."""
+        before = db.total_changes
+        db.executemany(
+            sql + " WHERE id = ? AND state = 'pending' AND lease_until = ?",
+            [(*v, r.lease) for v, r in zip(values, rows, strict=True)],
+        )
+        recorded = db.total_changes - before
+        if recorded < len(rows):
+            log.warning("%d outcome(s) not recorded: their lease had passed to another claim", len(rows) - recorded)
+        return recorded
+
+    def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        ids = [r.id for r in rows]
         with self._write() as db:
-            for part in _chunks(ids):
-                db.execute(
-                    # Only dedupe needs a delivered row (its instance, messageId and index): the body goes.
-                    "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
-                    " last_status = ?, last_error = NULL, lease_until = 0, body = '', params = '{}', headers = '{}'"
-                    " WHERE id IN (" + ",".join("?" * len(part)) + ")",
-                    [now, status, *part],
-                )
+            return self._under_lease(
+                db,
+                # Only dedupe needs a delivered row (its instance, messageId and index): the body goes.
+                "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
+                " last_status = ?, last_error = NULL, lease_until = 0, body = '', params = '{}', headers = '{}'",
+                rows,
+                [(now, status, r.id) for r in rows],
+            )
 
     def retry(
         self,
@@ -387,53 +679,50 @@ class Outbox:
         said when); a request past the retry window with its minimum attempts made is dead.
         Returns how many died."""
         now = time.time() if now is None else now
-        updates, dead = [], []
+        later: list[Row] = []
+        dead: list[Row] = []
+        waits: list[tuple[Any, ...]] = []
         for r in rows:
             attempts = r.attempts + 1
             if attempts >= min_attempts and now - r.created_at >= retry_window:
-                dead.append((now, status, detail, r.id))
+                dead.append(r)
                 continue
             backoff = random.uniform(0, min(backoff_cap, backoff_base * 2 ** min(attempts, 30)))
             # A vendor's Retry-After wins, but "0" or a past date must not turn retries into a busy loop.
             wait = max(delay, backoff) if delay is not None else backoff
-            updates.append((now + wait, status, detail, r.id))
+            later.append(r)
+            waits.append((now + wait, status, detail, r.id))
         with self._write() as db:
-            db.executemany(
+            self._under_lease(
+                db,
                 "UPDATE requests SET attempts = attempts + 1, next_at = ?, lease_until = 0, last_status = ?,"
-                " last_error = ? WHERE id = ?",
-                updates,
+                " last_error = ?",
+                later,
+                waits,
             )
-            db.executemany(
-                "UPDATE requests SET state = 'dead', attempts = attempts + 1, finished_at = ?, lease_until = 0,"
-                " last_status = ?, last_error = ? WHERE id = ?",
-                dead,
-            )
-        return len(dead)
+            return self._under_lease(db, _DEAD, dead, [(now, status, detail, r.id) for r in dead])
 
-    def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> None:
+    def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self._write() as db:
-            db.executemany(
-                "UPDATE requests SET state = 'dead', attempts = attempts + 1, finished_at = ?, lease_until = 0,"
-                " last_status = ?, last_error = ? WHERE id = ?",
-                [(now, status, detail, r.id) for r in rows],
-            )
+            return self._under_lease(db, _DEAD, rows, [(now, status, detail, r.id) for r in rows])
 
-    def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> None:
+    def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         """A merged batch was refused as bad input: send each of its requests alone, at once."""
         now = time.time() if now is None else now
         with self._write() as db:
-            db.executemany(
+            return self._under_lease(
+                db,
                 "UPDATE requests SET solo = 1, attempts = attempts + 1, next_at = ?, lease_until = 0,"
-                " last_status = ?, last_error = ?"
-                " WHERE id = ?",
+                " last_status = ?, last_error = ?",
+                rows,
                 [(now, status, detail, r.id) for r in rows],
             )
 
-    def release(self, rows: list[Row]) -> None:
+    def release(self, rows: list[Row]) -> int:
         """Give claimed requests back untouched (a graceful stop)."""
         with self._write() as db:
-            db.executemany("UPDATE requests SET lease_until = 0 WHERE id = ?", [(r.id,) for r in rows])
+            return self._under_lease(db, "UPDATE requests SET lease_until = 0", rows, [(r.id,) for r in rows])
 
     # -- operations
 
@@ -463,7 +752,8 @@ class Outbox:
             row = (
                 self._db()
                 .execute(
-                    "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'pending') + (SELECT COUNT(*) FROM inbox)"
+                    "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'pending')"
+                    " + (SELECT COUNT(*) FROM inbox WHERE dead_reason IS NULL)"
                 )
                 .fetchone()
             )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..base import Destination
 from ..config import OutboxConfig
 from .intake import IntakeReport, map_inbox
-from .outbox import Outbox, Row
+from .outbox import Holder, LeaseLost, Outbox, Row, resolve_url
 from .sender import Outcome, Sender, merge_bodies
 
 log = logging.getLogger("destinations.delivery")
@@ -114,7 +114,9 @@ class InstanceWorker(threading.Thread):
         started = time.monotonic()
         first = batch[0]
         data = merge_bodies([row.body for row in batch], first.batchable)
-        outcome = self.sender.send_raw(first.method, first.url, first.params, first.headers, data)
+        # Stored as a path: the instance's base URL is today's, so a URL fixed in the settings applies on replay.
+        url = resolve_url(first.url, self.destination.base_url)
+        outcome = self.sender.send_raw(first.method, url, first.params, first.headers, data)
         if self.observe:
             self.observe(self.instance, outcome, time.monotonic() - started)
         try:
@@ -127,8 +129,7 @@ class InstanceWorker(threading.Thread):
         self.counters.add("attempts", self.instance, n)
         if outcome.kind == "delivered":
             self.throttled = 0
-            self.outbox.delivered(batch, outcome.status)
-            self.counters.add("delivered", self.instance, n)
+            self.counters.add("delivered", self.instance, self.outbox.delivered(batch, outcome.status))
         elif outcome.kind == "retry":
             if outcome.status == "429":
                 # The whole instance waits, not only this batch: more users waiting must not mean more load.
@@ -163,12 +164,14 @@ class InstanceWorker(threading.Thread):
                     self.instance,
                     outcome.status,
                 )
-            self.outbox.dead(batch, outcome.status, outcome.detail)
-            self.counters.add("dead", self.instance, n)
+            self.counters.add("dead", self.instance, self.outbox.dead(batch, outcome.status, outcome.detail))
 
 
 class Mapper(threading.Thread):
-    """Maps the events the server accepted into the inbox into vendor requests, then wakes the workers."""
+    """Maps the events the server accepted into the inbox into vendor requests, then wakes the workers.
+
+    Any number of processes may run one: the mapper lease lets one map at a time (outbox.py), so
+    requests are stored in the order their events arrived; the others wait, ready to take over."""
 
     def __init__(
         self,
@@ -176,20 +179,27 @@ class Mapper(threading.Thread):
         destinations: Mapping[str, Destination],
         wake_workers: Callable[[list[str]], None],
         on_mapped: Callable[[IntakeReport], None] | None = None,
+        *,
+        lease: float = 60.0,
     ) -> None:
         super().__init__(name="map-inbox", daemon=True)
         self.outbox = outbox
         self.destinations = destinations
         self.wake_workers = wake_workers
         self.on_mapped = on_mapped
+        self.lease = lease
+        self.holder = Holder.new()
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                report = map_inbox(self.outbox, self.destinations)
-            except Exception:  # the inbox lease gives the events back; nothing is lost
+                report = map_inbox(self.outbox, self.destinations, self.holder, lease=self.lease)
+            except LeaseLost:
+                log.info("another process took the mapper lease; this one waits")
+                continue
+            except Exception:  # nothing was committed: the events are still in the inbox
                 log.exception("mapping accepted events failed; trying again")
                 self.stopping.wait(1.0)
                 continue
@@ -200,6 +210,10 @@ class Mapper(threading.Thread):
                 continue
             self.wake.wait(0.5)
             self.wake.clear()
+        try:
+            self.outbox.release_mapper(self.holder)
+        except Exception:  # the lease then ends on its own
+            log.exception("giving up the mapper lease failed")
         self.outbox.close()
 
 
@@ -219,7 +233,8 @@ class Delivery:
             name: InstanceWorker(name, dest, Outbox(outbox_path), config, self.counters, observe=observe)
             for name, dest in destinations.items()
         }
-        self.mapper = Mapper(Outbox(outbox_path), destinations, self._wake_workers, on_mapped)
+        self.mapper = Mapper(Outbox(outbox_path), destinations, self._wake_workers, on_mapped,
+                             lease=config.lease_seconds)  # fmt: skip
 
     def start(self) -> None:
         self.mapper.start()

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from ..config import Config, load_config
 from ..errors import ConfigurationError
@@ -126,6 +127,7 @@ def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
     app.add_middleware(BrowserOrigins, origins=config.server.cors_origins)
     app.add_middleware(TimingMiddleware, metrics=intake.metrics)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)
 
     @app.get("/health", tags=["operations"], summary="Liveness and a glance at the outbox")
@@ -164,6 +166,22 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     else:
         log.info("refused a request: %d %s: %s", exc.status, exc.code, exc.message, extra=fields)
     return exc.response()
+
+
+async def _client_gone(request: Request, _: Exception) -> Response:
+    """A client that hangs up while its body is being read (any route that reads one: the tracking API,
+    /webhook, the transformer routes, the upstream relay) is routine on the internet, not a fault of ours:
+    one line, no traceback, and nothing was committed. Left to `_internal_error`, Starlette would log it
+    and then re-raise it to uvicorn, which logs it again as "Exception in ASGI application"."""
+    log.info(
+        "%s %s: the client closed the connection before sending the whole body; nothing was taken",
+        request.method,
+        request.url.path,
+        extra={"path": request.url.path},
+    )
+    # Nobody reads this answer (uvicorn drops it); 499, nginx's "client closed request", keeps it apart
+    # from the server's own failures in the request metrics.
+    return Response(status_code=499)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ import uvicorn
 from ..config import parse_config
 from ..delivery import Outbox
 from ..demo import DEMO_SETTINGS, event_name, shop_session
+from ..redaction import mask_headers, mask_params
 from ..sink import RecordingServer
 from .app import create_app
 
@@ -117,7 +118,15 @@ def run_server_demo(users: int = 3, out_dir: Path | None = None) -> int:
         for r in received:
             name = r.path.strip("/").split("/", 1)[0]
             body = r.json
-            data = {"method": r.method, "url": f"{vendor.url}{r.path}", "params": r.params, "json": body}
+            # Masked as the logs mask them: the file is for reading and sharing, with no credential in it.
+            params, headers = config.destinations[name].credential_names()
+            data = {
+                "method": r.method,
+                "url": f"{vendor.url}{r.path}",
+                "params": mask_params(r.params, params),
+                "headers": mask_headers(r.headers, headers),
+                "json": body,
+            }
             events = body if isinstance(body, list) else [body]
             for event in events:
                 by_vendor.setdefault(name, Counter())[event_name({**data, "json": event})] += 1
