@@ -83,8 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the caller gave up waiting: not acknowledged
+            self.close_connection = True
+            return
         # Recorded once answered, so "received" means the vendor acknowledged it.
         self.server.sink.record(received, answer)
 
