@@ -40,13 +40,14 @@ class HttpRequest(NamedTuple):
     #: The lower-cased param and header names its destination declares secret (masked in the repr too).
     secret_names: frozenset[str] = frozenset()
 
-    def to_dict(self) -> dict[str, Any]:
-        """What is sent, secrets included (the fixtures and `transform` compare this)."""
+    def to_dict(self, *, masked: bool = False) -> dict[str, Any]:
+        """What is sent, secrets included (the fixtures and `transform` compare this); `masked`: the declared
+        secrets as `***`, for files people read and share (the demo's request log)."""
         return {
             "method": self.method,
             "url": self.url,
-            "params": dict(self.params),
-            "headers": dict(self.headers),
+            "params": mask_params(self.params, self.secret_names) if masked else dict(self.params),
+            "headers": mask_headers(self.headers, self.secret_names) if masked else dict(self.headers),
             "json": self.json,
         }
 
@@ -111,6 +112,11 @@ def http_url(value: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
     return value.rstrip("/")
+
+
+def under_base(url: str, base_url: str) -> bool:
+    """Whether `url` lies under `base_url` (the base itself, or a path or query below it)."""
+    return url == base_url or url.startswith((base_url + "/", base_url + "?"))
 
 
 def non_empty_secret(value: SecretStr) -> SecretStr:
@@ -278,6 +284,11 @@ class Destination:
     def base_url(self) -> str:
         """Where this instance's requests go (its `url_setting`): a request to anywhere else is not its own."""
         return self._base_url
+
+    def owns(self, url: str) -> bool:
+        """Whether `url` lies under this instance's base URL: only there are its credentials sent (a plugin's
+        request elsewhere, or one an earlier version stored for a base URL since changed, goes without)."""
+        return not self._base_url or under_base(url, self._base_url)
 
     def request(self, mapped: Mapped) -> HttpRequest:
         """The one typed form of a vendor request: the base URL and path, credentials and headers added."""

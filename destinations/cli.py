@@ -176,6 +176,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         destination=getattr(args, "destination", None),
         limit=getattr(args, "limit", 50),
         ids=getattr(args, "id", None) or [],
+        events=getattr(args, "event", None) or [],
     )
 
 
@@ -226,6 +227,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return int(run_worker(args.config, log_level=args.log_level))
 
 
+def _replay_choice(parser: argparse.ArgumentParser) -> None:
+    """`outbox replay --id …` (dead requests) or `--event …` (dead inbox events), as `outbox dead` names them."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--id", type=int, nargs="+", help="only these dead requests (their `id`)")
+    which.add_argument("--event", type=int, nargs="+", help="only these dead inbox events (`inboxEvent`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="destinations", description=__doc__)
     parser.add_argument("--version", action="version", version=f"destinations {__version__}")
@@ -269,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "dead":
             q.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
         if action == "replay":
-            q.add_argument("--id", type=int, nargs="+", help="only these request ids")
+            _replay_choice(q)
         q.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("serve", help="the intake server: Segment tracking API, webhook, RudderStack transformer")

@@ -125,7 +125,7 @@ def run_offline_demo(users: int = 3, out_dir: Path | None = None) -> int:
             for message in messages:
                 try:
                     for request in dest.handle(message):
-                        data = request.to_dict()
+                        data = request.to_dict(masked=True)
                         sent[event_name(data)] += 1
                         out.write(json.dumps({"destination": name, "messageId": message["messageId"], **data}) + "\n")
                 except (InvalidMessage, Filtered) as exc:

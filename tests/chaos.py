@@ -16,6 +16,7 @@ Used by tests/test_chaos.py (bounded, in the suite) and benchmarks/chaos.py (lar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -52,6 +53,7 @@ class Plan:
     batch: int = 100
     clients: int = 4  # senders at once, each with its own users
     drain_timeout: float = 40.0
+    send_timeout: float = 60.0
     seed: int = 7
 
 
@@ -176,18 +178,19 @@ def events(plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
-def post_until_taken(base: str, batch: list[dict[str, Any]]) -> None:
-    """As analytics-python does: resend the same batch until it is answered 200."""
-    while True:
+def post_until_taken(base: str, batch: list[dict[str, Any]], deadline: float) -> bool:
+    """As analytics-python does: resend the same batch until it is answered 200 (False: not by `deadline`)."""
+    while time.time() < deadline:
         try:
             res = requests.post(f"{base}/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, ""), timeout=10)
             if res.status_code == 200:
-                return
+                return True
             if res.status_code < 500 and res.status_code != 429:
                 raise RuntimeError(f"the server refused a batch: {res.status_code} {res.text[:200]}")
         except requests.RequestException:
             pass
         time.sleep(0.05)
+    return False
 
 
 def run(plan: Plan, workdir: Path) -> Result:
@@ -205,7 +208,7 @@ def run(plan: Plan, workdir: Path) -> Result:
         wait_up(base, serve)
         if plan.poison:
             Outbox(workdir / "outbox.sqlite3")  # the schema, before the raw insert
-            with sqlite3.connect(workdir / "outbox.sqlite3") as db:
+            with contextlib.closing(sqlite3.connect(workdir / "outbox.sqlite3")) as db, db:
                 db.execute('INSERT INTO inbox (body, received_at) VALUES (\'{"type": "track", \', ?)', (time.time(),))
         stream = events(plan)
         # Several clients at once, each with its own users (so each user's order is the order sent), as a fleet
@@ -215,9 +218,12 @@ def run(plan: Plan, workdir: Path) -> Result:
         taken = Counter[str]()
         lock = threading.Lock()
 
+        deadline = time.time() + plan.send_timeout
+
         def client(lane: list[dict[str, Any]]) -> None:
             for i in range(0, len(lane), plan.batch):
-                post_until_taken(base, lane[i : i + plan.batch])
+                if not post_until_taken(base, lane[i : i + plan.batch], deadline):
+                    return  # the verdict then shows fewer accepted than sent
                 with lock:
                     taken["events"] += len(lane[i : i + plan.batch])
 
@@ -232,6 +238,7 @@ def run(plan: Plan, workdir: Path) -> Result:
                 result.kills.append(time.time())
                 # The clients keep sending meanwhile, as real ones would: their batches wait for the new process.
                 serve = start(["serve", "--config", str(config)], workdir)
+                wait_up(base, serve)
             time.sleep(0.005)
         result.accepted = taken["events"]
         outbox = Outbox(workdir / "outbox.sqlite3")

@@ -15,7 +15,7 @@ import pytest
 
 from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
-from destinations.delivery.outbox import Event, Holder, LeaseLost, resolve_url
+from destinations.delivery.outbox import Holder, LeaseLost, MessageRequests, resolve_url
 from destinations.sink import Answer, Received, RecordingServer, sequence
 
 SECRET = "sk-delivery-7e3f9a1b2c4d"
@@ -305,7 +305,7 @@ def test_a_stalled_mappers_events_come_back_after_the_lease(tmp_path: Path) -> N
         deliver(config, [])  # another mapper takes the ended lease and maps the event
         assert len(sink.delivered()) == 1
         with pytest.raises(LeaseLost):  # the stalled mapper wakes up: its round is not committed
-            outbox.enqueue([Event([], inbox_id)], holder=stalled)
+            outbox.enqueue([MessageRequests([], inbox_id)], holder=stalled)
 
 
 def test_values_orjson_refuses_are_still_stored_and_delivered(tmp_path: Path) -> None:
@@ -371,6 +371,9 @@ def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> 
         finally:
             sender.close()
         assert outcome.kind == "delivered"
+        deadline = time.time() + 5  # the stand-in records a request just after it answers
+        while not vendor.received and time.time() < deadline:
+            time.sleep(0.01)
         assert vendor.received[0].params == {"access_token": "plugin-token-9f8e7d"}
         outbox.close()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
+import logging
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,15 +14,17 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from pydantic import SecretStr
 
-from destinations.base import Destination, Mapped, SettingsModel
+from destinations.base import Credential, Destination, HttpRequest, Mapped, SettingsModel
 from destinations.cli import main
 from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
 from destinations.delivery.intake import map_inbox
-from destinations.delivery.outbox import MAX_MAPPING_ATTEMPTS, Holder, LeaseLost
+from destinations.delivery.outbox import MAX_MAPPING_ATTEMPTS, Holder, this_host
 from destinations.delivery.worker import Mapper
+from destinations.errors import Filtered
 from destinations.sink import Answer, RecordingServer
 
 SECRET = "sk-reliability-5d1c0e"
@@ -123,10 +126,10 @@ def test_an_event_whose_process_dies_mapping_it_is_retried_alone_then_set_aside(
     config = config_for(tmp_path, "http://127.0.0.1:9")
     outbox = Outbox(config.outbox.path)
     outbox.accept_events([event(n, "a") for n in range(3)])
-    dead_holder = Holder("crashed", socket.gethostname(), gone_pid())
+    dead_holder = Holder("crashed", this_host(), gone_pid())
     assert len(outbox.claim_inbox(10, dead_holder, lease=60)) == 3  # ... and that process is gone
     for _ in range(MAX_MAPPING_ATTEMPTS - 1):
-        again = Holder("crashed-again", socket.gethostname(), gone_pid())
+        again = Holder("crashed-again", this_host(), gone_pid())
         assert [rid for rid, _ in outbox.claim_inbox(10, again, lease=60)] == [1]  # alone
     survivor = Holder.new()
     claimed = outbox.claim_inbox(10, survivor, lease=60)
@@ -146,7 +149,7 @@ def test_a_dead_mappers_lease_is_taken_at_once_and_order_kept(tmp_path: Path) ->
         config = config_for(tmp_path, sink.url)
         outbox = Outbox(config.outbox.path)
         outbox.accept_events([event(1, "a"), event(2, "a")])
-        killed = Holder("killed", socket.gethostname(), gone_pid())
+        killed = Holder("killed", this_host(), gone_pid())
         assert len(outbox.claim_inbox(500, killed, lease=600)) == 2
         outbox.accept_events([event(3, "a")])
         started = time.monotonic()
@@ -168,34 +171,84 @@ def test_one_users_retries_do_not_hold_back_another_user(tmp_path: Path) -> None
     assert [[row.message_id for row in batch] for batch in batches] == [["other-00000"]]
 
 
-def test_several_mappers_keep_each_users_order(tmp_path: Path) -> None:
+class Stall(Destination):
+    """Takes nothing; the first time it meets `stall_on`, its mapper stalls past the mapper lease."""
+
+    name = "stall"
+    display_name = "Stall"
+    Settings = PluginSettings
+    stall_on = "user0-00700"
+    stalled = threading.Event()
+
+    def handle_with_warnings(self, message: Any) -> Any:
+        if getattr(message, "messageId", None) == self.stall_on and not self.stalled.is_set():
+            self.stalled.set()
+            time.sleep(1.0)
+        raise Filtered("takes nothing")
+
+
+def test_several_mappers_keep_each_users_order(tmp_path: Path, caplog: Any) -> None:
     """Fault 4: with two mapping processes, request ids followed commit order, not arrival order. Here two
-    mappers with holders of their own (as two processes have) map one inbox in small rounds."""
+    mappers with holders of their own (as two processes have) map one inbox; one stalls past its lease in
+    the middle of a round, the other takes over, and the stalled one's round is not committed."""
+    caplog.set_level(logging.INFO, logger="destinations.delivery")
     config = config_for(tmp_path, "http://127.0.0.1:9")
     outbox = Outbox(config.outbox.path)
     users = [f"user{u}" for u in range(10)]
     outbox.accept_events([event(n, users[n % 10]) for n in range(1500)])
-    mappers = []
-    for _ in range(2):
-        mapper = Mapper(Outbox(config.outbox.path), config.destinations, lambda names: None, lease=30)
-        mapper.run_round = lambda m=mapper: map_inbox(m.outbox, m.destinations, m.holder, limit=25, lease=30)
-        mappers.append(mapper)
-
-    def work(mapper: Mapper) -> None:
-        while outbox.inbox_count():
-            with contextlib.suppress(LeaseLost):  # the other one had it
-                mapper.run_round()
-
-    threads = [threading.Thread(target=work, args=(m,)) for m in mappers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    instances = {"shop": config.destinations["shop"], "stall": Stall({"baseUrl": "http://127.0.0.1:9"})}
+    mappers = [Mapper(Outbox(config.outbox.path), instances, lambda names: None, lease=0.3) for _ in range(2)]
+    for mapper in mappers:
+        mapper.start()
+    deadline = time.time() + 30
+    while outbox.inbox_count() and time.time() < deadline:
+        time.sleep(0.05)
+    for mapper in mappers:
+        mapper.stopping.set()
+        mapper.join(5)
+    assert Stall.stalled.is_set()
+    assert "another process took the mapper lease" in caplog.text  # the stalled round was not committed
     rows = list(outbox._db().execute("SELECT user_key, message_id FROM requests ORDER BY id"))
     assert len(rows) == 1500
     for user in users:
         ids = [mid for key, mid in rows if key == user]
         assert ids == sorted(ids), f"{user}'s requests are stored out of arrival order"
+
+
+def test_a_round_that_fails_in_a_live_process_is_not_counted_as_a_death(tmp_path: Path) -> None:
+    """Only a process that dies mapping an event counts against it: a round that fails here (the database
+    refused the commit, say) gives its events back as they were, so they are not mapped one by one."""
+    config = config_for(tmp_path, "http://127.0.0.1:9")
+    outbox = Outbox(config.outbox.path)
+    outbox.accept_events([event(n, "a") for n in range(3)])
+    holder = Holder.new()
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    real = outbox.enqueue
+    outbox.enqueue = refuse  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        map_inbox(outbox, config.destinations, holder)
+    outbox.enqueue = real  # type: ignore[method-assign]
+    assert [row[0] for row in outbox._db().execute("SELECT attempts FROM inbox")] == [0, 0, 0]
+    assert len(outbox.claim_inbox(10, holder, lease=60)) == 3  # still one round
+
+
+def test_rows_that_are_not_messages_are_set_aside_with_a_reason(tmp_path: Path) -> None:
+    config = config_for(tmp_path, "http://127.0.0.1:9")
+    outbox = Outbox(config.outbox.path)
+    with contextlib.closing(sqlite3.connect(config.outbox.path)) as db, db:
+        db.executemany("INSERT INTO inbox (body, received_at) VALUES (?, 0)", [("[1, 2]",), ("{not json",)])
+    outbox.accept_events([event(1, "a")])
+    report = map_inbox(outbox, config.destinations, Holder.new())
+    assert report.dead_events == 2
+    assert sorted(e["reason"] for e in outbox.dead_events()) == [
+        "it is not a JSON object", "it is not readable JSON (JSONDecodeError)"
+    ]  # fmt: skip
+    assert report.accepted["shop"] == 1
+    assert outbox.replay_events([1]) == 1
+    assert outbox.inbox_count() == 1
 
 
 def test_an_outcome_is_recorded_only_under_its_own_lease(tmp_path: Path) -> None:
@@ -214,7 +267,7 @@ def test_an_outcome_is_recorded_only_under_its_own_lease(tmp_path: Path) -> None
 def test_requests_keep_their_path_so_a_fixed_url_applies_on_replay(tmp_path: Path) -> None:
     """`outbox replay` after fixing a destination's URL sent to the old URL: the URL was stored whole."""
     wrong = config_for(tmp_path, "http://127.0.0.1:9")  # nothing listens there
-    outbox = Outbox(config_for(tmp_path, "http://127.0.0.1:9").outbox.path)
+    outbox = Outbox(wrong.outbox.path)
     route([event(1, "a")], wrong.destinations, outbox)
     assert list(outbox._db().execute("SELECT url FROM requests")) == [("/add/events/v1.json",)]
     drain(wrong)  # connection refused until the retry window (0 s here) closes: dead
@@ -225,3 +278,29 @@ def test_requests_keep_their_path_so_a_fixed_url_applies_on_replay(tmp_path: Pat
         drain(fixed)
         assert [r.path for r in sink.delivered()] == ["/add/events/v1.json"]
         assert sink.delivered()[0].params["apiKey"] == SECRET
+
+
+def test_credentials_go_only_under_the_instances_base_url(tmp_path: Path) -> None:
+    """A plugin's request to another host, or one an earlier version stored whole for a base URL changed since,
+    goes without the instance's credentials."""
+
+    class Elsewhere(Destination):
+        name = "elsewhere"
+        display_name = "Elsewhere"
+        Settings = PluginSettings
+        credentials_declared = (Credential("token", header="X-Token"),)
+        events: ClassVar = {"Product Added": lambda call: [
+            Mapped("/own", {"n": 1}), HttpRequest("POST", f"{call.properties['other']}/collect", json={"n": 2})
+        ]}  # fmt: skip
+
+    with RecordingServer() as own, RecordingServer() as other:
+        plugin = Elsewhere({"baseUrl": own.url, "token": "plug-secret-7c1e"})
+        config = config_for(tmp_path, own.url)
+        outbox = Outbox(config.outbox.path)
+        route([event(1, "a", other=other.url)], {"plug": plugin}, outbox)
+        assert sorted(url for (url,) in outbox._db().execute("SELECT url FROM requests")) == [
+            "/own", f"{other.url}/collect"
+        ]  # fmt: skip
+        drain(config, {"plug": plugin})
+        assert [r.headers.get("X-Token") for r in own.received] == ["plug-secret-7c1e"]
+        assert [r.headers.get("X-Token") for r in other.received] == [None]

@@ -122,7 +122,7 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
 
         seg.script = lambda _: Answer()
         replay = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify")
-        assert replay.stdout.startswith("3 dead request(s) back in the outbox")
+        assert replay.stdout.startswith("3 dead request(s) back in the outbox and 0 inbox event(s)")
         drain = run("outbox", "drain", "--config", str(config))
         assert drain.returncode == 0
         assert sorted(product_ids(seg.delivered())) == ["P0", "P1", "P2"]

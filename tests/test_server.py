@@ -461,7 +461,7 @@ def test_per_destination_invalid_is_not_rejected_to_the_client(
     # Without an image Segmentify/D·engage cannot take a PRODUCT_VIEW; eSputnik and Wigzo still get it.
     event = track(1)
     event["properties"] = {k: v for k, v in PRODUCT.items() if k != "image_url"}
-    with caplog.at_level(logging.INFO, logger="destinations.server"):
+    with caplog.at_level(logging.INFO, logger="destinations.delivery"):
         res = client.post("/v1/batch", json={"batch": [event]})
         assert res.json() == {"success": True}
         assert wait_for(lambda: to(sink, "esputnik") and to(sink, "wigzo"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from itertools import islice
 from typing import Any, TextIO
@@ -110,6 +110,7 @@ def cmd_send(config: Config, messages: Iterable[Any], *, wait: bool, quiet: bool
         report.filtered.update(part.filtered)
         report.invalid.update(part.invalid)
         report.duplicates += part.duplicates
+        report.dead_events += part.dead_events
         report.errors.extend(part.errors[: max(0, 20 - len(report.errors))])
     outbox.prune()
     print(
@@ -117,11 +118,13 @@ def cmd_send(config: Config, messages: Iterable[Any], *, wait: bool, quiet: bool
         f" ({report.duplicates} already there)",
         file=sys.stderr,
     )
+    if report.dead_events:
+        print(f"{report.dead_events} message(s) could not be stored at all", file=sys.stderr)
     for mid, name, reason in report.errors:
         print(f"  invalid for {name}: {mid}: {reason}", file=sys.stderr)
     counters = deliver_until_drained(config, outbox, sum(report.accepted.values()), quiet=quiet) if wait else None
     print(summary_table(config, report, counters))
-    failed = sum(report.invalid.values()) + (sum(counters.dead.values()) if counters else 0)
+    failed = sum(report.invalid.values()) + report.dead_events + (sum(counters.dead.values()) if counters else 0)
     return 1 if failed else 0
 
 
@@ -129,7 +132,10 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
-def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: int, ids: list[int]) -> int:
+def cmd_outbox(
+    config: Config, action: str, *, destination: str | None, limit: int, ids: list[int], events: Sequence[int] = ()
+) -> int:
+    """`outbox stats|dead|replay|drain`; 2 when `replay --id/--event` names nothing dead."""
     outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
     if action == "stats":
         stats = outbox.stats()
@@ -184,12 +190,16 @@ def cmd_outbox(config: Config, action: str, *, destination: str | None, limit: i
         print(f"{shown}{len(rows)} dead request(s) shown", file=sys.stderr)
         return 0
     if action == "replay":
-        n = outbox.replay(destination, ids or None)
-        events = 0 if destination or ids else outbox.replay_events()
-        again = f" and {events} inbox event(s) back to be mapped" if events else ""
+        n = 0 if events else outbox.replay(destination, ids or None)
+        again = 0 if destination or ids else outbox.replay_events(list(events) or None)
+        if (ids and n < len(set(ids))) or (events and again < len(set(events))):
+            print(f"{n + again} replayed; the other ids given are not dead (see `destinations outbox dead`)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         print(
-            f"{n} dead request(s) back in the outbox{again}; run `destinations outbox drain` or a worker to deliver"
-            " them (requests go to the instance's URL as configured now)"
+            f"{n} dead request(s) back in the outbox and {again} inbox event(s) back to be mapped; run"
+            " `destinations outbox drain` or a worker to deliver them (requests go to the instance's URL as"
+            " configured now)"
         )
         return 0
     if action == "drain":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 from ..base import Destination, HttpRequest
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..spec import parse_message
-from .outbox import Event, Holder, Outbox, StoredForm
+from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
 log = logging.getLogger("destinations.mapping")
 
@@ -25,7 +26,8 @@ def message_id_of(message: Any) -> str:
         if isinstance(mid, str) and mid.strip():
             return mid
     text = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    # surrogatepass: a lone surrogate in the content is still content, and the digest stays the same each time.
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def user_key(message: Any) -> str:
@@ -50,7 +52,9 @@ class IntakeReport:
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (messageId, instance, reason)
     # Optional values left out, per (instance, field stable name): MAPPINGS "Real traffic".
     warnings: Counter[tuple[str, str]] = field(default_factory=Counter)
-    dead_events: int = 0  # events set aside: they could not be read, mapped or stored (`outbox dead` lists them)
+    # Messages that could not be read, mapped or stored: from the inbox, set aside (`outbox dead` lists them);
+    # from `send`, reported and not stored.
+    dead_events: int = 0
 
 
 def route(
@@ -71,20 +75,20 @@ def _map(
     *,
     inbox_id: int | None = None,
     keep_errors: int = 100,
-) -> Event:
+) -> MessageRequests:
     """One message's requests for every instance that takes it; never raises: a message that cannot be
-    mapped at all comes back as an Event with the reason (set aside, not retried)."""
+    mapped at all comes back as an MessageRequests with the reason (set aside, not retried)."""
     report.messages += 1
     try:
         mid, user = message_id_of(message), user_key(message)
     except (ValueError, TypeError, RecursionError) as exc:
-        return Event([], inbox_id, f"it has no readable messageId or user ({type(exc).__name__})")
+        return MessageRequests([], inbox_id, f"it has no readable messageId or user ({type(exc).__name__})")
     try:  # parsed once for every instance; a message that fails is handed to each as it came
         parsed: Any = parse_message(message)
     except InvalidMessage:
         parsed = message
     except RecursionError:
-        return Event([], inbox_id, "it is nested too deep to read")
+        return MessageRequests([], inbox_id, "it is nested too deep to read", mid)
     items: list[tuple[str, str, str, list[HttpRequest]]] = []
     for name, destination in destinations.items():
         try:
@@ -101,12 +105,12 @@ def _map(
             note_warnings(report, name, mid, warnings)
         if requests_:
             items.append((name, mid, user, requests_))
-    return Event(items, inbox_id)
+    return MessageRequests(items, inbox_id, None, mid)
 
 
 def _commit(
     outbox: Outbox,
-    events: list[Event],
+    events: list[MessageRequests],
     destinations: Mapping[str, Destination],
     report: IntakeReport,
     *,
@@ -118,12 +122,17 @@ def _commit(
     report.duplicates += result.duplicates
     report.accepted.update(result.accepted)
     for position, reason in result.failed:
-        event = events[position]
+        message = events[position]
         report.dead_events += 1
-        mid = event.items[0][1] if event.items else None
-        log.error("an accepted event was set aside, %s: %s", mid or f"inbox event {event.inbox_id}", reason,
-                  extra={"messageId": mid})  # fmt: skip
-        for name, *_ in event.items:
+        mid = message.message_id
+        if message.inbox_id is not None:
+            log.error("inbox event %d (%s) was set aside as dead: %s", message.inbox_id, mid or "no messageId", reason,
+                      extra={"messageId": mid})  # fmt: skip
+        else:
+            log.error("%s was not stored: %s", mid or "a message", reason, extra={"messageId": mid})
+        if mid is not None and not message.items and len(report.errors) < keep_errors:
+            report.errors.append((mid, "every destination", f"message: {reason}"))
+        for name, *_ in message.items:
             report.invalid[name] += 1
             if mid is not None and len(report.errors) < keep_errors:
                 report.errors.append((mid, name, f"message: {reason}"))
@@ -159,18 +168,28 @@ def map_inbox(
     claimed = outbox.claim_inbox(limit, holder, lease)
     if not claimed:
         return report
-    events = []
+    events: list[MessageRequests] = []
+    renewed = time.monotonic()
     for rid, body in claimed:
+        if time.monotonic() - renewed > lease / 3:  # a slow round keeps its lease: a live mapper is not replaced
+            outbox.renew_mapper(holder, lease)
+            renewed = time.monotonic()
         try:
             message = json.loads(body)
         except (ValueError, RecursionError) as exc:
             report.messages += 1
-            events.append(Event([], rid, f"it is not readable JSON ({type(exc).__name__})"))
+            events.append(MessageRequests([], rid, f"it is not readable JSON ({type(exc).__name__})"))
+            continue
+        if not isinstance(message, dict):  # the server takes only objects: a damaged row, or one put there by hand
+            report.messages += 1
+            events.append(MessageRequests([], rid, "it is not a JSON object"))
             continue
         events.append(_map(message, destinations, report, inbox_id=rid))
     try:
         _commit(outbox, events, destinations, report, holder=holder, lease=lease)
-    except Exception:  # LeaseLost too: this process did not die mapping them, so it is not an attempt to count
-        outbox.unclaim_inbox([rid for rid, _ in claimed])
+    except LeaseLost:  # another mapper has these events now: their count is its business
+        raise
+    except Exception:  # this process did not die mapping them: not an attempt to count
+        outbox.unclaim_inbox([rid for rid, _ in claimed], holder)
         raise
     return report

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..base import HttpRequest
+from ..base import HttpRequest, under_base
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import finite
 
@@ -72,9 +72,12 @@ CREATE TABLE IF NOT EXISTS inbox (
     id          INTEGER PRIMARY KEY,
     body        TEXT    NOT NULL,
     received_at REAL    NOT NULL,
-    lease_until REAL    NOT NULL DEFAULT 0
+    lease_until REAL    NOT NULL DEFAULT 0  -- unused since the mapper lease; kept for files of any age
 );
 CREATE INDEX IF NOT EXISTS requests_finished ON requests (state, finished_at);
+-- Users that cannot be claimed now (a request in flight or waiting to retry): few rows, found without a scan.
+CREATE INDEX IF NOT EXISTS requests_waiting ON requests (destination, user_key)
+    WHERE state = 'pending' AND (attempts > 0 OR lease_until > 0);
 CREATE TABLE IF NOT EXISTS leases (
     name   TEXT    PRIMARY KEY,
     holder TEXT    NOT NULL,
@@ -84,18 +87,15 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 """
 
-# Columns and indexes added since the first schema: applied to files of any age.
+# Columns added since the first schema, applied to files of any age; then what uses them.
 MIGRATIONS = (
     # Claims the inbox event took part in without being committed: a process that dies mapping it counts.
     ("inbox", "attempts", "ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"),
     ("inbox", "dead_reason", "ALTER TABLE inbox ADD COLUMN dead_reason TEXT"),
     ("inbox", "dead_at", "ALTER TABLE inbox ADD COLUMN dead_at REAL"),
 )
-# Users that cannot be claimed now (a request in flight or waiting to retry): few rows, found without a scan.
-WAITING_INDEX = (
-    "CREATE INDEX IF NOT EXISTS requests_waiting ON requests (destination, user_key)"
-    " WHERE state = 'pending' AND (attempts > 0 OR lease_until > 0)"
-)
+# The events waiting to be mapped, without the dead ones that stay at the front of the inbox.
+LIVE_INBOX_INDEX = "CREATE INDEX IF NOT EXISTS inbox_live ON inbox (id) WHERE dead_reason IS NULL"
 MAPPER = "mapper"  # the name of the lease one mapping process holds at a time
 MAX_MAPPING_ATTEMPTS = 5  # claims of one inbox event whose process died before committing: then it is dead
 
@@ -122,10 +122,10 @@ class Row:
     batchable: bool
     attempts: int
     created_at: float
-    lease: float = 0.0
+    lease: float
 
 
-class Event(NamedTuple):
+class MessageRequests(NamedTuple):
     """One message's requests for every instance that takes it: stored together, or set aside together.
 
     `items` are (instance, messageId, user key, requests); `inbox_id` is the inbox event they were mapped
@@ -134,6 +134,7 @@ class Event(NamedTuple):
     items: list[tuple[str, str, str, list[HttpRequest]]]
     inbox_id: int | None = None
     dead: str | None = None
+    message_id: str | None = None  # for what a set-aside message is called in logs and reports
 
 
 class StoredForm(NamedTuple):
@@ -147,6 +148,8 @@ class StoredForm(NamedTuple):
 
 @dataclass(frozen=True)
 class Enqueued:
+    """What `Outbox.enqueue` stored."""
+
     accepted: dict[str, int]  # requests committed, per instance
     duplicates: int  # requests already in the outbox (same instance, messageId and index)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (position among the events, reason)
@@ -161,12 +164,24 @@ class Holder(NamedTuple):
     process is gone from this host is replaced at once instead of when its lease ends)."""
 
     token: str
-    host: str
+    host: str  # where its pid means something: hostname, boot and pid namespace (see `this_host`)
     pid: int
 
     @classmethod
     def new(cls) -> Holder:
-        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+        return cls(uuid.uuid4().hex, this_host(), os.getpid())
+
+
+def this_host() -> str:
+    """Where a pid names one process: the hostname, and on Linux this boot and this pid namespace, so two
+    containers that share a hostname and the outbox file never take each other's pids for their own."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # not Linux: the hostname alone; a holder elsewhere is then waited for
+        pass
+    return "|".join(parts)
 
 
 class LeaseLost(Exception):
@@ -192,7 +207,7 @@ _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 def stored_url(url: str, base_url: str) -> str:
     """What the outbox keeps of a request's URL: the part after its instance's base URL (so a base URL
     fixed later applies to requests already stored), or the whole URL when it lies elsewhere."""
-    if base_url and url.startswith(base_url) and url[len(base_url) : len(base_url) + 1] in ("", "/"):
+    if base_url and under_base(url, base_url):
         return url[len(base_url) :]
     return url
 
@@ -262,7 +277,7 @@ _INSERT = (
 )
 
 # (event, its rows, or the reason it is set aside)
-_Unit = tuple[Event, list[tuple[Any, ...]], str | None]
+_Unit = tuple[MessageRequests, list[tuple[Any, ...]], str | None]
 
 
 class Outbox:
@@ -276,11 +291,14 @@ class Outbox:
         self._lock = _write_lock(self.path)
         db = self._db()
         db.executescript(SCHEMA)  # executescript commits on its own
-        with self._write() as db:
-            for table, column, sql in MIGRATIONS:
-                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(sql)
-            db.execute(WAITING_INDEX)
+        columns = {(t, row[1]) for t in {m[0] for m in MIGRATIONS} for row in db.execute(f"PRAGMA table_info({t})")}
+        missing = [sql for table, column, sql in MIGRATIONS if (table, column) not in columns]
+        if missing or db.execute("SELECT 1 FROM sqlite_master WHERE name = 'inbox_live'").fetchone() is None:
+            with self._write() as db:  # another process may have migrated meanwhile: check again inside
+                for table, column, sql in MIGRATIONS:
+                    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(sql)
+                db.execute(LIVE_INBOX_INDEX)
 
     # -- connections
 
@@ -316,7 +334,7 @@ class Outbox:
 
     def enqueue(
         self,
-        events: Iterable[Event],
+        events: Iterable[MessageRequests],
         now: float | None = None,
         *,
         forms: Mapping[str, StoredForm] | None = None,
@@ -378,13 +396,14 @@ class Outbox:
 
     @staticmethod
     def _rows(
-        event: Event,
+        message: MessageRequests,
         forms: Mapping[str, StoredForm],
         envelopes: dict[tuple[Any, ...], tuple[str, str, str, str]],
         now: float,
     ) -> list[tuple[Any, ...]]:
-        rows = []
-        for destination, message_id, user_key, requests_ in event.items:
+        """One message's `requests` rows, in its instances' stored forms."""
+        rows: list[tuple[Any, ...]] = []
+        for destination, message_id, user_key, requests_ in message.items:
             for idx, r in enumerate(requests_):
                 # Requests of one instance share params and headers: encode each distinct envelope once.
                 envelope_key = (destination, r.method, r.url, r.batchable, *r.params.items(), None, *r.headers.items())
@@ -459,25 +478,35 @@ class Outbox:
         )
         return True
 
+    def renew_mapper(self, holder: Holder, lease: float, now: float | None = None) -> None:
+        """Keep the mapper lease through a long round; LeaseLost when another process has it now."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            if not self._hold(db, holder, lease, now):
+                raise LeaseLost
+
     def release_mapper(self, holder: Holder) -> None:
         """Give the mapper lease up (a graceful stop), so another process need not wait for it to end."""
         with self._write() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token))
 
     def claim_inbox(self, limit: int, holder: Holder, lease: float, now: float | None = None) -> list[tuple[int, str]]:
-        """The oldest accepted events to map, up to `limit`, under the mapper lease ([] while another
-        process holds it).
+        """The oldest accepted events to map, up to `limit`, as (inbox id, raw JSON text), under the mapper
+        lease ([] while another process holds it).
 
         An event claimed before without being committed (its process died mapping it) is mapped alone,
         so it cannot take others down with it again; after MAX_MAPPING_ATTEMPTS such claims it is set
-        aside as a dead inbox event."""
+        aside as a dead inbox event (a claim by a mapper that stalled past its lease counts too: it did not
+        finish either)."""
         now = time.time() if now is None else now
         with self._write() as db:
             if not self._take(db, holder, lease, now):
                 return []
             while True:
                 rows = db.execute(
-                    "SELECT id, body, attempts FROM inbox WHERE dead_reason IS NULL ORDER BY id LIMIT ?", (limit,)
+                    "SELECT id, body, attempts FROM inbox INDEXED BY inbox_live WHERE dead_reason IS NULL"
+                    " ORDER BY id LIMIT ?",
+                    (limit,),
                 ).fetchall()
                 if not rows:
                     return []
@@ -495,10 +524,12 @@ class Outbox:
             )
         return [(rid, body) for rid, body, _ in rows]
 
-    def unclaim_inbox(self, ids: list[int]) -> None:
-        """A round that failed in this process, not by dying: its events do not count it as an attempt."""
+    def unclaim_inbox(self, ids: list[int], holder: Holder) -> None:
+        """A round that failed in this process, not by dying: its events do not count it as an attempt.
+        Only while `holder` still holds the mapper lease (else the ids may be another round's by now)."""
         with self._write() as db:
-            db.executemany("UPDATE inbox SET attempts = MAX(attempts - 1, 0) WHERE id = ?", [(i,) for i in ids])
+            if db.execute("SELECT 1 FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token)).fetchone():
+                db.executemany("UPDATE inbox SET attempts = MAX(attempts - 1, 0) WHERE id = ?", [(i,) for i in ids])
 
     def inbox_count(self) -> int:
         """Accepted events not yet mapped (dead inbox events are not waiting)."""
@@ -506,7 +537,7 @@ class Outbox:
 
     def dead_events(self, limit: int = 50) -> list[dict[str, Any]]:
         """Inbox events set aside because they could not be mapped or stored, with the reason."""
-        out = []
+        out: list[dict[str, Any]] = []
         for rid, body, received, died, reason in self._db().execute(
             "SELECT id, body, received_at, dead_at, dead_reason FROM inbox WHERE dead_reason IS NOT NULL"
             " ORDER BY id LIMIT ?",
@@ -522,6 +553,7 @@ class Outbox:
         return out
 
     def dead_event_count(self) -> int:
+        """Inbox events set aside."""
         return int(self._db().execute("SELECT COUNT(*) FROM inbox WHERE dead_reason IS NOT NULL").fetchone()[0])
 
     def replay_events(self, ids: list[int] | None = None) -> int:
@@ -674,10 +706,10 @@ class Outbox:
         backoff_base: float,
         backoff_cap: float,
         now: float | None = None,
-    ) -> int:
+    ) -> tuple[int, int]:
         """Schedule another attempt (full-jitter exponential backoff, or `delay` when the vendor
         said when); a request past the retry window with its minimum attempts made is dead.
-        Returns how many died."""
+        Returns (rescheduled, died), as recorded under the claim's lease."""
         now = time.time() if now is None else now
         later: list[Row] = []
         dead: list[Row] = []
@@ -693,14 +725,14 @@ class Outbox:
             later.append(r)
             waits.append((now + wait, status, detail, r.id))
         with self._write() as db:
-            self._under_lease(
+            rescheduled = self._under_lease(
                 db,
                 "UPDATE requests SET attempts = attempts + 1, next_at = ?, lease_until = 0, last_status = ?,"
                 " last_error = ?",
                 later,
                 waits,
             )
-            return self._under_lease(db, _DEAD, dead, [(now, status, detail, r.id) for r in dead])
+            return rescheduled, self._under_lease(db, _DEAD, dead, [(now, status, detail, r.id) for r in dead])
 
     def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now

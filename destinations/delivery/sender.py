@@ -167,8 +167,9 @@ class Sender:
         return self.send_raw(request.method, request.url, request.params, request.headers, data)
 
     def send_raw(self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], data: bytes) -> Outcome:
-        """`send` for a body already serialised (the outbox stores JSON text)."""
-        secret_params, secret_headers = self.destination.credentials()
+        """`send` for a body already serialised (the outbox stores JSON text). The instance's credentials are
+        added only to a URL under its base URL (`Destination.owns`)."""
+        secret_params, secret_headers = self.destination.credentials() if self.destination.owns(url) else ({}, {})
         try:
             env = self._environment.get(url)
             if env is None:

@@ -139,7 +139,7 @@ class InstanceWorker(threading.Thread):
                 if wait is None:
                     wait = min(cfg.backoff_cap, cfg.backoff_base * 2 ** min(self.throttled - 1, 30))
                 self.paused_until = max(self.paused_until, time.time() + wait)
-            died = self.outbox.retry(
+            rescheduled, died = self.outbox.retry(
                 batch,
                 outcome.status,
                 outcome.detail,
@@ -149,7 +149,7 @@ class InstanceWorker(threading.Thread):
                 backoff_base=cfg.backoff_base,
                 backoff_cap=cfg.backoff_cap,
             )
-            self.counters.add("retried", self.instance, n - died)
+            self.counters.add("retried", self.instance, rescheduled)
             self.counters.add("dead", self.instance, died)
         elif outcome.kind == "permanent" and outcome.split and n > 1:
             log.warning("%s: a batch of %d was refused (%s); sending its events one by one", self.instance, n,
@@ -204,6 +204,8 @@ class Mapper(threading.Thread):
                 self.stopping.wait(1.0)
                 continue
             if report.messages:
+                for mid, name, reason in report.errors:
+                    log.info("%s will not get %s: %s", name, mid, reason, extra={"destination": name, "messageId": mid})
                 if self.on_mapped:
                     self.on_mapped(report)
                 self.wake_workers([name for name, n in report.accepted.items() if n])

@@ -87,10 +87,8 @@ class Intake:
         self._housekeeping = threading.Event()
 
     def _mapped(self, report: IntakeReport) -> None:
-        """Accepted events were mapped: count them per destination, and say who will not get what."""
+        """Accepted events were mapped: count them per destination (the mapper logs who will not get what)."""
         self.metrics.mapped(report)
-        for mid, name, reason in report.errors:
-            log.info("%s will not get %s: %s", name, mid, reason, extra={"destination": name, "messageId": mid})
 
     def check_write_key(self, key: str | None) -> bool:
         """True when no write key is configured, or `key` is one of them (compared in constant time)."""
