@@ -26,6 +26,8 @@ import requests
 
 from destinations.config import parse_config
 from destinations.delivery import Delivery, Outbox, route
+from destinations.delivery.intake import stored_forms
+from destinations.delivery.outbox import MessageRequests
 from destinations.delivery.sender import merge
 
 
@@ -70,14 +72,15 @@ def through_outbox(kind: str, url: str, msgs: list[dict[str, Any]], concurrency:
         config = config_for(kind, url, Path(tmp) / "outbox.sqlite3", concurrency, batch_size)
         dest = config.destinations[kind]
         # The same payloads as the baseline: mapped before the clock starts; enqueue is timed.
-        items = [(kind, m["messageId"], m["userId"], dest.handle(m)) for m in msgs]
+        items = [MessageRequests([(kind, m["messageId"], m["userId"], dest.handle(m))]) for m in msgs]
+        forms = stored_forms(config.destinations)
         start_events = sink_stats(url)["events"]
         outbox = Outbox(config.outbox.path)
         delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox)
         delivery.start()  # as in a running server: workers deliver while the intake commits
         started = time.perf_counter()
         for i in range(0, len(items), 500):
-            outbox.enqueue(items[i : i + 500])
+            outbox.enqueue(items[i : i + 500], forms=forms)
             delivery.notify()
         while outbox.pending_count():
             time.sleep(0.005)

@@ -215,6 +215,8 @@ class Field:
     compiled: tuple[Source, ...] = field(default=(), compare=False, repr=False)
     reader: Callable[[Any], Any] = field(default=read_text, compare=False, repr=False)
     uses_product: bool = field(default=False, compare=False, repr=False)
+    #: `Call.read` of this field as straight-line code (`_straight_read`), made on first use.
+    fast_read: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in READERS:
@@ -232,6 +234,72 @@ def F(  # noqa: N802 - reads as a table row
 ) -> Field:  # fmt: skip
     """A field read from `sources` in order, each in both spellings (see the module docstring)."""
     return Field(name, sources, kind, required, default, to)
+
+
+#: Off, every `Call.map` takes the general path (the differential test compares the two).
+FAST_PATHS = True
+
+
+def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], *, take: list[str]) -> list[str]:
+    """Straight-line code for one field: its sources looked up in order with exact type checks; a plain
+    value of its kind (ASCII text, a valid URL, a finite number) taken as `Call.read` takes it, anything
+    else handed to `Call.read` (`read`). `take` are the lines that use the value, `v`."""
+    ns[f"F{i}"], ns[f"T{i}"], ns[f"TO{i}"] = f, target, f.to
+    general = [f"v = read(F{i}, item, T{i})", *take]
+    if f.reader not in (read_text, read_url, read_number) or any(s.index == _MESSAGE_ROOT for s in f.compiled):
+        if probe is not None:
+            test = " or ".join(f"R[{index}].get({key!r}) is not None" for index, key in probe)
+            general = [f"if {test}:", *("    " + line for line in general)]
+        return general
+    lines: list[str] = []
+    for depth, source in enumerate(f.compiled):
+        pad = "    " * depth
+        if depth:
+            lines.append(f"{pad[4:]}if x is None:")
+        lines.append(f"{pad}x = R[{source.index}].get({source.key!r})")
+        for key in source.rest:
+            lines.append(f"{pad}if x is not None:")
+            lines.append(f"{pad}    x = x.get({key!r}) if type(x) is dict else None")
+    if f.reader is read_number:
+        fast = "(type(x) is int and -LIMIT < x < LIMIT) or (type(x) is float and isfinite(x))"
+    elif f.reader is read_url:
+        fast = "type(x) is str and x and x.isascii() and valid_url(x)"
+    else:
+        fast = "type(x) is str and x and x.isascii()"
+    # Absent everywhere: the general path decides when it has a default or is required; else nothing.
+    absent = general if f.required or f.default is not None else ["pass"]
+    lines += ["if x is None:", *("    " + line for line in absent)]
+    lines += [f"elif {fast}:", f"    v = TO{i}(x)" if f.to is not None else "    v = x", *("    " + t for t in take)]
+    lines += ["else:", *("    " + line for line in general)]
+    return lines
+
+
+def _compiled(name: str, lines: list[str], ns: dict[str, Any]) -> Callable[..., Any]:
+    ns.update(isfinite=math.isfinite, valid_url=_valid_url, LIMIT=10**300)
+    exec(compile("\n".join(lines), f"<fields of {name}>", "exec"), ns)  # noqa: S102 - made from our declarations
+    return ns["fast"]  # type: ignore[no-any-return]
+
+
+def _straight_line(table: Table) -> Callable[[Callable[..., Any], list[Any], Item | None], dict[str, Any]]:
+    """`Call.map` for `table` as straight-line code, made from its declarations once (`_field_lines`):
+    the result is always the general path's, since whatever is not plain goes to `Call.read`."""
+    ns: dict[str, Any] = {}
+    lines = ["def fast(read, R, item):", "    out = {}"]
+    for i, (f, target, probe) in enumerate(table.targets):
+        take = ["if v is not None:", f"    out[{f.name!r}] = v"]
+        lines += ["    " + line for line in _field_lines(f, i, target, probe, ns, take=take)]
+    lines.append("    return out")
+    return _compiled(table.event, lines, ns)
+
+
+def _straight_read(f: Field) -> Callable[[Callable[..., Any], list[Any], Item | None, str], Any]:
+    """`Call.read` of one field as straight-line code (see `_straight_line`)."""
+    ns: dict[str, Any] = {}
+    lines = ["def fast(read, R, item, T0):"]
+    lines += ["    " + line for line in _field_lines(f, 0, "", None, ns, take=["return v"])]
+    lines.append("    return None")
+    del ns["T0"]  # the caller's target, an argument
+    return _compiled(f.name, lines, ns)
 
 
 def _probe(f: Field) -> tuple[tuple[int, str], ...] | None:
@@ -257,6 +325,8 @@ class Table:
         #: absent field costs a few dict lookups instead of a read.
         self.targets = tuple((f, f"{event} ({prefix}{f.name})", _probe(f)) for f in fields)
         self.uses_product = any(f.uses_product for f in fields)
+        #: `Call.map` for a call without field mappings, as straight-line code made from these declarations.
+        self.fast_map = _straight_line(self)
 
     def __getitem__(self, name: str) -> Field:
         return self._by_name[name]
@@ -448,6 +518,24 @@ class Call:
     def read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
         """The value of a declared field: the first of its sources that is present.
 
+        Plain values take the field's straight-line code (`_straight_read`); the rest, this general path.
+        """
+        if self.overrides:
+            f = self.overrides.get(id(f), f)
+        if not FAST_PATHS:
+            return self._read(f, item, target)
+        fast = f.fast_read
+        if fast is None:
+            fast = _straight_read(f)
+            object.__setattr__(f, "fast_read", fast)
+        roots = self._roots
+        if f.uses_product:
+            roots[_PRODUCT_ROOT] = (item or self.product()).raw
+        return fast(self._read, roots, item, target)
+
+    def _read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
+        """The value of a declared field: the first of its sources that is present.
+
         Optional field: a present value that cannot be read is skipped with a warning and the next
         source is tried; the `default` applies only when no source was present at all. Required
         field: a value that cannot be read is an InvalidMessage naming its path, as is a field that no
@@ -546,11 +634,13 @@ class Call:
 
     def map(self, table: Table, item: Item | None = None) -> dict[str, Any]:
         """Every field of `table` that has a value, in declared order, by vendor field name."""
-        out: dict[str, Any] = {}
-        read, roots, overrides = self.read, self._roots, self.overrides
+        read, roots, overrides = self._read, self._roots, self.overrides
         if table.uses_product:
             item = item or self.product()
             roots[_PRODUCT_ROOT] = item.raw
+        if not overrides and FAST_PATHS:
+            return table.fast_map(read, roots, item)
+        out: dict[str, Any] = {}
         table_id = id(table)
         for f, target, probe in table.targets:
             field = f

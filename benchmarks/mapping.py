@@ -1,0 +1,154 @@
+"""Events per second from the inbox to the outbox with all four destinations, beside a baseline.
+
+The stage this measures is the product's sustained throughput: the server commits raw events to the inbox
+and a mapping process turns them into stored vendor requests. Ours: `map_inbox` in rounds of 500 over an
+inbox of N events (an "Order Completed" with two products, a "Product Viewed" and an identify, in turn,
+from many users), Segmentify, D·engage, eSputnik and Wigzo configured. The baseline, measured in the same
+run on the same core: the same inbox rows read in rounds of 500, parsed with orjson, mapped by the
+hand-written dicts of benchmarks/transform.py (no validation), serialised with orjson and written in one
+SQLite transaction a round, beside the removal of those inbox rows.
+
+Prints each run's events per second, p50/p99 milliseconds per round of 500, and the ratio; then the
+range over the runs. Run: python benchmarks/mapping.py [--events N] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transform import BASELINES, MESSAGES, SETTINGS  # the hand-written mappings
+
+from destinations.config import parse_config
+from destinations.delivery import Outbox
+from destinations.delivery.intake import map_inbox
+from destinations.delivery.outbox import Holder
+from destinations.delivery.worker import tune_collector
+
+ROUND = 500
+
+
+def inbox_events(n: int, users: int = 2000) -> list[dict[str, Any]]:
+    kinds = list(MESSAGES.values())
+    out = []
+    for i in range(n):
+        m = json.loads(json.dumps(kinds[i % len(kinds)]))
+        m["messageId"] = f"bench-{i}"
+        m["userId"] = f"user-{i % users}"
+        out.append(m)
+    return out
+
+
+def fill(path: Path, events: list[dict[str, Any]]) -> Outbox:
+    outbox = Outbox(path)
+    for i in range(0, len(events), 5000):
+        outbox.accept_events(events[i : i + 5000])
+    return outbox
+
+
+def ours(path: Path, events: list[dict[str, Any]]) -> tuple[float, list[float]]:
+    destinations = {name: {"type": name, **settings} for name, settings in SETTINGS.items()}
+    config = parse_config({"outbox": {"path": str(path)}, "destinations": destinations}, environ={})
+    outbox = fill(path, events)
+    holder = Holder.new()
+    rounds: list[float] = []
+    started = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        report = map_inbox(outbox, config.destinations, holder, limit=ROUND)
+        if not report.messages:
+            break
+        rounds.append(time.perf_counter() - t)
+        assert not report.invalid, report
+        assert not report.dead_events, report
+    elapsed = time.perf_counter() - started
+    stored = outbox._db().execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    assert stored == 4 * len(events), stored
+    outbox.close()
+    return len(events) / elapsed, rounds
+
+
+def baseline(path: Path, events: list[dict[str, Any]]) -> tuple[float, list[float]]:
+    outbox = fill(path, events)  # the same schema and inbox rows
+    outbox.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    insert = (
+        "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
+        " batchable, batch_key, size, created_at, next_at)"
+        " VALUES (?, ?, 0, ?, 'POST', ?, '{}', '{}', ?, 0, '', ?, ?, ?)"
+    )
+    rounds: list[float] = []
+    started = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute("SELECT id, body FROM inbox ORDER BY id LIMIT ?", (ROUND,)).fetchall()
+        if not rows:
+            db.execute("COMMIT")
+            break
+        now = time.time()
+        out = []
+        for _, body in rows:
+            m = orjson.loads(body)
+            for name, mapping in BASELINES.items():
+                (request,) = mapping(m)
+                data = orjson.dumps(request["json"]).decode()
+                out.append((name, m["messageId"], m["userId"], request["url"], data, len(data), now, now))
+        db.executemany(insert, out)
+        db.execute("DELETE FROM inbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+        db.execute("COMMIT")
+        rounds.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - started
+    db.close()
+    return len(events) / elapsed, rounds
+
+
+def percentile(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as a mapping process has
+    events = inbox_events(args.events)
+    tune_collector()  # as a delivery process does at start (Delivery.start); the baseline runs under it too
+    print(f"{args.events} events, 4 destinations, rounds of {ROUND}, one core")
+    print(f"{'run':<4} {'ours ev/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'baseline ev/s':>14} {'p50 ms':>7} {'p99 ms':>7}"
+          f" {'ratio':>6}")  # fmt: skip
+    figures = []
+    for run in range(1, args.runs + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            rate, rounds = ours(Path(tmp) / "ours.sqlite3", events)
+            base, base_rounds = baseline(Path(tmp) / "baseline.sqlite3", events)
+        figures.append((rate, base, rate / base))
+        print(f"{run:<4} {rate:>10,.0f} {percentile(rounds, 0.5):>7.1f} {percentile(rounds, 0.99):>7.1f}"
+              f" {base:>14,.0f} {percentile(base_rounds, 0.5):>7.1f} {percentile(base_rounds, 0.99):>7.1f}"
+              f" {rate / base:>6.2f}")  # fmt: skip
+    rates, bases, ratios = zip(*figures, strict=True)
+    print(
+        f"ours {min(rates):,.0f}-{max(rates):,.0f} ev/s (median {statistics.median(rates):,.0f}); baseline"
+        f" {min(bases):,.0f}-{max(bases):,.0f}; ratio {min(ratios):.2f}-{max(ratios):.2f}"
+        "  (targets: ratio 0.50 or better, 10,000 ev/s or more)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The straight-line code made from the declared fields (fields.py `_straight_line`, `_straight_read`) against
+the general reader: on every fixture and on generated messages, both give the same requests, warnings and
+errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_robustness import BASES, SAMPLE_SETTINGS, messages
+
+from destinations import Filtered, InvalidMessage, fields, get_destination
+from destinations.conformance import find_cases
+from destinations.registry import BUILT_IN
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@contextmanager
+def general_path() -> Iterator[None]:
+    fields.FAST_PATHS = False
+    try:
+        yield
+    finally:
+        fields.FAST_PATHS = True
+
+
+def outcome(destination: Any, message: Any) -> tuple[str, Any, list[str]]:
+    """What handle does with a message, in comparable form."""
+    try:
+        requests, warnings = destination.handle_with_warnings(message)
+    except InvalidMessage as exc:
+        return "error", (str(exc), exc.path, exc.internal), []
+    except Filtered as exc:
+        return "filtered", exc.reason, []
+    return "requests", [r.to_dict() for r in requests], [str(w) for w in warnings]
+
+
+def both(destination: Any, message: Any) -> tuple[Any, Any]:
+    fast = outcome(destination, message)
+    with general_path():
+        general = outcome(destination, message)
+    return fast, general
+
+
+CASES = find_cases([FIXTURES])
+
+
+@pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
+def test_every_fixture_maps_the_same_on_both_paths(path: Path) -> None:
+    case = json.loads(path.read_text(encoding="utf-8"))
+    destination = get_destination(case.get("destination") or path.parent.name, case.get("settings"))
+    fast, general = both(destination, case["message"])
+    assert fast == general
+
+
+def test_the_switch_reaches_the_general_path() -> None:
+    """The comparison means something only if the switch really turns the straight-line code off."""
+    calls = []
+    real = fields.Call._read
+
+    def counting(self: Any, *args: Any) -> Any:
+        calls.append(1)
+        return real(self, *args)
+
+    destination = get_destination("segmentify", SAMPLE_SETTINGS["segmentify"])
+    message = BASES[0]
+    fields.Call._read = counting  # type: ignore[method-assign]
+    try:
+        destination.handle_with_warnings(message)
+        fast_calls = len(calls)
+        with general_path():
+            destination.handle_with_warnings(message)
+    finally:
+        fields.Call._read = real  # type: ignore[method-assign]
+    assert len(calls) - fast_calls > 3 * max(fast_calls, 1)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=st.one_of(messages, st.sampled_from(BASES)), name=st.sampled_from(sorted(BUILT_IN)))
+def test_generated_messages_map_the_same_on_both_paths(message: Any, name: str) -> None:
+    destination = get_destination(name, SAMPLE_SETTINGS[name])
+    fast, general = both(destination, message)
+    assert fast == general
