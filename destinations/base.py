@@ -171,6 +171,9 @@ class Destination:
 
     #: The vendor's own event keys, which no custom event may take (customEventNames, MAPPINGS "Real traffic").
     vendor_events: ClassVar[frozenset[str]] = frozenset()
+    #: State the mapping stage applies before `handle` for this destination: "cart" hands cart events the
+    #: whole cart (carts.py). `handle` alone (a library call, the RudderStack routes) has no state.
+    enrichments: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: Mapping[str, Any] | SettingsModel | None = None) -> None:
         self.settings = self.parse_settings(settings)

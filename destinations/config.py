@@ -119,6 +119,7 @@ class OutboxConfig(_Table):
     max_retry_after: float = 600.0
     lease: float | None = None  # seconds a claim is held; default connect + read timeout + 10 s
     dedupe_window: float = 24 * 3600.0
+    cart_ttl: float = 30 * 24 * 3600.0  # a cart the package keeps (carts.py) is forgotten when untouched this long
 
     @field_validator("lease")
     @classmethod
@@ -139,7 +140,7 @@ class OutboxConfig(_Table):
 
     @field_validator(
         "connect_timeout", "read_timeout", "retry_window", "backoff_base", "backoff_cap", "max_retry_after",
-        "lease", "dedupe_window", mode="before",
+        "lease", "dedupe_window", "cart_ttl", mode="before",
     )  # fmt: skip
     @classmethod
     def _duration(cls, value: Any) -> float | None:

@@ -7,7 +7,10 @@
 | Product List Viewed, Product Category Viewed        | productCategoryViewed              | productCategoryViewed  |
 | Cart Viewed, Checkout Started, Product Added,       | cartUpdated (the whole cart)       | cartUpdated            |
 | Product Removed, each with properties.products      |                                    |                        |
-| the same events without properties.products         | filtered                           | cartUpdated            |
+| Product Added, Product Removed with one product      | cartUpdated (the cart the package  | cartUpdated            |
+|   (the `cart` enrichment: serve, worker, send)      | keeps, carts.py)                   |                        |
+| the same events without properties.products, and    | filtered                           | cartUpdated            |
+|   no cart state (handle, the RudderStack routes)    |                                    |                        |
 | Product Added to Wishlist                           | productAddedToWishlist             | productAddedToWishlist |
 | Products Searched                                   | searchRequest                      | searchRequest          |
 | identify                                            | POST /api/v1/contact               | (MAPPINGS.md)          |
@@ -31,6 +34,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, SecretStr
 
 from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
+from .carts import CART
 from .errors import Filtered
 from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table, present
 from .spec import compact_json, has_surrogate, lower_camel, words
@@ -269,6 +273,7 @@ EVENTS: dict[str, Mapper] = {
 
 class EsputnikDestination(Destination):
     vendor_events = VENDOR_EVENTS
+    enrichments = frozenset({CART})  # cartUpdated needs the whole cart: the package keeps it (carts.py)
     name = "esputnik"
     display_name = "eSputnik"
     Settings = Settings

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..base import HttpRequest, under_base
+from ..carts import DEFAULT_TTL, CartBook, Changes, load_cart, prune_carts, save_carts
+from ..carts import SCHEMA as CARTS_SCHEMA
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import finite
 
@@ -283,14 +285,15 @@ _Unit = tuple[MessageRequests, list[tuple[Any, ...]], str | None]
 class Outbox:
     """One SQLite file; each thread gets its own connection."""
 
-    def __init__(self, path: str | Path, *, dedupe_window: float = 24 * 3600.0) -> None:
+    def __init__(self, path: str | Path, *, dedupe_window: float = 24 * 3600.0, cart_ttl: float = DEFAULT_TTL) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dedupe_window = dedupe_window
+        self.cart_ttl = cart_ttl
         self._local = threading.local()
         self._lock = _write_lock(self.path)
         db = self._db()
-        db.executescript(SCHEMA)  # executescript commits on its own
+        db.executescript(SCHEMA + CARTS_SCHEMA)  # executescript commits on its own
         columns = {(t, row[1]) for t in {m[0] for m in MIGRATIONS} for row in db.execute(f"PRAGMA table_info({t})")}
         missing = [sql for table, column, sql in MIGRATIONS if (table, column) not in columns]
         if missing or db.execute("SELECT 1 FROM sqlite_master WHERE name = 'inbox_live'").fetchone() is None:
@@ -340,6 +343,7 @@ class Outbox:
         forms: Mapping[str, StoredForm] | None = None,
         holder: Holder | None = None,
         lease: float = 60.0,
+        carts: Changes | None = None,
     ) -> Enqueued:
         """Store events' requests in one transaction, removing the inbox events they came from; returns
         the requests accepted, the duplicates ignored and the events that could not be stored.
@@ -349,7 +353,8 @@ class Outbox:
         cannot take) is set aside, as a dead inbox event when it came from the inbox, and the others are
         stored. `forms` gives each instance's stored form (`StoredForm`, from the destination's declaration);
         instances it does not name keep the built-in destinations' credential names and whole URLs.
-        With `holder`, nothing is committed unless it still holds the mapper lease (LeaseLost)."""
+        With `holder`, nothing is committed unless it still holds the mapper lease (LeaseLost). `carts` are
+        the round's cart changes (carts.py), written in the same transaction as the requests they caused."""
         forms = forms or {}
         now = time.time() if now is None else now
         envelopes: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
@@ -362,11 +367,13 @@ class Outbox:
                 units.append((event, self._rows(event, forms, envelopes, now), None))
             except _EVENT_FAULTS as exc:
                 units.append((event, [], f"its requests cannot be stored ({type(exc).__name__})"))
-        if not units:
+        if not units and not carts:
             return Enqueued({}, 0)
         with self._write() as db:
             if holder is not None and not self._hold(db, holder, lease, now):
                 raise LeaseLost
+            if carts:
+                save_carts(db, carts)
             try:
                 db.execute("SAVEPOINT every_event")
                 accepted = self._store(db, units, now)
@@ -831,9 +838,14 @@ class Outbox:
             return db.execute(sql, args).rowcount
 
     def prune(self, now: float | None = None) -> int:
-        """Forget delivered requests older than the dedupe window."""
+        """Forget delivered requests older than the dedupe window, and carts untouched for `cart_ttl`."""
         now = time.time() if now is None else now
         with self._write() as db:
+            prune_carts(db, self.cart_ttl, now)
             return db.execute(
                 "DELETE FROM requests WHERE state = 'delivered' AND finished_at < ?", (now - self.dedupe_window,)
             ).rowcount
+
+    def cart_book(self) -> CartBook:
+        """The carts a round of mapping reads and changes (committed by `enqueue(carts=...)`)."""
+        return CartBook(lambda instance, key: load_cart(self._db(), instance, key), ttl=self.cart_ttl)

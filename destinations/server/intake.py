@@ -58,7 +58,9 @@ class Intake:
 
     def __init__(self, config: Config, *, deliver: bool = True) -> None:
         self.config = config
-        self.outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window)
+        self.outbox = Outbox(
+            config.outbox.path, dedupe_window=config.outbox.dedupe_window, cart_ttl=config.outbox.cart_ttl
+        )
         self.write_keys = [k.get_secret_value().encode() for k in config.server.write_keys]
         #: Every webhook secret (several while one is rotated); empty: signatures are not checked.
         self.webhook_secrets = [s.get_secret_value().encode() for s in config.server.webhook_secret]
@@ -129,7 +131,8 @@ class Intake:
             threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
 
     def _housekeep(self) -> None:
-        outbox = Outbox(self.config.outbox.path, dedupe_window=self.config.outbox.dedupe_window)
+        outbox = Outbox(self.config.outbox.path, dedupe_window=self.config.outbox.dedupe_window,
+                            cart_ttl=self.config.outbox.cart_ttl)  # fmt: skip
         while not self._housekeeping.wait(HOUSEKEEPING_EVERY):
             try:
                 pruned = outbox.prune()

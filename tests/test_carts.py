@@ -1,0 +1,221 @@
+"""eSputnik carts from single-product events: the package keeps each cart's contents (carts.py).
+
+The session of the issue, through the server, through `send` and through `CartTracker`: add p1, add p2, add p1
+again, remove p2, complete the order, add p3. eSputnik's cartUpdated (seed 003) must carry the whole cart each
+time: [p1x1], [p1x1, p2x1], [p1x2, p2x1], [p1x2], and after the order a new cart [p3x1] with a new
+recycleStateId. Expectations are written from the issue and seed 003, not from what the code printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from test_server import KEYS, WRITE_KEY, live, make_config, wait_for
+
+from destinations import CartTracker, get_destination
+from destinations.cli import main
+from destinations.delivery import Outbox
+from destinations.sink import Answer, RecordingServer
+
+# (productId, quantity) per cart, as the vendor must get them.
+EXPECTED = [[("p1", 1)], [("p1", 1), ("p2", 1)], [("p1", 2), ("p2", 1)], [("p1", 2)], [("p3", 1)]]
+PRICES = {"p1": 10.5, "p2": 20, "p3": 7}
+
+
+def session(user: str, start: int = 0) -> list[dict[str, Any]]:
+    """The issue's session for one shopper, as analytics.js would send it (the product in properties)."""
+
+    def track(n: int, event: str, **properties: Any) -> dict[str, Any]:
+        return {"type": "track", "event": event, "messageId": f"{user}-{start + n}", "userId": user,
+                "timestamp": f"2026-11-30T10:00:{n:02d}Z", "context": {"traits": {"email": f"{user}@example.com"}},
+                "properties": properties}  # fmt: skip
+
+    def product(pid: str) -> dict[str, Any]:
+        return {"product_id": pid, "name": f"Product {pid}", "price": PRICES[pid], "currency": "EUR"}
+
+    return [
+        track(1, "Product Added", **product("p1")),
+        track(2, "Product Added", **product("p2")),
+        track(3, "Product Added", **product("p1")),
+        track(4, "Product Removed", product_id="p2"),
+        track(
+            5,
+            "Order Completed",
+            order_id=f"o-{user}",
+            total=21,
+            currency="EUR",
+            products=[{**product("p1"), "quantity": 2}],
+        ),
+        track(6, "Product Added", **product("p3")),
+    ]
+
+
+def carts_of(bodies: list[Any]) -> dict[str, list[tuple[list[tuple[str, int]], str]]]:
+    """Per contact (keyValue): each cartUpdated's (productId, quantity) list and recycleStateId, in order, with a
+    request the vendor got twice in a row (a resend after a kill or a late answer) counted once."""
+    out: dict[str, list[tuple[list[tuple[str, int]], str]]] = {}
+    for body in bodies:
+        if not isinstance(body, dict) or body.get("eventTypeKey") != "cartUpdated":
+            continue
+        params = {p["name"]: p["value"] for p in body["params"]}
+        products = json.loads(params["products"])
+        cart = ([(p["productId"], p["quantity"]) for p in products], params["recycleStateId"])
+        seen = out.setdefault(body["keyValue"], [])
+        if not seen or seen[-1] != cart:
+            seen.append(cart)
+    return out
+
+
+def assert_session(carts: list[tuple[list[tuple[str, int]], str]]) -> None:
+    assert [products for products, _ in carts] == EXPECTED
+    ids = [recycle for _, recycle in carts]
+    assert len(set(ids[:4])) == 1, "one cart until the order"
+    assert ids[4] != ids[0], "a new cart, with a new recycleStateId, after the order"
+    assert all(recycle.isalnum() and len(recycle) >= 16 for recycle in ids)  # letters and digits (seed 003)
+
+
+def vendor_bodies(sink: RecordingServer) -> list[Any]:
+    return [r.json for r in sink.delivered() if r.path == "/api/v2/event"]
+
+
+def test_the_session_through_the_server(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, kinds=("esputnik",))
+        with live(config) as url:
+            for event in session("ann"):  # one request an event, as a page sends them
+                res = httpx.post(f"{url}/v1/track", json=event, auth=(WRITE_KEY, ""))
+                assert res.status_code == 200
+            assert wait_for(lambda: len(carts_of(vendor_bodies(sink)).get("ann@example.com", [])) == 5)
+            time.sleep(0.3)  # nothing more comes
+        carts = carts_of(vendor_bodies(sink))
+        assert_session(carts["ann@example.com"])
+        # The lines keep what the shopper's events said of each product, and the cart its currency.
+        params = {p["name"]: p["value"] for p in vendor_bodies(sink)[2]["params"]}
+        assert json.loads(params["products"]) == [
+            {"productId": "p1", "quantity": 2, "price": 10.5, "name": "Product p1"},
+            {"productId": "p2", "quantity": 1, "price": 20, "name": "Product p2"},
+        ]
+        assert params["currencyCode"] == "EUR"
+        # The order itself still goes as the custom event it always was.
+        assert [b["eventTypeKey"] for b in vendor_bodies(sink)].count("orderCompleted") == 1
+
+
+def test_two_shoppers_carts_do_not_mix(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, kinds=("esputnik",))
+        events = [e for pair in zip(session("ann"), session("bob"), strict=True) for e in pair]
+        with live(config) as url:
+            res = httpx.post(f"{url}/v1/batch", json={"batch": events}, auth=(WRITE_KEY, ""))
+            assert res.status_code == 200
+            assert wait_for(lambda: all(len(c) == 5 for c in carts_of(vendor_bodies(sink)).values())
+                            and len(carts_of(vendor_bodies(sink))) == 2)  # fmt: skip
+        carts = carts_of(vendor_bodies(sink))
+        assert_session(carts["ann@example.com"])
+        assert_session(carts["bob@example.com"])
+        assert {r for _, r in carts["ann@example.com"]}.isdisjoint({r for _, r in carts["bob@example.com"]})
+
+
+def test_the_session_through_send(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = tmp_path / "destinations.toml"
+        config.write_text(
+            f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n[destinations.shop-esputnik]\ntype = "esputnik"\n'
+            f'apiKey = "{KEYS["esputnik"]}"\nbaseUrl = "{sink.url}"\n',
+            encoding="utf-8",
+        )
+        events = tmp_path / "session.jsonl"
+        # Two sends: the cart outlives the first one, in the outbox database.
+        first, rest = session("cy")[:2], session("cy")[2:]
+        events.write_text("\n".join(json.dumps(e) for e in first), encoding="utf-8")
+        assert main(["send", "--config", str(config), "--quiet", str(events)]) == 0
+        events.write_text("\n".join(json.dumps(e) for e in rest), encoding="utf-8")
+        assert main(["send", "--config", str(config), "--quiet", str(events)]) == 0
+        assert_session(carts_of(vendor_bodies(sink))["cy@example.com"])
+
+
+def test_cart_tracker_for_library_users(tmp_path: Path) -> None:
+    esputnik = get_destination("esputnik", {"apiKey": "k"})
+    for tracker in (CartTracker(), CartTracker(tmp_path / "carts.sqlite3")):
+        bodies = [r.json for event in session("dee") for r in tracker.handle(esputnik, event)]
+        assert_session(carts_of(bodies)["dee@example.com"])
+        cart = tracker.cart("esputnik", "dee")
+        assert cart is not None
+        assert [(line["product_id"], line["quantity"]) for line in cart.lines] == [("p3", 1)]
+        tracker.close()
+    # Without a tracker, handle keeps the stateless rule: a single product is not a cart.
+    assert esputnik.handle_with_warnings  # the destination itself is unchanged
+    again = CartTracker(tmp_path / "carts.sqlite3")  # the file keeps the carts
+    assert again.cart("esputnik", "dee") is not None
+    again.close()
+
+
+def test_a_cart_untouched_past_its_ttl_starts_again(tmp_path: Path) -> None:
+    esputnik = get_destination("esputnik", {"apiKey": "k"})
+    tracker = CartTracker(ttl=0.2)
+    events = session("eve")
+    first = carts_of([r.json for r in tracker.handle(esputnik, events[0])])["eve@example.com"]
+    time.sleep(0.3)
+    second = carts_of([r.json for r in tracker.handle(esputnik, events[1])])["eve@example.com"]
+    assert first[0][0] == [("p1", 1)]
+    assert second[0][0] == [("p2", 1)]  # p1's cart was forgotten
+    assert second[0][1] != first[0][1]
+
+
+def test_sigkill_while_mapping_leaves_no_cart_ahead_of_or_behind_the_outbox(tmp_path: Path) -> None:
+    """A worker killed at any point of mapping a backlog: each shopper's carts still come out exactly, once each,
+    because a cart changes in the transaction that stores the request it caused."""
+    users = [f"u{n:03d}" for n in range(150)]
+    with RecordingServer(lambda _: Answer(delay=0.002)) as sink:
+        config = tmp_path / "destinations.toml"
+        config.write_text(
+            f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\nconcurrency = 8\nconnect_timeout = 1\n'
+            f'read_timeout = 2\nlease = 4\n[destinations.shop-esputnik]\ntype = "esputnik"\n'
+            f'apiKey = "{KEYS["esputnik"]}"\nbaseUrl = "{sink.url}"\n',
+            encoding="utf-8",
+        )
+        outbox = Outbox(tmp_path / "outbox.sqlite3")
+        sessions = [session(u) for u in users]
+        outbox.accept_events([sessions[u][n] for n in range(6) for u in range(len(users))])
+        total = outbox.inbox_count()
+        kills = 0
+        for threshold in (total * 2 // 3, total // 3):
+            worker = worker_process(config)
+            while outbox.inbox_count() > threshold and worker.poll() is None:
+                time.sleep(0.001)
+            worker.send_signal(signal.SIGKILL)  # in the middle of mapping the backlog
+            worker.wait()
+            kills += 1
+        worker = worker_process(config)
+        try:
+            assert wait_for(lambda: outbox.pending_count() == 0, timeout=60)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+        assert kills == 2
+        carts = carts_of(vendor_bodies(sink))
+        assert sorted(carts) == sorted(f"{u}@example.com" for u in users)
+        for user in users:
+            assert_session(carts[f"{user}@example.com"])
+        # The carts kept match what was sent last: each shopper's cart holds p3 alone.
+        kept = outbox._db().execute("SELECT cart_key, lines FROM carts").fetchall()
+        assert sorted(key for key, _ in kept) == sorted(users)
+        assert {json.dumps([(x["product_id"], x["quantity"]) for x in json.loads(lines)]) for _, lines in kept} == {
+            json.dumps([["p3", 1]])
+        }
+
+
+def worker_process(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "destinations", "worker", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
