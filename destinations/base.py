@@ -19,6 +19,9 @@ from .spec import Message, Track, check_envelope, format_path, integration_setti
 
 log = logging.getLogger(__name__)
 
+#: The enrichment that hands a destination the whole cart on every cart event (`Destination.enrichments`).
+CART = "cart"
+
 # Immutable, so no request can change another's through a shared default.
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -171,7 +174,7 @@ class Destination:
 
     #: The vendor's own event keys, which no custom event may take (customEventNames, MAPPINGS "Real traffic").
     vendor_events: ClassVar[frozenset[str]] = frozenset()
-    #: State the mapping stage applies before `handle` for this destination: "cart" hands cart events the
+    #: State the mapping stage applies before `handle` for this destination: CART hands cart events the
     #: whole cart (carts.py). `handle` alone (a library call, the RudderStack routes) has no state.
     enrichments: ClassVar[frozenset[str]] = frozenset()
 
@@ -245,7 +248,17 @@ class Destination:
                 label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True
             ) from None
 
-    def _handle(self, message: Mapping[str, Any] | Message) -> Handled:
+    def admits(self, message: Message) -> bool:
+        """Whether this instance takes a parsed message at all (its `integrations`, its type, an id, the shaping
+        settings): what the mapping stage asks before it changes any state for it (carts.py)."""
+        try:
+            self._gate(message)
+        except DestinationError:
+            return False
+        return True
+
+    def _gate(self, message: Mapping[str, Any] | Message) -> tuple[Message, dict[str, Any]]:
+        """The parsed message and this instance's options, or Filtered/InvalidMessage when it does not take it."""
         if isinstance(message, Message):
             kind, integrations = message.type, message.integrations
         else:
@@ -258,21 +271,25 @@ class Destination:
         parsed = parse_message(message)
         if parsed.userId is None and parsed.anonymousId is None:
             raise InvalidMessage(parsed.event_label, "userId", "or anonymousId is required by the Segment spec")
+        if self.shaping.active:
+            self.shaping.check(parsed, parsed.event if isinstance(parsed, Track) else None, self.display_name)
+        return parsed, options
+
+    def _handle(self, message: Mapping[str, Any] | Message) -> Handled:
+        parsed, options = self._gate(message)
         shaping = self.shaping
-        if shaping.active:
-            shaping.check(parsed, parsed.event if isinstance(parsed, Track) else None, self.display_name)
         call = Call(parsed, options, self.settings, self.display_name)
         call.overrides = shaping.overrides
         if isinstance(parsed, Track) and shaping.active:
             call.event = shaping.spec_event(parsed.event) or call.event
             call.custom_name = shaping.custom_name(parsed.event)
-        if kind == "track":
+        if parsed.type == "track":
             # Through the class: a plain function stored on it must not become a bound method.
             mapper = self.events.get(call.event) or type(self).other_event
             if mapper is None:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
-            mapper = self.calls[kind]
+            mapper = self.calls[parsed.type]
         return Handled(self.build(call, mapper(call)), call.warnings)
 
     def build(self, call: Call, mapped: Any) -> list[HttpRequest]:

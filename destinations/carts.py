@@ -7,20 +7,27 @@ the message with `properties.products` set to the whole cart after that event an
 the cart's id; its handler stays a pure function of what it is handed.
 
 A cart is kept per (destination instance, cart key), the key being `properties.cart_id` ‖
-`properties.checkout_id` ‖ the user (userId ‖ anonymousId):
+`properties.checkout_id` ‖ the user (userId ‖ anonymousId), each kind apart (`cart:…`, `user:…`,
+`anonymous:…`); a shopper who logs in takes their anonymous cart along.
 
 - Product Added (one product): adds it; the same product id and variant add to the quantity (default 1).
 - Product Removed (one product): lowers its quantity by the event's; without a quantity, or at 0, the
   line goes.
 - Cart Viewed, Checkout Started, and Product Added / Removed whose `products[]` is the cart (beside a
-  product id, or several items): the cart becomes `products[]` (without one, it stays as it was).
-- Order Completed: the cart (and the user's own cart) is forgotten; the next cart gets a new id.
+  product id, or several items): the cart becomes `products[]`, each item as sent.
+- Order Completed: the cart (and the shopper's user and anonymous carts) is forgotten; the next cart gets a
+  new id.
+
+Only what the instance takes changes its carts (`Destination.admits`: integrations, consent and event
+shaping), and a resend (a messageId already in the outbox) changes nothing again. Where no cart is known and
+the event brings none (a removal, a Cart Viewed without products), nothing is made up: the stateless rule
+applies, since an empty cartUpdated would clear the shopper's cart at the vendor.
 
 The cart's id (eSputnik's `recycleStateId`) is made when the cart is: `cart_id` ‖ `checkout_id` ‖
-`order_id`, else 32 random letters and digits (seed 003: "a set of random numbers and Latin letters"). A
-cart untouched for `ttl` seconds is forgotten. The delivery process keeps carts in the outbox database and
-changes them in the transaction that stores the requests they caused; `CartTracker` does the same for a
-library user, in memory or in a SQLite file of their own.
+`order_id`, else 32 random hexadecimal letters and digits (seed 003: "a set of random numbers and Latin
+letters"). A cart untouched for `ttl` seconds is forgotten. The delivery process keeps carts in the outbox
+database and changes them in the transaction that stores the requests they caused; `CartTracker` does the
+same for a library user, in memory or in a SQLite file of their own.
 """
 
 from __future__ import annotations
@@ -30,18 +37,20 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import InvalidMessage
-from .fields import ITEM_CURRENCY, ITEM_PRICE, PRODUCT_ID, Call, F, Item
+from .base import CART
+from .errors import DestinationError
+from .fields import CART_IDS, ITEM_CURRENCY, ITEM_PRICE, PRODUCT_ID, RECYCLE_IDS, Call, F, Item
 from .spec import Message, Track, canonical_event, parse_message
 
 if TYPE_CHECKING:
     from .base import Destination, Handled
 
-CART = "cart"  # the enrichment's name in `Destination.enrichments`
 DEFAULT_TTL = 30 * 24 * 3600.0
 
 SCHEMA = """
@@ -54,21 +63,17 @@ CREATE TABLE IF NOT EXISTS carts (
     updated_at REAL NOT NULL,
     PRIMARY KEY (instance, cart_key)
 );
+CREATE INDEX IF NOT EXISTS carts_updated ON carts (updated_at);
 """
 
-# What a cart line keeps of a product, read through the declared sources (fields.py), in Segment's names.
-LINE_FIELDS = (
-    F("product_id", *PRODUCT_ID),
-    F("variant_id", "product.variant_id"),
-    F("quantity", "product.quantity", kind="number"),
-    ITEM_PRICE,
-    F("name", "product.name"),
-    F("category", "product.category"),
-    F("discount", "product.discount", kind="number"),
-)
-_PRODUCT = LINE_FIELDS[0]
-CART_KEY = F("cart_key", "properties.cart_id", "properties.checkout_id")
-NEW_CART_ID = F("cart_id", "properties.cart_id", "properties.checkout_id", "properties.order_id")
+# What identifies a cart line and what it holds of a single product, by Segment's names (fields.py sources).
+_PRODUCT = F("product_id", *PRODUCT_ID)
+_VARIANT = F("variant_id", "product.variant_id")
+_QUANTITY = F("quantity", "product.quantity", kind="number")
+LINE_FIELDS = (_PRODUCT, _VARIANT, _QUANTITY, ITEM_PRICE, F("name", "product.name"), F("category", "product.category"),
+               F("discount", "product.discount", kind="number"))  # fmt: skip
+CART_ID = F("cart_id", *CART_IDS)
+NEW_CART_ID = F("recycle_state_id", *RECYCLE_IDS)
 CURRENCY = F("currency", "properties.currency")
 
 # The cart events and what each does.
@@ -83,8 +88,9 @@ CHANGES = {
 
 
 class Cart(NamedTuple):
-    """One cart: its id (eSputnik's recycleStateId), its lines in the order added (Segment product fields:
-    product_id, variant_id, quantity, price, name, category, discount), its currency, when it last changed."""
+    """One cart: its id (eSputnik's recycleStateId), its lines in the order added (product objects with Segment
+    field names: product_id, variant_id, quantity, price, name, category, discount, and any other field of a
+    whole cart as it was sent), its currency, and when it last changed (epoch seconds)."""
 
     id: str
     lines: tuple[dict[str, Any], ...]
@@ -96,97 +102,160 @@ class Cart(NamedTuple):
 Changes = dict[tuple[str, str], Cart | None]
 
 
+def keys_of(call: Call) -> tuple[str | None, str | None, str | None]:
+    """A message's cart key, user key and anonymous key: `cart:<cart_id ‖ checkout_id>`, `user:<userId>`,
+    `anonymous:<anonymousId>` (kinds apart, so a cart id never meets a user id). The cart key is the first
+    of the three that the message has."""
+    given = call.read(CART_ID)
+    message = call.message
+    user = f"user:{message.userId}" if message.userId else None
+    anonymous = f"anonymous:{message.anonymousId}" if message.anonymousId else None
+    return (f"cart:{given}" if given else user or anonymous), user, anonymous
+
+
 class CartBook:
     """The carts one round of messages touches: read once through `load`, changed in message order, and
-    written with the round's requests (`changes`)."""
+    written with the round's requests (`changes`). `seen(instance, messageId)` says a message is already in
+    the outbox (a resend): it changes no cart again."""
 
     def __init__(
-        self, load: Callable[[str, str], Cart | None], *, ttl: float = DEFAULT_TTL, now: float | None = None
+        self,
+        load: Callable[[str, str], Cart | None],
+        *,
+        seen: Callable[[str, str], bool] | None = None,
+        ttl: float = DEFAULT_TTL,
+        now: float | None = None,
     ) -> None:
         self._load = load
+        self._seen = seen
         self.ttl = ttl
         self.now = time.time() if now is None else now
         self.changes: Changes = {}
+        self._handled: set[tuple[str, str]] = set()
 
     def get(self, instance: str, key: str) -> Cart | None:
+        """The cart under `key` as this round has it: None when there is none or it expired."""
         if (instance, key) in self.changes:
             return self.changes[(instance, key)]
         cart = self._load(instance, key)
         return cart if cart is not None and self.now - cart.updated_at <= self.ttl else None
 
-    def hand(self, instance: str, destination: Destination, raw: Mapping[str, Any], parsed: Any) -> Any:
-        """The message to hand `destination` (an instance declaring the cart enrichment): for a cart event,
-        `raw` with the whole cart after it; else `parsed` as it is. Never raises: a message the cart cannot
-        read changes nothing and goes to the destination unchanged, to be refused there with its path."""
+    def hand(
+        self, instance: str, destination: Destination, raw: Any, parsed: Any, message_id: str | None = None
+    ) -> Any:
+        """The message to hand `destination` (an instance declaring the cart enrichment): for a cart event it
+        takes, `raw` with `properties.products` the whole cart after it and `properties.cart_id` the cart's id;
+        else `parsed` as it is, and the stateless rules apply (also when no cart is known and the event brings
+        none: an empty cart would clear the shopper's cart at the vendor). Raises nothing of its own: a message
+        the cart cannot read is handed on unchanged, to be refused with its path."""
         if not isinstance(parsed, Track) or not isinstance(raw, Mapping):
             return parsed
-        event = destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event)
-        kind = CHANGES.get(event)
-        if kind is None:
+        kind = CHANGES.get(destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event))
+        if kind is None or not destination.admits(parsed):
             return parsed
+        if message_id is not None:
+            if (instance, message_id) in self._handled or (self._seen is not None and self._seen(instance, message_id)):
+                return parsed  # a resend: its change is in the cart already, and the outbox drops its requests
+            self._handled.add((instance, message_id))
         call = Call(parsed, {}, destination.settings, destination.display_name)
-        visitor = call.visitor_id
         try:
-            key = call.read(CART_KEY) or visitor
-            if kind == CLEAR:
-                for cart_key in {key, visitor}:
-                    self.changes[(instance, cart_key)] = None
+            key, user, anonymous = keys_of(call)
+            if key is None:
                 return parsed
-            cart = self._changed(self.get(instance, key), call, kind)
-        except InvalidMessage:  # an unreadable product or key: the destination says what is wrong
+            if kind == CLEAR:
+                for cart_key in {key, user, anonymous} - {None}:
+                    self.changes[(instance, cart_key)] = None  # type: ignore[index]
+                return parsed
+            cart = self.get(instance, key)
+            if cart is None and key == user and anonymous:  # the shopper logged in: their cart comes along
+                cart = self.get(instance, anonymous)
+                if cart is not None:
+                    self.changes[(instance, anonymous)] = None
+            changed = self._changed(cart, call, kind)
+        except DestinationError:  # an unreadable id or product: the destination says what is wrong
             return parsed
-        self.changes[(instance, key)] = cart
-        properties = {**raw.get("properties", {}), "products": [dict(line) for line in cart.lines],
-                      "cart_id": cart.id}  # fmt: skip
-        if cart.currency and not properties.get("currency"):
-            properties["currency"] = cart.currency
+        if changed is None:
+            return parsed
+        self.changes[(instance, key)] = changed
+        properties = {**parsed.properties, "products": [dict(line) for line in changed.lines], "cart_id": changed.id}
+        if changed.currency and not properties.get("currency"):
+            properties["currency"] = changed.currency
         return {**raw, "properties": properties}
 
-    def _changed(self, cart: Cart | None, call: Call, kind: str) -> Cart:
-        if cart is None:
-            cart = Cart(call.read(NEW_CART_ID) or uuid.uuid4().hex, (), None, self.now)
-        lines = list(cart.lines)
-        currency = call.read(CURRENCY)
+    def _changed(self, cart: Cart | None, call: Call, kind: str) -> Cart | None:
+        """The cart after this event; None when the event changes nothing and no cart is known."""
         whole = call.has_products and (
-            kind == REPLACE or call.read(_PRODUCT, Item(call.properties, "properties")) or len(call.products) > 1
+            kind == REPLACE or bool(call.read(_PRODUCT, Item(call.properties, "properties"))) or len(call.products) > 1
         )
-        if whole:  # the whole cart, as sent
-            lines = [line for item in call.products if (line := _line(call, item))]
-        elif kind in (ADD, REMOVE):  # one product, wherever it sits (MAPPINGS "Real traffic")
-            product = call.product()
-            line = _line(call, product)
-            if line is not None:
-                lines = _added(lines, line) if kind == ADD else _removed(lines, line)
-            if kind == ADD:
-                currency = currency or call.read(ITEM_CURRENCY, product)
-        return Cart(cart.id, tuple(lines), currency or cart.currency, self.now)
+        currency = call.read(CURRENCY)
+        if whole:  # the whole cart, as sent: every item kept as it came, for the destination to read
+            raw = call.properties.get("products")
+            items = raw if isinstance(raw, list) else [raw] if raw is not None else []
+            lines = [dict(item) if isinstance(item, Mapping) else item for item in items]
+            # The currency of the cart as sent, not of the one it replaces.
+            currency = currency or next((c for item in call.products if (c := call.read(ITEM_CURRENCY, item))), None)
+            made = cart.id if cart else call.read(NEW_CART_ID) or uuid.uuid4().hex
+            return Cart(made, tuple(lines), currency, self.now)
+        if kind == REPLACE or (cart is None and kind != ADD):
+            return cart  # nothing sent to replace it with, or nothing to remove from
+        product = call.product()
+        line = _line(call, product)
+        lines = list(cart.lines) if cart else []
+        if line is not None:
+            lines = _added(call, lines, line) if kind == ADD else _removed(call, lines, line)
+        if kind == ADD:
+            currency = currency or call.read(ITEM_CURRENCY, product)
+        made = cart.id if cart else call.read(NEW_CART_ID) or uuid.uuid4().hex
+        return Cart(made, tuple(lines), currency or (cart.currency if cart else None), self.now)
 
 
 def _line(call: Call, item: Item) -> dict[str, Any] | None:
-    """A product as a cart line: the fields it has, by their Segment names; None without a product id."""
+    """A single product as a cart line: its fields by Segment's names, and its list-of-strings properties
+    (eSputnik's extended product fields); None without a product id."""
     line = {f.name: value for f in LINE_FIELDS if (value := call.read(f, item)) is not None}
-    return line if line.get("product_id") else None
+    if not line.get("product_id"):
+        return None
+    for key, value in item.raw.items():
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and key != "products":
+            line.setdefault(key, value)
+    return line
 
 
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return a["product_id"] == b["product_id"] and a.get("variant_id") == b.get("variant_id")
+def _identity(call: Call, line: Mapping[str, Any]) -> tuple[Any, Any]:
+    item = Item(line, "cart")
+    return call.read(_PRODUCT, item), call.read(_VARIANT, item)
 
 
-def _added(lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str, Any]]:
+def _quantity(call: Call, line: Mapping[str, Any], default: Any = 1) -> Any:
+    value = call.read(_QUANTITY, Item(line, "cart"))
+    return default if value is None else value
+
+
+def _plus(a: Any, b: Any) -> int | float:
+    """a + b in decimal, an int when whole (0.1 + 0.2 is 0.3, 1 + 1 is 2)."""
+    total = Decimal(str(a)) + Decimal(str(b))
+    return int(total) if total == total.to_integral_value() else float(total)
+
+
+def _added(call: Call, lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str, Any]]:
     quantity = line.get("quantity", 1)
+    if quantity <= 0:  # adding nothing, or less than nothing, changes nothing
+        return lines
+    identity = _identity(call, line)
     for i, held in enumerate(lines):
-        if _same(held, line):
-            lines[i] = {**held, **line, "quantity": held.get("quantity", 1) + quantity}
+        if _identity(call, held) == identity:
+            lines[i] = {**held, **line, "quantity": _plus(_quantity(call, held), quantity)}
             return lines
     return [*lines, {**line, "quantity": quantity}]
 
 
-def _removed(lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str, Any]]:
+def _removed(call: Call, lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str, Any]]:
     quantity = line.get("quantity")
+    identity = _identity(call, line)
     out = []
     for held in lines:
-        if _same(held, line):
-            left = held.get("quantity", 1) - quantity if quantity else 0
+        if _identity(call, held) == identity:
+            left = _plus(_quantity(call, held), -quantity) if quantity else 0
             if left > 0:
                 out.append({**held, "quantity": left})
             continue
@@ -198,6 +267,7 @@ def _removed(lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str
 
 
 def load_cart(db: sqlite3.Connection, instance: str, key: str) -> Cart | None:
+    """The stored cart of (instance, cart key), expired or not; None when there is none."""
     row = db.execute(
         "SELECT cart_id, lines, currency, updated_at FROM carts WHERE instance = ? AND cart_key = ?", (instance, key)
     ).fetchone()
@@ -212,24 +282,33 @@ def save_carts(db: sqlite3.Connection, changes: Changes) -> None:
     db.executemany(
         "INSERT OR REPLACE INTO carts (instance, cart_key, cart_id, lines, currency, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [(*key, c.id, json.dumps(c.lines), c.currency, c.updated_at) for key, c in changes.items() if c is not None],
+        [
+            (*key, c.id, json.dumps(c.lines, default=str), c.currency, c.updated_at)
+            for key, c in changes.items()
+            if c is not None
+        ],
     )
 
 
 def prune_carts(db: sqlite3.Connection, ttl: float, now: float) -> int:
+    """Forget carts untouched for `ttl` seconds; returns how many."""
     return db.execute("DELETE FROM carts WHERE updated_at < ?", (now - ttl,)).rowcount
 
 
 class CartTracker:
-    """Carts for a library user: `tracker.handle(destination, message)` is `destination.handle(message)`
-    with the whole cart handed to a destination that asks for it (eSputnik), the cart kept in memory or in
-    a SQLite file (`path`). One tracker per set of carts; thread-safe; the instance name keys the carts
-    when one tracker serves several instances of a destination."""
+    """Carts for a library user: `tracker.handle(destination, message)` is `destination.handle(message)` with
+    the whole cart handed to a destination that asks for it (eSputnik), the carts kept in memory or in a
+    SQLite file (`path`). Thread-safe: one call at a time, so each shopper's carts follow the calls' order.
+    A message whose messageId the tracker has seen lately (the last 100,000) changes no cart again."""
+
+    SEEN = 100_000
 
     def __init__(self, path: str | Path | None = None, *, ttl: float = DEFAULT_TTL) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._memory: dict[tuple[str, str], Cart] = {}
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._pruned = 0.0
         self._db: sqlite3.Connection | None = None
         if path is not None:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -237,47 +316,71 @@ class CartTracker:
             self._db.executescript(SCHEMA)
 
     def handle_with_warnings(self, destination: Destination, message: Any, *, instance: str = "") -> Handled:
-        """The destination's `handle_with_warnings`, with the cart applied first; raises what it raises (the
-        cart has changed all the same: the shopper did change it)."""
+        """The destination's `handle_with_warnings` with the cart applied first (`message` a dict or a parsed
+        Message); raises what it raises, and the cart has changed all the same (the shopper did change it).
+        `instance` names the carts' owner when one tracker serves several instances (default: the type)."""
         instance = instance or destination.name
         with self._lock:
-            book = CartBook(self._load, ttl=self.ttl)
+            raw = message.model_dump(exclude_none=True) if isinstance(message, Message) else message
             try:
-                parsed: Any = parse_message(message) if not isinstance(message, Message) else message
-            except InvalidMessage:
+                parsed: Any = message if isinstance(message, Message) else parse_message(message)
+            except DestinationError:
                 parsed = message
-            handed = book.hand(instance, destination, message, parsed) if CART in destination.enrichments else message
-            self._save(book.changes)
-        return destination.handle_with_warnings(handed)
+            handed = message
+            if CART in destination.enrichments:
+                book = CartBook(self._load, seen=self._was_seen, ttl=self.ttl)
+                mid = raw.get("messageId") if isinstance(raw, Mapping) else None
+                handed = book.hand(instance, destination, raw, parsed, mid if isinstance(mid, str) else None)
+                self._save(book.changes)
+            return destination.handle_with_warnings(handed)
 
     def handle(self, destination: Destination, message: Any, *, instance: str = "") -> list[Any]:
+        """`handle_with_warnings(...).requests`."""
         return self.handle_with_warnings(destination, message, instance=instance).requests
 
     def cart(self, instance: str, key: str) -> Cart | None:
-        """The cart kept for (instance, cart key), if any and not expired."""
+        """The cart kept for (instance, cart key: `cart:<id>`, `user:<userId>` or `anonymous:<id>`), if any
+        and not expired."""
         with self._lock:
             return CartBook(self._load, ttl=self.ttl).get(instance, key)
+
+    def _was_seen(self, instance: str, message_id: str) -> bool:
+        key = (instance, message_id)
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self.SEEN:
+            self._seen.popitem(last=False)
+        return False
 
     def _load(self, instance: str, key: str) -> Cart | None:
         return self._memory.get((instance, key)) if self._db is None else load_cart(self._db, instance, key)
 
     def _save(self, changes: Changes) -> None:
+        now = time.time()
+        prune = now - self._pruned > 60  # expired carts go once a minute, not on every message
+        if prune:
+            self._pruned = now
         if self._db is None:
             for key, cart in changes.items():
                 if cart is None:
                     self._memory.pop(key, None)
                 else:
                     self._memory[key] = cart
+            if prune:
+                self._memory = {k: c for k, c in self._memory.items() if now - c.updated_at <= self.ttl}
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             save_carts(self._db, changes)
-            prune_carts(self._db, self.ttl, time.time())
+            if prune:
+                prune_carts(self._db, self.ttl, now)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the SQLite file, if any."""
         if self._db is not None:
             self._db.close()

@@ -121,6 +121,13 @@ class OutboxConfig(_Table):
     dedupe_window: float = 24 * 3600.0
     cart_ttl: float = 30 * 24 * 3600.0  # a cart the package keeps (carts.py) is forgotten when untouched this long
 
+    @field_validator("cart_ttl")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return value
+
     @field_validator("lease")
     @classmethod
     def _lease_outlasts_a_call(cls, lease: float | None, info: ValidationInfo) -> float | None:
@@ -171,6 +178,27 @@ class RudderConfig(_Table):
         return duration(value)
 
 
+class DebuggerConfig(_Table):
+    """The live debugger (`GET /debugger` of `serve`): what it keeps and who may see it."""
+
+    enabled: bool = True
+    keep: int = Field(default=1000, ge=1, le=1_000_000)  # the last messages kept, with their outcomes
+    # Required to listen beyond loopback; sent as `Authorization: Bearer …` or through the page's login form.
+    token: SecretStr | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (it guards every message the server took)")
+        return value
+
+    @property
+    def keep_count(self) -> int:
+        """Messages kept, 0 when the debugger is off (what the outbox is given)."""
+        return self.keep if self.enabled else 0
+
+
 @dataclass(frozen=True)
 class Config:
     """A validated configuration: server, outbox and the destination instances by name."""
@@ -180,6 +208,7 @@ class Config:
     destinations: dict[str, Destination] = field(default_factory=dict)
     source: str = "(defaults)"
     rudder: RudderConfig = field(default_factory=RudderConfig)
+    debugger: DebuggerConfig = field(default_factory=DebuggerConfig)
 
 
 def expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
@@ -229,12 +258,14 @@ def parse_config(
         except ConfigurationError as exc:  # name the file too
             raise ConfigurationError(f"{source}: {exc}") from None
 
-    unknown = sorted(set(data) - {"server", "outbox", "destinations", "rudder"})
+    unknown = sorted(set(data) - {"server", "outbox", "destinations", "rudder", "debugger"})
     if unknown:
         raise ConfigurationError(
-            f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations, rudder)"
+            f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations, rudder, debugger)"
         )
     rudder = _validate(RudderConfig, expand(data.get("rudder", {}), "rudder"), f"{source}: [rudder]")
+    debugger_table = expand(data.get("debugger", {}), "debugger", lenient=not server_needed)
+    debugger = _validate(DebuggerConfig, debugger_table, f"{source}: [debugger]")
     server_table = expand(data.get("server", {}), "server", lenient=not server_needed)
     server = _validate(ServerConfig, server_table, f"{source}: [server]")
     outbox = _validate(OutboxConfig, expand(data.get("outbox", {}), "outbox"), f"{source}: [outbox]")
@@ -254,7 +285,8 @@ def parse_config(
             instances[name] = get_destination(kind, settings)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{where} {exc}", exc.problems) from None
-    return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder)
+    return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder,
+                  debugger=debugger)  # fmt: skip
 
 
 class _Lenient(dict):  # type: ignore[type-arg]

@@ -33,10 +33,22 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, SecretStr
 
-from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
-from .carts import CART
+from .base import CART, Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
 from .errors import Filtered
-from .fields import CURRENCY, EMAIL, FIRST_NAME, LAST_NAME, PHONE, PRODUCT_ID, Call, F, Item, Table, present
+from .fields import (
+    CURRENCY,
+    EMAIL,
+    FIRST_NAME,
+    LAST_NAME,
+    PHONE,
+    PRODUCT_ID,
+    RECYCLE_IDS,
+    Call,
+    F,
+    Item,
+    Table,
+    present,
+)
 from .spec import compact_json, has_surrogate, lower_camel, words
 
 BASIC_USER = "destinations"
@@ -94,7 +106,7 @@ PRODUCT_CATEGORY_VIEWED = Table(
 )  # fmt: skip
 CART_UPDATED = Table(
     "cartUpdated",
-    F("recycleStateId", "properties.cart_id", "properties.checkout_id", "properties.order_id", required=True),
+    F("recycleStateId", *RECYCLE_IDS, required=True),
     F("currencyCode", "properties.currency"),
 )
 CART_ITEM = Table(

@@ -363,6 +363,9 @@ EMAIL = ("traits.email", "properties.email")
 PHONE = ("traits.phone", "properties.phone")
 ORDER_TOTAL = ("properties.total", "properties.revenue", "properties.value")
 CART_TOTAL = ("properties.total", "properties.value", "properties.revenue")
+CART_IDS = ("properties.cart_id", "properties.checkout_id")
+# What connects a cart to its purchase (eSputnik recycleStateId, MAPPINGS "Real traffic").
+RECYCLE_IDS = (*CART_IDS, "properties.order_id")
 
 
 def present(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -551,7 +554,7 @@ class Call:
         present = False
         for source in f.compiled:
             value = roots[source.index]
-            value = value.get(source.key) if type(value) is dict else getattr(value, source.key, None)
+            value = getattr(value, source.key, None) if source.index == _MESSAGE_ROOT else value.get(source.key)
             if value is None:
                 continue
             for key in source.rest:
@@ -610,7 +613,7 @@ class Call:
 
     def _value(self, source: Source, item: Item | None) -> Any:
         value = (item or self.product()).raw if source.index == _PRODUCT_ROOT else self._roots[source.index]
-        value = value.get(source.key) if type(value) is dict else getattr(value, source.key, None)
+        value = getattr(value, source.key, None) if source.index == _MESSAGE_ROOT else value.get(source.key)
         for key in source.rest:
             if value is None:
                 return None

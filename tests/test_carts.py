@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 from test_server import KEYS, WRITE_KEY, live, make_config, wait_for
 
-from destinations import CartTracker, get_destination
+from destinations import CartTracker, Filtered, InvalidMessage, get_destination
 from destinations.cli import main
 from destinations.delivery import Outbox
+from destinations.delivery.intake import map_inbox
+from destinations.delivery.outbox import Holder
 from destinations.sink import Answer, RecordingServer
 
 # (productId, quantity) per cart, as the vendor must get them.
@@ -146,14 +148,14 @@ def test_cart_tracker_for_library_users(tmp_path: Path) -> None:
     for tracker in (CartTracker(), CartTracker(tmp_path / "carts.sqlite3")):
         bodies = [r.json for event in session("dee") for r in tracker.handle(esputnik, event)]
         assert_session(carts_of(bodies)["dee@example.com"])
-        cart = tracker.cart("esputnik", "dee")
+        cart = tracker.cart("esputnik", "user:dee")
         assert cart is not None
         assert [(line["product_id"], line["quantity"]) for line in cart.lines] == [("p3", 1)]
         tracker.close()
     # Without a tracker, handle keeps the stateless rule: a single product is not a cart.
     assert esputnik.handle_with_warnings  # the destination itself is unchanged
     again = CartTracker(tmp_path / "carts.sqlite3")  # the file keeps the carts
-    assert again.cart("esputnik", "dee") is not None
+    assert again.cart("esputnik", "user:dee") is not None
     again.close()
 
 
@@ -206,7 +208,7 @@ def test_sigkill_while_mapping_leaves_no_cart_ahead_of_or_behind_the_outbox(tmp_
             assert_session(carts[f"{user}@example.com"])
         # The carts kept match what was sent last: each shopper's cart holds p3 alone.
         kept = outbox._db().execute("SELECT cart_key, lines FROM carts").fetchall()
-        assert sorted(key for key, _ in kept) == sorted(users)
+        assert sorted(key for key, _ in kept) == sorted(f"user:{u}" for u in users)
         assert {json.dumps([(x["product_id"], x["quantity"]) for x in json.loads(lines)]) for _, lines in kept} == {
             json.dumps([["p3", 1]])
         }
@@ -219,3 +221,80 @@ def worker_process(config: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def handled(tracker: CartTracker, events: list[dict[str, Any]], **settings: Any) -> list[Any]:
+    esputnik = get_destination("esputnik", {"apiKey": "k", **settings})
+    out: list[Any] = []
+    for event in events:
+        try:
+            out.extend(r.json for r in tracker.handle(esputnik, event))
+        except (Filtered, InvalidMessage) as exc:
+            out.append(type(exc).__name__)
+    return out
+
+
+def cart_products(body: Any) -> list[Any]:
+    return json.loads({p["name"]: p["value"] for p in body["params"]}["products"])
+
+
+def test_a_resend_changes_no_cart_again() -> None:
+    """A client that resends on a timeout sends the same messageId: the cart counts the product once."""
+    tracker = CartTracker()
+    first = session("fay")[0]
+    bodies = handled(tracker, [first, first, session("fay")[1]])
+    assert [(p["productId"], p["quantity"]) for p in cart_products(bodies[-1])] == [("p1", 1), ("p2", 1)]
+
+
+def test_no_cart_is_made_up_when_none_is_known() -> None:
+    """A removal or a Cart Viewed without products for a shopper with no known cart would send an empty cart,
+    which clears theirs at eSputnik: the stateless rule applies instead (filtered)."""
+    tracker = CartTracker()
+    removal = session("gus")[3]
+    viewed = {**removal, "event": "Cart Viewed", "messageId": "gus-viewed", "properties": {}}
+    assert handled(tracker, [removal, viewed]) == ["Filtered", "Filtered"]
+    assert tracker.cart("esputnik", "user:gus") is None
+
+
+def test_only_what_the_instance_takes_changes_its_carts() -> None:
+    tracker = CartTracker()
+    off = {**session("hal")[0], "integrations": {"eSputnik": False}}
+    assert handled(tracker, [off]) == ["Filtered"]
+    assert tracker.cart("esputnik", "user:hal") is None
+
+
+def test_a_shopper_who_logs_in_keeps_their_cart() -> None:
+    tracker = CartTracker()
+    anonymous = {**session("ivy")[0], "anonymousId": "a-ivy"}
+    del anonymous["userId"]
+    logged_in = {**session("ivy")[1], "anonymousId": "a-ivy"}
+    bodies = handled(tracker, [anonymous, logged_in])
+    assert [p["productId"] for p in cart_products(bodies[-1])] == ["p1", "p2"]
+    assert tracker.cart("esputnik", "anonymous:a-ivy") is None
+
+
+def test_quantities_add_in_decimal_and_whole_carts_keep_every_field() -> None:
+    tracker = CartTracker()
+    half = {**session("jo")[0], "properties": {**session("jo")[0]["properties"], "quantity": 0.1}}
+    more = {**half, "messageId": "jo-more", "properties": {**half["properties"], "quantity": 0.2}}
+    bodies = handled(tracker, [half, more])
+    assert [p["quantity"] for p in cart_products(bodies[-1])] == [0.3]
+    whole = {
+        **session("jo")[0],
+        "messageId": "jo-whole",
+        "event": "Cart Viewed",
+        "properties": {"products": [{"product_id": "p9", "price": 5, "sizes": ["M", "L"], "currency": "USD"}]},
+    }
+    (body,) = handled(tracker, [whole])
+    params = {p["name"]: p["value"] for p in body["params"]}
+    assert cart_products(body) == [{"productId": "p9", "quantity": 1, "price": 5, "sizes": ["M", "L"]}]
+    assert params["currencyCode"] == "USD"
+
+
+def test_a_message_with_null_properties_does_not_stop_the_mapper(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
+    outbox = Outbox(config.outbox.path)
+    outbox.accept_events([{**session("kim")[0], "properties": None}, session("kim")[1]])
+    report = map_inbox(outbox, config.destinations, Holder.new())
+    assert report.messages == 2
+    assert outbox.inbox_count() == 0

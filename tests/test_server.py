@@ -762,13 +762,14 @@ def test_graceful_stop_finishes_in_flight_and_keeps_the_rest(tmp_path: Path) -> 
 # --- the commands -------------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path, url: str, *, keys: bool = True) -> Path:
+def write_config(tmp_path: Path, url: str, *, keys: bool = True, extra: str = "") -> Path:
     path = tmp_path / "destinations.toml"
     write_keys = '["${TEST_WRITE_KEY}"]' if keys else "[]"
     path.write_text(
         f"""
 [server]
 write_keys = {write_keys}
+{extra}
 
 [outbox]
 path = "{tmp_path / "outbox.sqlite3"}"
@@ -802,12 +803,19 @@ def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(
-    ("keys", "named"),
-    # Without write keys the tracking API is open; with them, /webhook still is while it has no secret.
-    [(False, "write_keys"), (True, "webhook_secret is not set")],
+    ("keys", "extra", "named"),
+    # Without write keys the tracking API is open; with them, /webhook still is while it has no secret; with
+    # both, the debugger, which shows every message, still is while it has no token.
+    [
+        (False, "", "write_keys"),
+        (True, "", "webhook_secret is not set"),
+        (True, 'webhook_secret = "whsec-0123456789abcdef"', "[debugger] token is not set"),
+    ],
 )
-def test_serve_refuses_a_public_address_while_a_way_in_is_open(tmp_path: Path, keys: bool, named: str) -> None:
-    config = write_config(tmp_path, "http://127.0.0.1:9", keys=keys)
+def test_serve_refuses_a_public_address_while_a_way_in_is_open(
+    tmp_path: Path, keys: bool, extra: str, named: str
+) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:9", keys=keys, extra=extra)
     process = command("serve", "--config", str(config), "--host", "0.0.0.0")  # noqa: S104 - the refused case
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from ..config import Config
 from .intake import IntakeReport, route
 from .outbox import Outbox, resolve_url
-from .worker import Counters, Delivery
+from .worker import Counters, Delivery, tune_collector
 
 CHUNK = 500  # messages committed per transaction by `send`
 
@@ -58,7 +58,9 @@ class Progress:
 
 def deliver_until_drained(config: Config, outbox: Outbox, accepted: int, *, quiet: bool = False) -> Counters:
     """Run the workers until no request of the configured instances is pending."""
-    delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox)
+    tune_collector()  # this process delivers now
+    delivery = Delivery(str(config.outbox.path), config.destinations, config.outbox,
+                        debug_keep=config.debugger.keep_count)  # fmt: skip
     progress = Progress()
     delivery.start()
     try:
@@ -101,7 +103,12 @@ def summary_table(config: Config, report: IntakeReport | None, counters: Counter
 
 
 def cmd_send(config: Config, messages: Iterable[Any], *, wait: bool, quiet: bool = False) -> int:
-    outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window, cart_ttl=config.outbox.cart_ttl)
+    outbox = Outbox(
+        config.outbox.path,
+        dedupe_window=config.outbox.dedupe_window,
+        cart_ttl=config.outbox.cart_ttl,
+        debug_keep=config.debugger.keep_count,
+    )
     report = IntakeReport()
     for chunk in _chunks(messages, CHUNK):
         part = route(chunk, config.destinations, outbox)
@@ -136,7 +143,12 @@ def cmd_outbox(
     config: Config, action: str, *, destination: str | None, limit: int, ids: list[int], events: Sequence[int] = ()
 ) -> int:
     """`outbox stats|dead|replay|drain`; 2 when `replay --id/--event` names nothing dead."""
-    outbox = Outbox(config.outbox.path, dedupe_window=config.outbox.dedupe_window, cart_ttl=config.outbox.cart_ttl)
+    outbox = Outbox(
+        config.outbox.path,
+        dedupe_window=config.outbox.dedupe_window,
+        cart_ttl=config.outbox.cart_ttl,
+        debug_keep=config.debugger.keep_count,
+    )
     if action == "stats":
         stats = outbox.stats()
         print(f"{'destination':<24} {'pending':>8} {'retrying':>8} {'delivered':>9} {'dead':>6} {'oldest pending':>15}")

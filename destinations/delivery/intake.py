@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import Destination, HttpRequest
-from ..carts import CART, CartBook
+from ..base import CART, Destination, HttpRequest
+from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..spec import parse_message
+from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
 log = logging.getLogger("destinations.mapping")
@@ -86,7 +87,10 @@ def route(
     message whose requests cannot be stored is counted invalid for each instance that took it."""
     report = IntakeReport()
     carts = outbox.cart_book()
-    events = [_map(message, destinations, report, keep_errors=keep_errors, carts=carts) for message in messages]
+    now = time.time()
+    origin = ("send", now, None) if outbox.debug_keep else None
+    events = [_map(message, destinations, report, keep_errors=keep_errors, carts=carts, origin=origin)
+              for message in messages]  # fmt: skip
     _commit(outbox, events, destinations, report, keep_errors=keep_errors, carts=carts)
     return report
 
@@ -99,10 +103,12 @@ def _map(
     inbox_id: int | None = None,
     keep_errors: int = 100,
     carts: CartBook | None = None,
+    origin: tuple[str | None, float | None, str | None] | None = None,
 ) -> MessageRequests:
     """One message's requests for every instance that takes it; never raises: a message that cannot be
     mapped at all comes back as a MessageRequests with the reason (set aside, not retried). An instance
-    that declares the cart enrichment is handed cart events with the whole cart from `carts`."""
+    that declares the cart enrichment is handed cart events with the whole cart from `carts`. With `origin`
+    (way in, received at, the stored JSON text) the message's debugger record comes with it."""
     report.messages += 1
     try:
         mid, user = message_id_of(message), user_key(message)
@@ -115,25 +121,39 @@ def _map(
     except RecursionError:
         return MessageRequests([], inbox_id, "it is nested too deep to read", mid)
     items: list[tuple[str, str, str, list[HttpRequest]]] = []
+    outcomes: dict[str, Any] = {}
     for name, destination in destinations.items():
         handed = parsed
         if carts is not None and CART in destination.enrichments:
-            handed = carts.hand(name, destination, message, parsed)
+            try:
+                handed = carts.hand(name, destination, message, parsed, mid)
+            except Exception:  # a bug in the cart must not stop the round: the message goes on as it came
+                log.exception("%s: the cart of %s could not be applied; it is handed on as it came", name, mid)
         try:
             requests_, warnings = destination.handle_with_warnings(handed)
-        except Filtered:
+        except Filtered as exc:
             report.filtered[name] += 1
+            if origin is not None:
+                outcomes[name] = {"outcome": "filtered", "reason": exc.reason}
             continue
         except InvalidMessage as exc:
             report.invalid[name] += 1
             if len(report.errors) < keep_errors:
                 report.errors.append((mid, name, str(exc)))
+            if origin is not None:
+                outcomes[name] = {"outcome": "invalid", "reason": str(exc), "path": exc.path}
             continue
         if warnings:
             note_warnings(report, name, mid, warnings)
         if requests_:
             items.append((name, mid, user, requests_))
-    return MessageRequests(items, inbox_id, None, mid)
+        if origin is not None:
+            outcomes[name] = {"outcome": "requests", "requests": [r.to_dict(masked=True) for r in requests_],
+                              "warnings": [str(w) for w in warnings]}  # fmt: skip
+    record = None
+    if origin is not None:
+        record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
+    return MessageRequests(items, inbox_id, None, mid, record)
 
 
 def _commit(
@@ -200,6 +220,7 @@ def map_inbox(
         return report
     events: list[MessageRequests] = []
     carts = outbox.cart_book()
+    origins = outbox.inbox_origins([rid for rid, _ in claimed]) if outbox.debug_keep else {}
     renewed = time.monotonic()
     for rid, body in claimed:
         if time.monotonic() - renewed > lease / 3:  # a slow round keeps its lease: a live mapper is not replaced
@@ -215,7 +236,9 @@ def map_inbox(
             report.messages += 1
             events.append(MessageRequests([], rid, "it is not a JSON object"))
             continue
-        events.append(_map(message, destinations, report, inbox_id=rid, carts=carts))
+        source, received = origins.get(rid, (None, None))
+        origin = (source, received, body) if outbox.debug_keep else None
+        events.append(_map(message, destinations, report, inbox_id=rid, carts=carts, origin=origin))
     try:
         _commit(outbox, events, destinations, report, holder=holder, lease=lease, carts=carts)
     except LeaseLost:  # another mapper has these events now: their count is its business

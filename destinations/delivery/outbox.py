@@ -42,6 +42,7 @@ from ..carts import DEFAULT_TTL, CartBook, Changes, load_cart, prune_carts, save
 from ..carts import SCHEMA as CARTS_SCHEMA
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import finite
+from . import debugger
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -95,6 +96,8 @@ MIGRATIONS = (
     ("inbox", "attempts", "ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"),
     ("inbox", "dead_reason", "ALTER TABLE inbox ADD COLUMN dead_reason TEXT"),
     ("inbox", "dead_at", "ALTER TABLE inbox ADD COLUMN dead_at REAL"),
+    # The way in it came by (tracking, webhook, send), for the debugger.
+    ("inbox", "source", "ALTER TABLE inbox ADD COLUMN source TEXT"),
 )
 # The events waiting to be mapped, without the dead ones that stay at the front of the inbox.
 LIVE_INBOX_INDEX = "CREATE INDEX IF NOT EXISTS inbox_live ON inbox (id) WHERE dead_reason IS NULL"
@@ -125,6 +128,7 @@ class Row:
     attempts: int
     created_at: float
     lease: float
+    index: int = 0  # among its message's requests to this instance
 
 
 class MessageRequests(NamedTuple):
@@ -137,6 +141,7 @@ class MessageRequests(NamedTuple):
     inbox_id: int | None = None
     dead: str | None = None
     message_id: str | None = None  # for what a set-aside message is called in logs and reports
+    debug: tuple[Any, ...] | None = None  # its debugger record (delivery/debugger.py `record`), when kept
 
 
 class StoredForm(NamedTuple):
@@ -285,15 +290,20 @@ _Unit = tuple[MessageRequests, list[tuple[Any, ...]], str | None]
 class Outbox:
     """One SQLite file; each thread gets its own connection."""
 
-    def __init__(self, path: str | Path, *, dedupe_window: float = 24 * 3600.0, cart_ttl: float = DEFAULT_TTL) -> None:
+    def __init__(
+        self, path: str | Path, *, dedupe_window: float = 24 * 3600.0, cart_ttl: float = DEFAULT_TTL,
+        debug_keep: int = 0,
+    ) -> None:  # fmt: skip
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dedupe_window = dedupe_window
         self.cart_ttl = cart_ttl
+        #: Messages the debugger keeps (0: off): outcomes then also log each delivery attempt.
+        self.debug_keep = debug_keep
         self._local = threading.local()
         self._lock = _write_lock(self.path)
         db = self._db()
-        db.executescript(SCHEMA + CARTS_SCHEMA)  # executescript commits on its own
+        db.executescript(SCHEMA + CARTS_SCHEMA + debugger.SCHEMA)  # executescript commits on its own
         columns = {(t, row[1]) for t in {m[0] for m in MIGRATIONS} for row in db.execute(f"PRAGMA table_info({t})")}
         missing = [sql for table, column, sql in MIGRATIONS if (table, column) not in columns]
         if missing or db.execute("SELECT 1 FROM sqlite_master WHERE name = 'inbox_live'").fetchone() is None:
@@ -397,6 +407,10 @@ class Outbox:
                         part = self._store(db, [units[i]], now)
                     for name, n in part.items():
                         accepted[name] = accepted.get(name, 0) + n
+            records = [debugger.set_aside(u[0].debug, u[2]) if u[2] else u[0].debug
+                       for u in units if u[0].debug is not None]  # fmt: skip
+            if records and self.debug_keep:
+                debugger.save(db, records, self.debug_keep)
         total = sum(len(rows) for _, rows, reason in units if reason is None)
         failed = [(i, reason) for i, (_, _, reason) in enumerate(units) if reason is not None]
         return Enqueued(accepted, total - sum(accepted.values()), failed)
@@ -451,13 +465,24 @@ class Outbox:
 
     # -- the inbox: accepted events waiting to be mapped
 
-    def accept_events(self, events: list[dict[str, Any]], now: float | None = None) -> int:
-        """Commit raw events in one transaction; ValueError/TypeError when one cannot be encoded."""
+    def accept_events(
+        self, events: list[dict[str, Any]], now: float | None = None, *, source: str | None = None
+    ) -> int:
+        """Commit raw events in one transaction, with the way in they came by; ValueError/TypeError when one
+        cannot be encoded."""
         now = time.time() if now is None else now
-        rows = [(_dumps(e), now) for e in events]
+        rows = [(_dumps(e), now, source) for e in events]
         with self._write() as db:
-            db.executemany("INSERT INTO inbox (body, received_at) VALUES (?, ?)", rows)
+            db.executemany("INSERT INTO inbox (body, received_at, source) VALUES (?, ?, ?)", rows)
         return len(rows)
+
+    def inbox_origins(self, ids: list[int]) -> dict[int, tuple[str | None, float]]:
+        """Inbox id -> (way in, received at), for the debugger's records."""
+        out: dict[int, tuple[str | None, float]] = {}
+        for part in _chunks(ids):
+            sql = "SELECT id, source, received_at FROM inbox WHERE id IN (" + ",".join("?" * len(part)) + ")"
+            out.update({rid: (source, received) for rid, source, received in self._db().execute(sql, part)})
+        return out
 
     # -- the mapper lease: one mapping process at a time, so requests are stored in arrival order
 
@@ -648,9 +673,9 @@ class Outbox:
             for part in _chunks(ids):
                 sql = (
                     "SELECT id, message_id, user_key, method, url, params, headers, body, batchable, attempts,"
-                    " created_at FROM requests WHERE id IN (" + ",".join("?" * len(part)) + ")"
+                    " created_at, idx FROM requests WHERE id IN (" + ",".join("?" * len(part)) + ")"
                 )
-                for rid, mid, user, method, url, params, headers, body, batchable, attempts, created in db.execute(
+                for rid, mid, user, method, url, params, headers, body, batchable, attempts, created, idx in db.execute(
                     sql, part
                 ):
                     if params not in decoded:
@@ -658,7 +683,7 @@ class Outbox:
                     if headers not in decoded:
                         decoded[headers] = json.loads(headers)
                     rows[rid] = Row(rid, destination, mid, user, method, url, decoded[params], decoded[headers], body,
-                                    bool(batchable), attempts, created, until)  # fmt: skip
+                                    bool(batchable), attempts, created, until, idx)  # fmt: skip
         return [[rows[rid] for rid in batch] for batch in chosen]
 
     def next_due(self, destination: str) -> float | None:
@@ -689,9 +714,20 @@ class Outbox:
             log.warning("%d outcome(s) not recorded: their lease had passed to another claim", len(rows) - recorded)
         return recorded
 
+    def _attempts(
+        self, db: sqlite3.Connection, rows: list[Row], status: str, detail: str | None, now: float, *,
+        next_at: list[float] | None = None,
+    ) -> None:  # fmt: skip
+        """Log each outcome for the debugger (when it is on), in the transaction that records it."""
+        if self.debug_keep and rows:
+            nexts: list[float | None] = list(next_at) if next_at else [None] * len(rows)
+            debugger.log_attempts(db, [(r.destination, r.message_id, r.index, now, status, detail, n)
+                                       for r, n in zip(rows, nexts, strict=True)])  # fmt: skip
+
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self._write() as db:
+            self._attempts(db, rows, status, None, now)
             return self._under_lease(
                 db,
                 # Only dedupe needs a delivered row (its instance, messageId and index): the body goes.
@@ -732,6 +768,8 @@ class Outbox:
             later.append(r)
             waits.append((now + wait, status, detail, r.id))
         with self._write() as db:
+            self._attempts(db, later, status, detail, now, next_at=[w[0] for w in waits])
+            self._attempts(db, dead, status, detail, now)
             rescheduled = self._under_lease(
                 db,
                 "UPDATE requests SET attempts = attempts + 1, next_at = ?, lease_until = 0, last_status = ?,"
@@ -744,12 +782,14 @@ class Outbox:
     def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self._write() as db:
+            self._attempts(db, rows, status, detail, now)
             return self._under_lease(db, _DEAD, rows, [(now, status, detail, r.id) for r in rows])
 
     def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         """A merged batch was refused as bad input: send each of its requests alone, at once."""
         now = time.time() if now is None else now
         with self._write() as db:
+            self._attempts(db, rows, status, detail, now, next_at=[now] * len(rows))
             return self._under_lease(
                 db,
                 "UPDATE requests SET solo = 1, attempts = attempts + 1, next_at = ?, lease_until = 0,"
@@ -842,10 +882,17 @@ class Outbox:
         now = time.time() if now is None else now
         with self._write() as db:
             prune_carts(db, self.cart_ttl, now)
+            debugger.prune(db)
             return db.execute(
                 "DELETE FROM requests WHERE state = 'delivered' AND finished_at < ?", (now - self.dedupe_window,)
             ).rowcount
 
     def cart_book(self) -> CartBook:
         """The carts a round of mapping reads and changes (committed by `enqueue(carts=...)`)."""
-        return CartBook(lambda instance, key: load_cart(self._db(), instance, key), ttl=self.cart_ttl)
+        return CartBook(lambda instance, key: load_cart(self._db(), instance, key), seen=self._stored,
+                        ttl=self.cart_ttl)  # fmt: skip
+
+    def _stored(self, destination: str, message_id: str) -> bool:
+        """Whether a message's requests for an instance are in the outbox already (through its unique index)."""
+        sql = "SELECT 1 FROM requests WHERE destination = ? AND message_id = ? LIMIT 1"
+        return self._db().execute(sql, (destination, message_id)).fetchone() is not None

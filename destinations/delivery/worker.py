@@ -229,10 +229,11 @@ def tune_collector() -> None:
     objects a second, nearly none in cycles, so collecting every 700 allocations, and walking the whole
     start-up heap at each full collection, cost about a fifth of mapping time (benchmarks/mapping.py). What
     exists at start moves to the permanent generation, and young collections run less often; cycles are
-    still collected, a little later. Idempotent; affects the whole process."""
+    still collected, a little later. Idempotent; affects the whole process, so the commands that are delivery
+    processes call it (`serve`, `worker`, `send`, `outbox drain`), never the library."""
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(max(gc.get_threshold()[0], YOUNG_THRESHOLD), middle, old)
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, YOUNG_THRESHOLD), middle, old)
 
 
 class Delivery:
@@ -245,17 +246,21 @@ class Delivery:
         config: OutboxConfig,
         observe: Callable[[str, Outcome, float], None] | None = None,
         on_mapped: Callable[[IntakeReport], None] | None = None,
+        *,
+        debug_keep: int = 0,
     ) -> None:
+        """`debug_keep`: messages the live debugger keeps (0: none; `[debugger]` of the configuration)."""
         self.counters = Counters()
         self.workers = {
-            name: InstanceWorker(name, dest, Outbox(outbox_path), config, self.counters, observe=observe)
+            name: InstanceWorker(
+                name, dest, Outbox(outbox_path, debug_keep=debug_keep), config, self.counters, observe=observe
+            )
             for name, dest in destinations.items()
         }
-        self.mapper = Mapper(Outbox(outbox_path, cart_ttl=config.cart_ttl), destinations, self._wake_workers, on_mapped,
-                             lease=config.lease_seconds)  # fmt: skip
+        mapping = Outbox(outbox_path, cart_ttl=config.cart_ttl, debug_keep=debug_keep)
+        self.mapper = Mapper(mapping, destinations, self._wake_workers, on_mapped, lease=config.lease_seconds)
 
     def start(self) -> None:
-        tune_collector()
         self.mapper.start()
         for w in self.workers.values():
             w.start()

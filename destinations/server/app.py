@@ -31,9 +31,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
 from ..config import Config, load_config
+from ..delivery.worker import tune_collector
 from ..errors import ConfigurationError
 from ..redaction import redact_query, redact_text
-from . import rudder, tracking, webhook
+from . import debugger, rudder, tracking, webhook
 from .intake import ApiError, Intake
 from .metrics import CONTENT_TYPE, TimingMiddleware
 from .tracking import TRACKING_PATHS
@@ -155,6 +156,7 @@ def create_app(config: Config, *, deliver: bool = True) -> FastAPI:
     app.include_router(tracking.router)
     app.include_router(webhook.router)
     app.include_router(rudder.router)
+    app.include_router(debugger.router)
     _document_write_key(app)
     return app
 
@@ -243,9 +245,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def config_secrets(config: Config) -> list[str]:
-    """Every secret of a configuration: write keys, webhook secret, each destination's credentials."""
+    """Every secret of a configuration: write keys, webhook secret, the debugger's token, each destination's
+    credentials."""
     out = [k.get_secret_value() for k in config.server.write_keys]
     out += [s.get_secret_value() for s in config.server.webhook_secret]
+    if config.debugger.token is not None:
+        out.append(config.debugger.token.get_secret_value())
     for destination in config.destinations.values():
         settings = destination.settings
         if isinstance(settings, BaseModel):
@@ -287,7 +292,8 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(config: Config, host: str) -> None:
     """Every way events are written must be authenticated to listen beyond loopback: the tracking API by write
-    keys, /webhook by its signature secret. Otherwise anyone who can reach the port can send events."""
+    keys, /webhook by its signature secret. Otherwise anyone who can reach the port can send events. The
+    debugger, which shows them, wants its token there too."""
     if not config.server.write_keys and not is_loopback(host):
         raise ConfigurationError(
             f"{config.source}: [server] write_keys is empty, so the tracking API takes events without a key;"
@@ -300,12 +306,19 @@ def check_exposure(config: Config, host: str) -> None:
             f" refusing to listen on {host}, which other machines can reach. Set webhook_secret (Segment's shared"
             " secret of the Webhooks destination) or listen on 127.0.0.1."
         )
+    if config.debugger.enabled and config.debugger.token is None and not is_loopback(host):
+        raise ConfigurationError(
+            f"{config.source}: [debugger] token is not set, so /debugger shows every message to anyone;"
+            f" refusing to listen on {host}, which other machines can reach. Set a token (16 characters or"
+            ' more, token = "${DEBUGGER_TOKEN}"), set [debugger] enabled = false, or listen on 127.0.0.1.'
+        )
 
 
 def app_from_env() -> FastAPI:
     """The app of a `serve --workers N` worker process (uvicorn imports it by name in each process)."""
     config = load_config(os.environ["DESTINATIONS_CONFIG"])
     setup_logging(os.environ.get("DESTINATIONS_LOG_LEVEL", "info"), config_secrets(config))
+    tune_collector()
     return create_app(config, deliver=os.environ.get("DESTINATIONS_DELIVER", "1") == "1")
 
 
@@ -340,6 +353,7 @@ def serve(
         "server_header": False,
     }
     if workers == 1:
+        tune_collector()
         uvicorn.run(create_app(config, deliver=deliver), **options)
         return 0
     os.environ["DESTINATIONS_CONFIG"] = str(Path(config_path).resolve())
@@ -355,6 +369,7 @@ def run_worker(config_path: str, *, log_level: str = "info", report_every: float
     if not config.destinations:
         raise ConfigurationError(f"{config.source}: no [destinations.NAME] table; nothing to deliver to")
     setup_logging(log_level, config_secrets(config))
+    tune_collector()
     intake = Intake(config, deliver=True)
     stopping = threading.Event()
 

@@ -59,8 +59,9 @@ class Intake:
     def __init__(self, config: Config, *, deliver: bool = True) -> None:
         self.config = config
         self.outbox = Outbox(
-            config.outbox.path, dedupe_window=config.outbox.dedupe_window, cart_ttl=config.outbox.cart_ttl
-        )
+            config.outbox.path, dedupe_window=config.outbox.dedupe_window, cart_ttl=config.outbox.cart_ttl,
+            debug_keep=config.debugger.keep_count,
+        )  # fmt: skip
         self.write_keys = [k.get_secret_value().encode() for k in config.server.write_keys]
         #: Every webhook secret (several while one is rotated); empty: signatures are not checked.
         self.webhook_secrets = [s.get_secret_value().encode() for s in config.server.webhook_secret]
@@ -80,6 +81,7 @@ class Intake:
                 config.outbox,
                 observe=self.metrics.observe_vendor,
                 on_mapped=self._mapped,
+                debug_keep=config.debugger.keep_count,
             )
         self._senders: dict[str, Sender] = {}
         #: rudder-transformer, for the transformer requests this package does not own.
@@ -454,13 +456,15 @@ def json_type(value: Any) -> str:
 # --- committing -------------------------------------------------------------------------------------
 
 
-def commit(intake: Intake, events: list[dict[str, Any]]) -> tuple[IntakeReport, list[tuple[int, str]]]:
+def commit(
+    intake: Intake, events: list[dict[str, Any]], source: str | None = None
+) -> tuple[IntakeReport, list[tuple[int, str]]]:
     """Commit events to the outbox's inbox in one transaction (the delivery process maps them into
     vendor requests); returns a report and the events that could not be stored at all, by position
     (found by storing one by one when the whole set fails)."""
     outbox = intake.outbox
     try:
-        outbox.accept_events(events)
+        outbox.accept_events(events, source=source)
         return IntakeReport(messages=len(events)), []
     except sqlite3.Error:
         raise
@@ -472,7 +476,7 @@ def commit(intake: Intake, events: list[dict[str, Any]]) -> tuple[IntakeReport, 
     failed: list[tuple[int, str]] = []
     for position, event in enumerate(events):
         try:
-            outbox.accept_events([event])
+            outbox.accept_events([event], source=source)
         except sqlite3.Error:
             raise
         except (ValueError, TypeError, RecursionError, OverflowError) as exc:
@@ -490,7 +494,7 @@ async def accept(intake: Intake, source: str, prepared: Prepared) -> tuple[Intak
     if events:
         loop = asyncio.get_running_loop()
         try:
-            report, failed = await loop.run_in_executor(intake.executor, commit, intake, events)
+            report, failed = await loop.run_in_executor(intake.executor, commit, intake, events, source)
         except sqlite3.Error as exc:
             log.error("the outbox refused a commit (%s); answering 503 so the client retries", exc)
             intake.metrics.intake(source, prepared.received, 0, None)

@@ -1,0 +1,246 @@
+"""What the live debugger shows, kept in the outbox database: each recent message as received, what each
+destination instance made of it, and every delivery attempt of its requests.
+
+A mapping round writes one `debug_messages` row per message in the transaction that stores its requests
+(so a message is shown once it is mapped, with outcomes that are true of the outbox), and keeps the last
+`keep` of them. Each recorded outcome of a request (delivered, retry, dead, split) adds a `debug_attempts`
+row in the transaction that records it. Requests are kept as the vendor gets them with the destination's
+declared secrets masked (`HttpRequest.to_dict(masked=True)`); vendor answers are the redacted excerpts the
+outbox keeps; so nothing here holds a write key, a vendor key or the webhook secret.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS debug_messages (
+    id           INTEGER PRIMARY KEY,
+    message_id   TEXT NOT NULL,
+    type         TEXT,
+    event        TEXT,
+    user_id      TEXT,
+    anonymous_id TEXT,
+    source       TEXT,
+    received_at  REAL,
+    mapped_at    REAL NOT NULL,
+    body         TEXT NOT NULL,
+    outcomes     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS debug_messages_message ON debug_messages (message_id);
+CREATE TABLE IF NOT EXISTS debug_attempts (
+    id          INTEGER PRIMARY KEY,
+    destination TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    idx         INTEGER NOT NULL,
+    at          REAL    NOT NULL,
+    status      TEXT    NOT NULL,
+    detail      TEXT,
+    next_at     REAL
+);
+CREATE INDEX IF NOT EXISTS debug_attempts_message ON debug_attempts (message_id);
+"""
+
+# What a destination instance made of a message, as the page's badges name them.
+STATUSES = ("delivered", "pending", "retrying", "filtered", "invalid", "dead")
+BODY_LIMIT = 64 * 1024  # characters of a message kept for the page (Segment's limit is 32 KB)
+
+
+def text_of(value: Any) -> str | None:
+    """A message's string field as the page shows it (None when absent or not text)."""
+    return value if isinstance(value, str) else None
+
+
+def record(
+    message: Any, body: str | None, source: str | None, received_at: float | None, outcomes: Mapping[str, Any], *,
+    message_id: str, now: float,
+) -> tuple[Any, ...]:  # fmt: skip
+    """One `debug_messages` row: the message's labels, the message as received (`body`, the stored JSON text;
+    made from `message` when None) and the outcomes by instance."""
+    labels = message if isinstance(message, dict) else {}
+    if body is None:
+        body = json.dumps(message, ensure_ascii=True, default=str)
+    if len(body) > BODY_LIMIT:
+        body = json.dumps({"note": f"the message is {len(body)} characters; the first {BODY_LIMIT} are kept",
+                           "start": body[:BODY_LIMIT]})  # fmt: skip
+    return (
+        message_id, text_of(labels.get("type")), text_of(labels.get("event")), _id(labels.get("userId")),
+        _id(labels.get("anonymousId")), source, received_at, now, body, json.dumps(outcomes, ensure_ascii=True),
+    )  # fmt: skip
+
+
+def set_aside(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
+    """A record whose message was set aside (nothing stored for anyone): every outcome says why."""
+    names = list(json.loads(row[-1])) or ["every destination"]
+    return (*row[:-1], json.dumps({name: {"outcome": "set aside", "reason": reason} for name in names}))
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None or isinstance(value, bool) else str(value)
+
+
+def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None:
+    """Write a round's records and keep the last `keep` messages (inside the caller's transaction)."""
+    db.executemany(
+        "INSERT INTO debug_messages (message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at,"
+        " body, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    db.execute("DELETE FROM debug_messages WHERE id <= (SELECT MAX(id) FROM debug_messages) - ?", (keep,))
+
+
+def log_attempts(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """(destination, messageId, index, at, status, detail, next retry) for each recorded outcome."""
+    db.executemany(
+        "INSERT INTO debug_attempts (destination, message_id, idx, at, status, detail, next_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def prune(db: sqlite3.Connection) -> None:
+    """Attempts of messages no longer kept."""
+    db.execute(
+        "DELETE FROM debug_attempts WHERE id < (SELECT COALESCE(MIN(a.id), 0) FROM debug_attempts a"
+        " JOIN debug_messages m ON m.message_id = a.message_id)"
+    )
+
+
+# --- reading, for the API ------------------------------------------------------------------------------
+
+
+def _states(
+    db: sqlite3.Connection, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], list[tuple[int, str, int]]]:
+    """(instance, messageId) -> [(index, state, attempts)] of the requests still in the outbox (read per
+    instance, through the outbox's (instance, messageId, index) index)."""
+    by_instance: dict[str, list[str]] = {}
+    for name, mid in pairs:
+        by_instance.setdefault(name, []).append(mid)
+    out: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
+    for name, ids in by_instance.items():
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for mid, idx, state, attempts in db.execute(
+                "SELECT message_id, idx, state, attempts FROM requests WHERE destination = ? AND message_id IN ("
+                + ",".join("?" * len(part))
+                + ")",
+                [name, *part],
+            ):
+                out.setdefault((name, mid), []).append((idx, state, attempts))
+    return out
+
+
+def status_of(outcome: Mapping[str, Any], states: list[tuple[int, str, int]]) -> str:
+    """One badge for what an instance made of a message, from its outcome and its requests' states now."""
+    kind = outcome.get("outcome")
+    if kind in ("filtered", "invalid"):
+        return str(kind)
+    if kind != "requests":
+        return "dead"  # set aside: nothing was stored for anyone
+    found = {state for _, state, _ in states}
+    if "dead" in found:
+        return "dead"
+    if any(state == "pending" and attempts for _, state, attempts in states):
+        return "retrying"
+    if "pending" in found:
+        return "pending"
+    return "delivered"  # every request delivered (or delivered and since pruned)
+
+
+def summaries(
+    db: sqlite3.Connection, *, search: str | None, destination: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest messages first, each with one badge per instance; filtered by a text that is its userId,
+    anonymousId, messageId or event name (exactly, or as the start of the event name), by instance and by
+    status (of that instance, or of any)."""
+    sql = (
+        "SELECT id, message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at, outcomes"
+        " FROM debug_messages"
+    )
+    args: list[Any] = []
+    if search:
+        sql += " WHERE ? IN (message_id, user_id, anonymous_id, event) OR event LIKE ? ESCAPE '\\'"
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        args += [search, escaped + "%"]
+    sql += " ORDER BY id DESC LIMIT ?"
+    # Filters on badges are applied after the states are known: read a few more rows than asked for.
+    args.append(limit if not (destination or status) else max(limit * 10, 1000))
+    rows = [(*row[:-1], json.loads(row[-1])) for row in db.execute(sql, args)]
+    states = _states(db, {(name, row[1]) for row in rows for name, o in row[-1].items() if o.get("requests")})
+    out = []
+    for rid, mid, kind, event, user, anonymous, source, received, mapped, outcomes in rows:
+        badges = {
+            name: {"status": status_of(o, states.get((name, mid), [])), "warnings": len(o.get("warnings", ()))}
+            for name, o in outcomes.items()
+        }
+        if destination and destination not in badges:
+            continue
+        if status and not any(
+            b["status"] == status for name, b in badges.items() if not destination or name == destination
+        ):
+            continue
+        out.append({"id": rid, "messageId": mid, "type": kind, "event": event, "userId": user,
+                    "anonymousId": anonymous, "wayIn": source, "receivedAt": received, "mappedAt": mapped,
+                    "destinations": badges})  # fmt: skip
+        if len(out) >= limit:
+            break
+    return out
+
+
+def detail(db: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
+    """The newest record of a message: as received, and per instance the mapping outcome, the requests' states
+    now and every delivery attempt with its answer and next retry."""
+    row = db.execute(
+        "SELECT id, message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at, body, outcomes"
+        " FROM debug_messages WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    rid, mid, kind, event, user, anonymous, source, received, mapped, body, outcomes_text = row
+    try:
+        message: Any = json.loads(body)
+    except ValueError:
+        message = body
+    outcomes = json.loads(outcomes_text)
+    states = _states(db, {(name, mid) for name in outcomes})
+    attempts: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for destination, idx, at, status, detail_text, next_at in db.execute(
+        "SELECT destination, idx, at, status, detail, next_at FROM debug_attempts WHERE message_id = ? ORDER BY id",
+        (mid,),
+    ):
+        attempts.setdefault((destination, idx), []).append(
+            {"at": at, "status": status, "answer": detail_text, "nextRetry": next_at}
+        )
+    destinations = {}
+    for name, outcome in outcomes.items():
+        held = {idx: (state, n) for idx, state, n in states.get((name, mid), [])}
+        requests = [
+            {**request, "index": i, "state": held.get(i, ("delivered", None))[0],
+             "attempts": attempts.get((name, i), [])}
+            for i, request in enumerate(outcome.get("requests", []))
+        ]  # fmt: skip
+        destinations[name] = {
+            "status": status_of(outcome, states.get((name, mid), [])),
+            "outcome": outcome.get("outcome"),
+            "reason": outcome.get("reason"),
+            "path": outcome.get("path"),
+            "warnings": outcome.get("warnings", []),
+            "requests": requests,
+        }
+    return {"id": rid, "messageId": mid, "type": kind, "event": event, "userId": user, "anonymousId": anonymous,
+            "wayIn": source, "receivedAt": received, "mappedAt": mapped, "message": message,
+            "destinations": destinations}  # fmt: skip
+
+
+def dead_request_ids(db: sqlite3.Connection, message_id: str, destination: str | None) -> list[int]:
+    sql = "SELECT id FROM requests WHERE message_id = ? AND state = 'dead'"
+    args: list[Any] = [message_id]
+    if destination:
+        sql += " AND destination = ?"
+        args.append(destination)
+    return [rid for (rid,) in db.execute(sql, args)]
