@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured time first (default 1.5)")
     parser.add_argument("--inflight", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--gzip", action="store_true", help="gzip the bodies, as analytics-python's gzip=True")
+    parser.add_argument("--debugger", choices=["on", "off"], default="on", help="the live debugger (default on)")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -249,7 +250,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="destinations-bench-") as tmp:
         config = Path(tmp) / "destinations.toml"
         outbox = Path(tmp) / "outbox.sqlite3"
-        config.write_text(CONFIG.replace("{outbox}", str(outbox)), encoding="utf-8")
+        text = CONFIG.replace("{outbox}", str(outbox))
+        if args.debugger == "off":
+            text += "\n[debugger]\nenabled = false\n"
+        config.write_text(text, encoding="utf-8")
         port = free_port()
         server = subprocess.Popen([sys.executable, __file__, "--serve", str(config), str(port)])
         try:
@@ -259,7 +263,7 @@ def main() -> None:
             body = template()
             print(
                 f"{BATCH} events a batch, {len(body) / 1024:.0f} KB{' (gzip)' if args.gzip else ''};"
-                f" {args.inflight} requests in flight; server on CPU 0, client on CPU 1"
+                f" {args.inflight} requests in flight; server on CPU 0, client on CPU 1; debugger {args.debugger}"
                 + ("" if pinned else " (not pinned: one CPU or no affinity support)")
             )
             print(f"{'route':<28} {'events/s':>10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
@@ -305,7 +309,7 @@ def map_everything(config_path: Path, limit: int) -> tuple[int, float, int]:
     from destinations.delivery.outbox import Holder
 
     config = load_config(config_path, environ={})
-    outbox = Outbox(config.outbox.path)
+    outbox = Outbox(config.outbox.path, debug_keep=config.debugger.keep_count)
     holder = Holder.new()
     done = requests = 0
     started = time.perf_counter()

@@ -51,17 +51,18 @@ def inbox_events(n: int, users: int = 2000) -> list[dict[str, Any]]:
     return out
 
 
-def fill(path: Path, events: list[dict[str, Any]]) -> Outbox:
-    outbox = Outbox(path)
+def fill(path: Path, events: list[dict[str, Any]], debug_keep: int = 0) -> Outbox:
+    outbox = Outbox(path, debug_keep=debug_keep)
     for i in range(0, len(events), 5000):
-        outbox.accept_events(events[i : i + 5000])
+        outbox.accept_events(events[i : i + 5000], source="tracking")
     return outbox
 
 
-def ours(path: Path, events: list[dict[str, Any]]) -> tuple[float, list[float]]:
+def ours(path: Path, events: list[dict[str, Any]], debug_keep: int = 0) -> tuple[float, list[float]]:
+    """`debug_keep`: the live debugger keeps that many messages (0: off), as `[debugger] keep` sets it."""
     destinations = {name: {"type": name, **settings} for name, settings in SETTINGS.items()}
     config = parse_config({"outbox": {"path": str(path)}, "destinations": destinations}, environ={})
-    outbox = fill(path, events)
+    outbox = fill(path, events, debug_keep)
     holder = Holder.new()
     rounds: list[float] = []
     started = time.perf_counter()
@@ -121,15 +122,32 @@ def percentile(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
+def debugger_on_and_off(events: list[dict[str, Any]], runs: int) -> None:
+    """Mapping with the debugger recording every message (keep 1000) and without, alternately, same run."""
+    print(f"{len(events)} events, 4 destinations: the live debugger on (keep 1000) and off, alternately")
+    ratios = []
+    for run in range(1, runs + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            off, _ = ours(Path(tmp) / "off.sqlite3", events)
+            on, _ = ours(Path(tmp) / "on.sqlite3", events, debug_keep=1000)
+        ratios.append(on / off)
+        print(f"run {run}: off {off:,.0f} ev/s, on {on:,.0f} ev/s, on/off {on / off:.2f}")
+    print(f"on/off {min(ratios):.2f}-{max(ratios):.2f} (the goal: within 10%, 0.90 or more)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--debugger", action="store_true", help="compare the live debugger on (keep 1000) and off")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as a mapping process has
     events = inbox_events(args.events)
     tune_collector()  # as a delivery process does at start (Delivery.start); the baseline runs under it too
+    if args.debugger:
+        debugger_on_and_off(events, args.runs)
+        return
     print(f"{args.events} events, 4 destinations, rounds of {ROUND}, one core")
     print(f"{'run':<4} {'ours ev/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'baseline ev/s':>14} {'p50 ms':>7} {'p99 ms':>7}"
           f" {'ratio':>6}")  # fmt: skip

@@ -191,8 +191,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--out {out_dir}: {exc.strerror}") from None
-    run = run_offline_demo if args.offline else _needs_server(lambda: run_demo)
-    return run(users=args.users, out_dir=out_dir)
+    if args.offline:
+        if args.keep_open:
+            raise UsageError("--keep-open keeps the demo's server running; --offline has none")
+        return run_offline_demo(users=args.users, out_dir=out_dir)
+    return _needs_server(lambda: run_demo)(users=args.users, out_dir=out_dir, keep_open=args.keep_open)
 
 
 def _needs_server(load: Any) -> Any:
@@ -253,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="only map the session: no server, no sockets")
     p.add_argument("--users", type=int, default=3, help="visitors in the session (default 3)")
     p.add_argument("--out", help="folder for requests.jsonl (default: a new temporary folder)")
+    p.add_argument("--keep-open", action="store_true", help="then keep serving, the live debugger too, until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("send", help="route messages to every configured destination and deliver them")

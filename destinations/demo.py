@@ -97,11 +97,11 @@ def event_name(request: dict[str, Any]) -> str:
     return request["url"].rsplit("/", 1)[-1]
 
 
-def run_demo(users: int = 3, out_dir: Path | None = None) -> int:
-    """The server demo (see the module docstring)."""
+def run_demo(users: int = 3, out_dir: Path | None = None, *, keep_open: bool = False) -> int:
+    """The server demo (see the module docstring); `keep_open` keeps it serving until Ctrl-C."""
     from .server.demo import run_server_demo
 
-    return run_server_demo(users=users, out_dir=out_dir)
+    return run_server_demo(users=users, out_dir=out_dir, keep_open=keep_open)
 
 
 def run_offline_demo(users: int = 3, out_dir: Path | None = None) -> int:

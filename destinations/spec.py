@@ -441,6 +441,29 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
 
 
+def _json_text_stdlib(value: Any) -> str:
+    """Compact JSON that SQLite can always store: lone surrogates escaped, NaN and infinities as null."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(finite(value), separators=(",", ":"), allow_nan=False)
+
+
+try:  # several times faster; the stdlib takes over for what orjson refuses (huge integers, lone surrogates)
+    import orjson
+
+    def json_text(value: Any) -> str:
+        """Compact JSON text of any JSON-like value, for storing: orjson, or the stdlib where orjson refuses
+        (huge integers, lone surrogates escaped); NaN and infinities become null."""
+        try:
+            return orjson.dumps(value).decode("utf-8")
+        except (TypeError, orjson.JSONEncodeError):
+            return _json_text_stdlib(value)
+
+except ImportError:  # pragma: no cover - orjson comes with the server extra
+    json_text = _json_text_stdlib
+
+
 def finite(value: Any) -> Any:
     """`value` with every NaN or infinite float inside it replaced by None (for JSON, which has neither)."""
     if isinstance(value, float):

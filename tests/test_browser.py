@@ -11,7 +11,6 @@ CI (CI=true) it fails instead.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -23,35 +22,25 @@ from typing import Any
 
 import httpx
 import pytest
+from chromium import driver, require
+from chromium import missing as chromium_missing
 from test_server import KEYS, WRITE_KEY, live, make_config, to, wait_for
 
 from destinations.sink import RecordingServer
 
 ROOT = Path(__file__).resolve().parent.parent
 UMD = Path(os.environ.get("ANALYTICS_NEXT_DIR", ROOT / ".npm/node_modules/@segment/analytics-next")) / "dist/umd"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def _missing() -> str | None:
-    if not CHROMIUM or not CHROMEDRIVER:
-        return "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+    if (reason := chromium_missing()) is not None:
+        return reason
     if not (UMD / "index.js").exists():
         return f"@segment/analytics-next is not installed in {UMD.parent.parent} (.ci/run installs it)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install '.[test]')"
     return None
 
 
-if (reason := _missing()) is not None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"the browser test cannot run in CI: {reason}")
-    pytest.skip(reason, allow_module_level=True)
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+require(_missing())
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Shop</title></head><body>
@@ -97,20 +86,8 @@ def _page_server(folder: Path, port: int) -> ThreadingHTTPServer:
 
 @pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER or ""), options=options)
-    driver.set_script_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    with driver(tmp_path / "profile") as chrome:
+        yield chrome
 
 
 def _open(driver: Any, url: str) -> str:

@@ -299,7 +299,7 @@ def test_a_stalled_mappers_events_come_back_after_the_lease(tmp_path: Path) -> N
         outbox = Outbox(config.outbox.path)
         outbox.accept_events([message(1)])
         stalled, other = Holder.new(), Holder.new()  # both of this (live) process
-        ((inbox_id, _),) = outbox.claim_inbox(10, stalled, lease=0.3)
+        ((inbox_id, *_),) = outbox.claim_inbox(10, stalled, lease=0.3)
         assert outbox.claim_inbox(10, other, lease=0.3) == []
         time.sleep(0.35)
         deliver(config, [])  # another mapper takes the ended lease and maps the event

@@ -87,3 +87,39 @@ def test_offline_demo_maps_without_sockets(tmp_path: Path) -> None:
     assert res.returncode == 0
     assert "segmentify (Segmentify): 10 requests" in res.stdout
     assert (tmp_path / "requests.jsonl").exists()
+
+
+def test_demo_keep_open_serves_its_debugger_until_ctrl_c(tmp_path: Path) -> None:
+    """`demo --keep-open` prints the debugger's URL, and the page's API shows the session until Ctrl-C."""
+    import signal
+    import time
+
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "destinations", "demo", "--users", "1", "--keep-open", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = process.stdout.readline() if process.stdout else ""
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Still serving"):
+                break
+        debugger = next(line.split(": ", 1)[1].strip() for line in lines if line.startswith("Live debugger: "))
+        assert debugger.endswith("/debugger")
+        messages = httpx.get(f"{debugger}/api/messages").json()["messages"]
+        assert len(messages) >= 10  # the session: identify, pages, products, cart, checkout, order, a custom event
+        assert all(b["status"] in ("delivered", "filtered", "invalid") for m in messages
+                   for b in m["destinations"].values())  # fmt: skip
+        assert httpx.get(debugger).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err

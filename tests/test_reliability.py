@@ -130,10 +130,10 @@ def test_an_event_whose_process_dies_mapping_it_is_retried_alone_then_set_aside(
     assert len(outbox.claim_inbox(10, dead_holder, lease=60)) == 3  # ... and that process is gone
     for _ in range(MAX_MAPPING_ATTEMPTS - 1):
         again = Holder("crashed-again", this_host(), gone_pid())
-        assert [rid for rid, _ in outbox.claim_inbox(10, again, lease=60)] == [1]  # alone
+        assert [rid for rid, *_ in outbox.claim_inbox(10, again, lease=60)] == [1]  # alone
     survivor = Holder.new()
     claimed = outbox.claim_inbox(10, survivor, lease=60)
-    assert [rid for rid, _ in claimed] == [2]  # the first was set aside; the next is still mapped alone
+    assert [rid for rid, *_ in claimed] == [2]  # the first was set aside; the next is still mapped alone
     (dead,) = outbox.dead_events()
     assert dead["id"] == 1
     assert f"stopped each of {MAX_MAPPING_ATTEMPTS} times" in dead["reason"]

@@ -86,6 +86,7 @@ def make_config(
     secret: str | None = WEBHOOK_SECRET,
     delivery: str = "outbox",
     server_extra: dict[str, Any] | None = None,
+    debugger: dict[str, Any] | None = None,
     **outbox: Any,
 ) -> Config:
     server: dict[str, Any] = {"write_keys": [WRITE_KEY] if write_keys is None else write_keys, "delivery": delivery}
@@ -101,7 +102,8 @@ def make_config(
         **outbox,
     }
     destinations = {f"shop-{kind}": settings_for(kind, url) for kind in kinds}
-    return parse_config({"server": server, "outbox": table, "destinations": destinations}, environ={})
+    tables = {"server": server, "outbox": table, "destinations": destinations, "debugger": debugger or {}}
+    return parse_config(tables, environ={})
 
 
 @contextmanager

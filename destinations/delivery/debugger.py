@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from ..spec import json_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS debug_messages (
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS debug_messages (
     body         TEXT NOT NULL,
     outcomes     TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS debug_messages_message ON debug_messages (message_id);
+-- No index on message_id: a lookup scans at most `keep` rows, and every message mapped would pay for one.
 CREATE TABLE IF NOT EXISTS debug_attempts (
     id          INTEGER PRIMARY KEY,
     destination TEXT    NOT NULL,
@@ -68,7 +70,7 @@ def record(
                            "start": body[:BODY_LIMIT]})  # fmt: skip
     return (
         message_id, text_of(labels.get("type")), text_of(labels.get("event")), _id(labels.get("userId")),
-        _id(labels.get("anonymousId")), source, received_at, now, body, json.dumps(outcomes, ensure_ascii=True),
+        _id(labels.get("anonymousId")), source, received_at, now, body, json_text(outcomes),
     )  # fmt: skip
 
 
@@ -102,10 +104,15 @@ def log_attempts(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> Non
 
 
 def prune(db: sqlite3.Connection) -> None:
-    """Attempts of messages no longer kept."""
+    """Attempts of messages no longer kept, and the bodies of their delivered requests (kept for the detail
+    view while the debugger shows their message; the outbox needs only the row itself, for dedupe)."""
     db.execute(
         "DELETE FROM debug_attempts WHERE id < (SELECT COALESCE(MIN(a.id), 0) FROM debug_attempts a"
         " JOIN debug_messages m ON m.message_id = a.message_id)"
+    )
+    db.execute(
+        "UPDATE requests SET body = '', params = '{}', headers = '{}' WHERE state = 'delivered' AND body != ''"
+        " AND message_id NOT IN (SELECT message_id FROM debug_messages)"
     )
 
 
@@ -170,7 +177,7 @@ def summaries(
     # Filters on badges are applied after the states are known: read a few more rows than asked for.
     args.append(limit if not (destination or status) else max(limit * 10, 1000))
     rows = [(*row[:-1], json.loads(row[-1])) for row in db.execute(sql, args)]
-    states = _states(db, {(name, row[1]) for row in rows for name, o in row[-1].items() if o.get("requests")})
+    states = _states(db, {(name, row[1]) for row in rows for name, o in row[-1].items() if o.get("count")})
     out = []
     for rid, mid, kind, event, user, anonymous, source, received, mapped, outcomes in rows:
         badges = {
@@ -191,9 +198,14 @@ def summaries(
     return out
 
 
-def detail(db: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
-    """The newest record of a message: as received, and per instance the mapping outcome, the requests' states
-    now and every delivery attempt with its answer and next retry."""
+def detail(
+    db: sqlite3.Connection, message_id: str, instances: Mapping[str, tuple[str, Iterable[str], Iterable[str]]],
+    resolve: Callable[[str, str], str],
+) -> dict[str, Any] | None:  # fmt: skip
+    """The newest record of a message: as received, and per instance the mapping outcome, each request as the
+    vendor gets it (from the outbox row: `resolve(url, base)` forms its URL, and the credentials the outbox
+    never stores are shown as `***`), its state now and every delivery attempt with its answer and next
+    retry. `instances`: name -> (base URL, credential query parameter names, credential header names)."""
     row = db.execute(
         "SELECT id, message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at, body, outcomes"
         " FROM debug_messages WHERE message_id = ? ORDER BY id DESC LIMIT 1",
@@ -207,7 +219,6 @@ def detail(db: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
     except ValueError:
         message = body
     outcomes = json.loads(outcomes_text)
-    states = _states(db, {(name, mid) for name in outcomes})
     attempts: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for destination, idx, at, status, detail_text, next_at in db.execute(
         "SELECT destination, idx, at, status, detail, next_at FROM debug_attempts WHERE message_id = ? ORDER BY id",
@@ -218,14 +229,22 @@ def detail(db: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
         )
     destinations = {}
     for name, outcome in outcomes.items():
-        held = {idx: (state, n) for idx, state, n in states.get((name, mid), [])}
-        requests = [
-            {**request, "index": i, "state": held.get(i, ("delivered", None))[0],
-             "attempts": attempts.get((name, i), [])}
-            for i, request in enumerate(outcome.get("requests", []))
-        ]  # fmt: skip
+        base, secret_params, secret_headers = instances.get(name, ("", (), ()))
+        requests, states = [], []
+        for idx, state, n, method, url, params, headers, text in db.execute(
+            "SELECT idx, state, attempts, method, url, params, headers, body FROM requests"
+            " WHERE destination = ? AND message_id = ? ORDER BY idx",
+            (name, mid),
+        ):
+            states.append((idx, state, n))
+            requests.append({
+                "index": idx, "state": state, "method": method, "url": resolve(url, base),
+                "params": {**dict.fromkeys(secret_params, "***"), **json.loads(params)},
+                "headers": {**dict.fromkeys(secret_headers, "***"), **json.loads(headers)},
+                "json": json.loads(text) if text else None, "attempts": attempts.get((name, idx), []),
+            })  # fmt: skip
         destinations[name] = {
-            "status": status_of(outcome, states.get((name, mid), [])),
+            "status": status_of(outcome, states),
             "outcome": outcome.get("outcome"),
             "reason": outcome.get("reason"),
             "path": outcome.get("path"),

@@ -148,8 +148,8 @@ def _map(
         if requests_:
             items.append((name, mid, user, requests_))
         if origin is not None:
-            outcomes[name] = {"outcome": "requests", "requests": [r.to_dict(masked=True) for r in requests_],
-                              "warnings": [str(w) for w in warnings]}  # fmt: skip
+            # The requests themselves are the outbox's rows (kept while the debugger shows their message).
+            outcomes[name] = {"outcome": "requests", "count": len(requests_), "warnings": [str(w) for w in warnings]}
     record = None
     if origin is not None:
         record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
@@ -220,9 +220,8 @@ def map_inbox(
         return report
     events: list[MessageRequests] = []
     carts = outbox.cart_book()
-    origins = outbox.inbox_origins([rid for rid, _ in claimed]) if outbox.debug_keep else {}
     renewed = time.monotonic()
-    for rid, body in claimed:
+    for rid, body, source, received in claimed:
         if time.monotonic() - renewed > lease / 3:  # a slow round keeps its lease: a live mapper is not replaced
             outbox.renew_mapper(holder, lease)
             renewed = time.monotonic()
@@ -236,7 +235,6 @@ def map_inbox(
             report.messages += 1
             events.append(MessageRequests([], rid, "it is not a JSON object"))
             continue
-        source, received = origins.get(rid, (None, None))
         origin = (source, received, body) if outbox.debug_keep else None
         events.append(_map(message, destinations, report, inbox_id=rid, carts=carts, origin=origin))
     try:
@@ -244,6 +242,6 @@ def map_inbox(
     except LeaseLost:  # another mapper has these events now: their count is its business
         raise
     except Exception:  # this process did not die mapping them: not an attempt to count
-        outbox.unclaim_inbox([rid for rid, _ in claimed], holder)
+        outbox.unclaim_inbox([rid for rid, *_ in claimed], holder)
         raise
     return report

@@ -41,7 +41,7 @@ from ..base import HttpRequest, under_base
 from ..carts import DEFAULT_TTL, CartBook, Changes, load_cart, prune_carts, save_carts
 from ..carts import SCHEMA as CARTS_SCHEMA
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
-from ..spec import finite
+from ..spec import json_text
 from . import debugger
 
 SCHEMA = """
@@ -236,27 +236,6 @@ def _write_lock(path: Path) -> threading.Lock:
         return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
-def _dumps_stdlib(value: Any) -> str:
-    """Compact JSON that SQLite can always store: lone surrogates escaped, NaN and infinities as null."""
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return json.dumps(finite(value), separators=(",", ":"), allow_nan=False)
-
-
-try:  # several times faster; the stdlib takes over for what orjson refuses (huge integers, lone surrogates)
-    import orjson
-
-    def _dumps(value: Any) -> str:
-        try:
-            return orjson.dumps(value).decode("utf-8")
-        except (TypeError, orjson.JSONEncodeError):
-            return _dumps_stdlib(value)
-
-except ImportError:  # pragma: no cover - orjson comes with the server extra
-    _dumps = _dumps_stdlib
-
-
 def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
     """Id lists short enough for one statement's parameters."""
     for i in range(0, len(ids), size):
@@ -436,7 +415,7 @@ class Outbox:
                     headers = _public(r.headers, form.secret_headers)
                     key = json.dumps([r.method, url, params, headers], sort_keys=True) if r.batchable else ""
                     envelope = envelopes[envelope_key] = (url, json.dumps(params), json.dumps(headers), key)
-                body = _dumps(r.json)
+                body = json_text(r.json)
                 rows.append(
                     (destination, message_id, idx, user_key, r.method, envelope[0], envelope[1], envelope[2], body,
                      int(r.batchable), envelope[3], len(body), now, now)
@@ -471,18 +450,10 @@ class Outbox:
         """Commit raw events in one transaction, with the way in they came by; ValueError/TypeError when one
         cannot be encoded."""
         now = time.time() if now is None else now
-        rows = [(_dumps(e), now, source) for e in events]
+        rows = [(json_text(e), now, source) for e in events]
         with self._write() as db:
             db.executemany("INSERT INTO inbox (body, received_at, source) VALUES (?, ?, ?)", rows)
         return len(rows)
-
-    def inbox_origins(self, ids: list[int]) -> dict[int, tuple[str | None, float]]:
-        """Inbox id -> (way in, received at), for the debugger's records."""
-        out: dict[int, tuple[str | None, float]] = {}
-        for part in _chunks(ids):
-            sql = "SELECT id, source, received_at FROM inbox WHERE id IN (" + ",".join("?" * len(part)) + ")"
-            out.update({rid: (source, received) for rid, source, received in self._db().execute(sql, part)})
-        return out
 
     # -- the mapper lease: one mapping process at a time, so requests are stored in arrival order
 
@@ -522,9 +493,11 @@ class Outbox:
         with self._write() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token))
 
-    def claim_inbox(self, limit: int, holder: Holder, lease: float, now: float | None = None) -> list[tuple[int, str]]:
-        """The oldest accepted events to map, up to `limit`, as (inbox id, raw JSON text), under the mapper
-        lease ([] while another process holds it).
+    def claim_inbox(
+        self, limit: int, holder: Holder, lease: float, now: float | None = None
+    ) -> list[tuple[int, str, str | None, float]]:
+        """The oldest accepted events to map, up to `limit`, as (inbox id, raw JSON text, way in, received at),
+        under the mapper lease ([] while another process holds it).
 
         An event claimed before without being committed (its process died mapping it) is mapped alone,
         so it cannot take others down with it again; after MAX_MAPPING_ATTEMPTS such claims it is set
@@ -536,8 +509,8 @@ class Outbox:
                 return []
             while True:
                 rows = db.execute(
-                    "SELECT id, body, attempts FROM inbox INDEXED BY inbox_live WHERE dead_reason IS NULL"
-                    " ORDER BY id LIMIT ?",
+                    "SELECT id, body, attempts, source, received_at FROM inbox INDEXED BY inbox_live"
+                    " WHERE dead_reason IS NULL ORDER BY id LIMIT ?",
                     (limit,),
                 ).fetchall()
                 if not rows:
@@ -554,7 +527,7 @@ class Outbox:
                 "UPDATE inbox SET attempts = attempts + 1 WHERE id BETWEEN ? AND ? AND dead_reason IS NULL",
                 (rows[0][0], rows[-1][0]),
             )
-        return [(rid, body) for rid, body, _ in rows]
+        return [(rid, body, source, received) for rid, body, _, source, received in rows]
 
     def unclaim_inbox(self, ids: list[int], holder: Holder) -> None:
         """A round that failed in this process, not by dying: its events do not count it as an attempt.
@@ -726,13 +699,15 @@ class Outbox:
 
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
+        # Only dedupe needs a delivered row (its instance, messageId and index): the body goes, unless the
+        # debugger shows its message (then `prune` clears it once the message leaves the debugger).
+        cleared = "" if self.debug_keep else ", body = '', params = '{}', headers = '{}'"
         with self._write() as db:
             self._attempts(db, rows, status, None, now)
             return self._under_lease(
                 db,
-                # Only dedupe needs a delivered row (its instance, messageId and index): the body goes.
                 "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
-                " last_status = ?, last_error = NULL, lease_until = 0, body = '', params = '{}', headers = '{}'",
+                " last_status = ?, last_error = NULL, lease_until = 0" + cleared,
                 rows,
                 [(now, status, r.id) for r in rows],
             )

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from ..delivery import debugger as store
+from ..delivery.outbox import resolve_url
 from .intake import ApiError, Intake, get_intake
 
 COOKIE = "destinations_debugger"
@@ -120,7 +121,11 @@ def messages(
 
 @router.get("/debugger/api/messages/{message_id}", summary="One message: as received, mapped and delivered")
 def message(intake: Guarded, message_id: str) -> JSONResponse:
-    found = store.detail(intake.outbox._db(), message_id)
+    instances = {
+        name: (d.base_url, list(d.credentials()[0]), list(d.credentials()[1]))
+        for name, d in intake.config.destinations.items()
+    }
+    found = store.detail(intake.outbox._db(), message_id, instances, resolve_url)
     if found is None:
         raise ApiError(404, "not_found", "no such message among those the debugger keeps")
     return JSONResponse(found, headers={"Cache-Control": "no-store"})

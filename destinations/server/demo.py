@@ -82,7 +82,9 @@ def send_session(host: str, users: int) -> int:
     return sent
 
 
-def run_server_demo(users: int = 3, out_dir: Path | None = None) -> int:
+def run_server_demo(users: int = 3, out_dir: Path | None = None, *, keep_open: bool = False) -> int:
+    """The session through a live server to the vendors' stand-in; prints what each vendor received and the live
+    debugger's URL. `keep_open`: then keep serving (the debugger too) until Ctrl-C."""
     logging.getLogger("analytics").setLevel(logging.CRITICAL)  # its retries would print tracebacks
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="destinations-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +101,7 @@ def run_server_demo(users: int = 3, out_dir: Path | None = None) -> int:
         server, thread, url = start_server(create_app(config))
         try:
             print(f"Server {url} (outbox {config.outbox.path}); vendors stand-in {vendor.url}")
+            print(f"Live debugger: {url}/debugger", flush=True)
             sent = send_session(url, users)
             print(f"analytics-python sent {sent} messages for {users} users (identify, pages, products, cart, checkout,"
                   " order, a custom event)\n")  # fmt: skip
@@ -106,12 +109,21 @@ def run_server_demo(users: int = 3, out_dir: Path | None = None) -> int:
             deadline = time.time() + 60
             while (outbox.pending_count() or not outbox.stats()) and time.time() < deadline:
                 time.sleep(0.05)
-            stats = outbox.stats()
+            status = _report(config, vendor.url, vendor.delivered(), outbox.stats(), out_dir)
+            if keep_open:
+                print(f"\nStill serving: open {url}/debugger to look at the session. Ctrl-C stops.", flush=True)
+                try:
+                    threading.Event().wait()
+                except KeyboardInterrupt:
+                    print()
+            return status
         finally:
             server.should_exit = True
             thread.join(15)
-        received = vendor.delivered()
 
+
+def _report(config: Any, vendor_url: str, received: list[Any], stats: dict[str, Any], out_dir: Path) -> int:
+    """Write requests.jsonl and print what each vendor received; 0 when all was delivered."""
     path = out_dir / "requests.jsonl"
     by_vendor: dict[str, Counter[str]] = {name: Counter() for name in VENDORS}
     with path.open("w", encoding="utf-8") as out:
@@ -122,7 +134,7 @@ def run_server_demo(users: int = 3, out_dir: Path | None = None) -> int:
             params, headers = config.destinations[name].credential_names()
             data = {
                 "method": r.method,
-                "url": f"{vendor.url}{r.path}",
+                "url": f"{vendor_url}{r.path}",
                 "params": mask_params(r.params, params),
                 "headers": mask_headers(r.headers, headers),
                 "json": body,
@@ -138,6 +150,6 @@ def run_server_demo(users: int = 3, out_dir: Path | None = None) -> int:
         for label, count in sorted(counts.items()):
             print(f"    {count:>3}  {label}")
         print()
-    print(f"Every request the vendors received: {path}")
+    print(f"Every request the vendors received: {path}", flush=True)
     pending = sum(s.get("pending", 0) for s in stats.values())
     return 0 if received and not pending else 1

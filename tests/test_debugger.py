@@ -1,0 +1,226 @@
+"""The live debugger: its JSON API and access rules over a real server, and its page in a real headless Chromium.
+
+Three events go through the tracking API, as a shop's server library posts them (Basic auth with the write key):
+one every instance takes (eSputnik's stand-in refuses its first call with 400, so that request is dead), one
+without an image (invalid for Segmentify, at `properties.image_url`), and one with `integrations.Wigzo = false`
+(filtered for Wigzo).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from chromium import ARTIFACTS, driver, require
+from chromium import missing as chromium_missing
+from test_server import CONTEXT, KEYS, PRODUCT, WEBHOOK_SECRET, WRITE_KEY, live, make_config, wait_for
+
+from destinations.sink import Answer, Received, RecordingServer
+
+TOKEN = "debugger-token-5e1f0a9b7c"
+
+
+def refuse_first_esputnik_call() -> Any:
+    lock, refused = threading.Lock(), []
+
+    def script(received: Received) -> Answer:
+        with lock:
+            if received.path == "/api/v2/event" and not refused:
+                refused.append(received)
+                return Answer(400, {"error": "bad request"})
+        return Answer()
+
+    return script
+
+
+def events(user: str = "dbg-user") -> list[dict[str, Any]]:
+    base = {"type": "track", "event": "Product Viewed", "userId": user, "context": CONTEXT}
+    return [
+        {**base, "messageId": "dbg-taken", "properties": PRODUCT},
+        {**base, "messageId": "dbg-invalid", "properties": {k: v for k, v in PRODUCT.items() if k != "image_url"}},
+        {**base, "messageId": "dbg-filtered", "properties": PRODUCT, "integrations": {"Wigzo": False}},
+    ]
+
+
+KINDS = ("segmentify", "esputnik", "wigzo")
+
+
+def badges(url: str, **auth: Any) -> dict[str, dict[str, str]]:
+    answer = httpx.get(f"{url}/debugger/api/messages", **auth).json()
+    return {m["messageId"]: {n: b["status"] for n, b in m["destinations"].items()} for m in answer["messages"]}
+
+
+def settled(url: str, **auth: Any) -> dict[str, dict[str, str]] | None:
+    found = badges(url, **auth)
+    done = len(found) == 3 and all(s not in ("pending", "retrying") for b in found.values() for s in b.values())
+    return found if done else None
+
+
+def test_the_json_api_shows_outcomes_and_attempts_and_replays(tmp_path: Path) -> None:
+    with RecordingServer(refuse_first_esputnik_call()) as sink:
+        config = make_config(tmp_path, sink.url, kinds=KINDS)
+        with live(config) as url:
+            res = httpx.post(f"{url}/v1/batch", json={"batch": events()}, auth=(WRITE_KEY, ""))
+            assert res.status_code == 200
+            found = wait_for(lambda: settled(url))
+            assert found == {
+                "dbg-taken": {"shop-segmentify": "delivered", "shop-esputnik": "dead", "shop-wigzo": "delivered"},
+                "dbg-invalid": {"shop-segmentify": "invalid", "shop-esputnik": "delivered", "shop-wigzo": "delivered"},
+                "dbg-filtered": {"shop-segmentify": "delivered", "shop-esputnik": "delivered",
+                                 "shop-wigzo": "filtered"},
+            }  # fmt: skip
+            listed = httpx.get(f"{url}/debugger/api/messages").json()["messages"]
+            assert [m["messageId"] for m in listed] == ["dbg-filtered", "dbg-invalid", "dbg-taken"]  # newest first
+            assert {m["wayIn"] for m in listed} == {"tracking"}
+
+            invalid = httpx.get(f"{url}/debugger/api/messages/dbg-invalid").json()
+            assert invalid["destinations"]["shop-segmentify"]["path"] == "properties.image_url"
+            assert invalid["message"]["properties"]["name"] == PRODUCT["name"]  # as received
+            filtered = httpx.get(f"{url}/debugger/api/messages/dbg-filtered").json()
+            assert "Wigzo" in filtered["destinations"]["shop-wigzo"]["reason"]
+
+            taken = httpx.get(f"{url}/debugger/api/messages/dbg-taken").json()
+            (request,) = taken["destinations"]["shop-esputnik"]["requests"]
+            assert request["state"] == "dead"
+            assert [(a["status"], "bad request" in a["answer"]) for a in request["attempts"]] == [("400", True)]
+            assert request["headers"]["Authorization"] == "***"  # the vendor request, its secret masked
+            (segmentify,) = taken["destinations"]["shop-segmentify"]["requests"]
+            assert segmentify["params"]["apiKey"] == "***"
+            assert [a["status"] for a in segmentify["attempts"]] == ["200"]
+
+            # Filters: by user, destination and status.
+            def ids(**params: str) -> list[str]:
+                messages = httpx.get(f"{url}/debugger/api/messages", params=params).json()["messages"]
+                return [m["messageId"] for m in messages]
+
+            assert ids(q="dbg-user") == ["dbg-filtered", "dbg-invalid", "dbg-taken"]
+            assert ids(q="dbg-invalid") == ["dbg-invalid"]
+            assert ids(q="Product") == ["dbg-filtered", "dbg-invalid", "dbg-taken"]  # the start of an event name
+            assert ids(q="nobody") == []
+            assert ids(status="dead") == ["dbg-taken"]
+            assert ids(destination="shop-wigzo", status="filtered") == ["dbg-filtered"]
+            assert ids(destination="shop-segmentify", status="filtered") == []
+            assert httpx.get(f"{url}/debugger/api/messages", params={"status": "lost"}).status_code == 400
+
+            replayed = httpx.post(
+                f"{url}/debugger/api/messages/dbg-taken/replay", params={"destination": "shop-esputnik"}
+            )
+            assert replayed.json() == {"replayed": 1}
+            assert wait_for(lambda: badges(url)["dbg-taken"]["shop-esputnik"] == "delivered")
+            again = httpx.get(f"{url}/debugger/api/messages/dbg-taken").json()
+            attempts = again["destinations"]["shop-esputnik"]["requests"][0]["attempts"]
+            assert [a["status"] for a in attempts] == ["400", "200"]
+
+            everything = json.dumps([httpx.get(f"{url}/debugger/api/messages").json()] + [
+                httpx.get(f"{url}/debugger/api/messages/{mid}").json() for mid in ("dbg-taken", "dbg-invalid")
+            ])  # fmt: skip
+            for secret in (WRITE_KEY, WEBHOOK_SECRET, *KEYS.values()):
+                assert secret not in everything
+            assert "/debugger/api/messages" in httpx.get(f"{url}/openapi.json").text
+
+
+def test_a_token_guards_every_route(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, kinds=("segmentify",), debugger={"token": TOKEN})
+        with live(config) as url:
+            assert httpx.get(f"{url}/debugger").status_code == 200  # the page shell holds nothing
+            for path in ("/debugger/api/messages", "/debugger/api/messages/x", "/debugger/api/access"):
+                assert httpx.get(f"{url}{path}").status_code == 401
+            assert httpx.post(f"{url}/debugger/api/messages/x/replay").status_code == 401
+            bearer = {"headers": {"Authorization": f"Bearer {TOKEN}"}}
+            assert httpx.get(f"{url}/debugger/api/access", **bearer).json()["open"] is False
+            assert (
+                httpx.get(f"{url}/debugger/api/messages", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            )
+
+            with httpx.Client(base_url=url) as browser:  # the login form's way: a cookie, never the token itself
+                wrong = browser.post("/debugger/login", data={"token": "wrong"})
+                assert wrong.status_code == 303
+                assert "login=failed" in wrong.headers["location"]
+                assert browser.get("/debugger/api/messages").status_code == 401
+                right = browser.post("/debugger/login", data={"token": TOKEN})
+                assert right.status_code == 303
+                cookie = right.headers["set-cookie"]
+                assert "HttpOnly" in cookie
+                assert "SameSite=strict" in cookie
+                assert TOKEN not in cookie
+                assert browser.get("/debugger/api/messages").status_code == 200
+
+
+def test_without_a_token_it_is_open_on_loopback_and_says_so(tmp_path: Path) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, kinds=("segmentify",))
+        with live(config) as url:
+            access = httpx.get(f"{url}/debugger/api/access").json()
+            assert access["open"] is True
+            assert "loopback" in access["note"]
+        off = make_config(tmp_path, sink.url, kinds=("segmentify",), debugger={"enabled": False})
+        with live(off) as url:
+            assert httpx.get(f"{url}/debugger").status_code == 404
+            assert httpx.get(f"{url}/debugger/api/messages").status_code == 404
+
+
+# --- the page, in headless Chromium ---------------------------------------------------------------
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Any:
+    require(chromium_missing())
+    with driver(tmp_path / "profile") as browser:
+        yield browser
+
+
+def test_the_page_shows_a_session_live_with_badges_details_and_replay(tmp_path: Path, chrome: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    # Read and click in the page itself: it redraws its rows whenever an answer changes.
+    def badge(message_id: str, destination: str) -> str | None:
+        selector = f'tr[data-message-id="{message_id}"] .badge[data-destination="{destination}"]'
+        return chrome.execute_script(  # type: ignore[no-any-return]
+            "const e = document.querySelector(arguments[0]); return e ? e.dataset.status : null;", selector
+        )
+
+    def click(selector: str) -> bool:
+        return bool(chrome.execute_script(
+            "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", selector
+        ))  # fmt: skip
+
+    with RecordingServer(refuse_first_esputnik_call()) as sink:
+        config = make_config(tmp_path, sink.url, kinds=KINDS)
+        with live(config) as url:
+            chrome.get(f"{url}/debugger")
+            assert wait_for(lambda: "open on loopback" in chrome.find_element(By.ID, "access").text)
+            assert chrome.find_elements(By.CSS_SELECTOR, "tr.message") == []
+
+            res = httpx.post(f"{url}/v1/batch", json={"batch": events()}, auth=(WRITE_KEY, ""))
+            assert res.status_code == 200
+            # No reload: the page polls.
+            assert wait_for(lambda: len(chrome.find_elements(By.CSS_SELECTOR, "tr.message")) == 3)
+            assert wait_for(lambda: badge("dbg-taken", "shop-esputnik") == "dead")
+            assert wait_for(lambda: badge("dbg-taken", "shop-segmentify") == "delivered")
+            assert badge("dbg-invalid", "shop-segmentify") == "invalid"
+            assert badge("dbg-filtered", "shop-wigzo") == "filtered"
+            assert wait_for(lambda: badge("dbg-filtered", "shop-esputnik") == "delivered")
+
+            assert click('tr[data-message-id="dbg-invalid"]')
+            assert wait_for(lambda: "properties.image_url" in chrome.find_element(By.ID, "detail").text)
+
+            assert click('tr[data-message-id="dbg-taken"]')
+            assert wait_for(lambda: click('button.replay[data-destination="shop-esputnik"]'))
+            assert wait_for(lambda: badge("dbg-taken", "shop-esputnik") in ("pending", "retrying", "delivered"))
+            assert wait_for(lambda: badge("dbg-taken", "shop-esputnik") == "delivered")
+            assert wait_for(lambda: "200" in chrome.find_element(By.ID, "detail").text)
+
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            chrome.save_screenshot(str(ARTIFACTS / "debugger.png"))
+            problems = [e for e in chrome.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+            assert problems == []
+            page = chrome.page_source
+            for secret in (WRITE_KEY, WEBHOOK_SECRET, *KEYS.values()):
+                assert secret not in page
+            time.sleep(0.1)
