@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .base import Destination, Handled
 
 DEFAULT_TTL = 30 * 24 * 3600.0
+QUANTITY_LIMIT = 10**9
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS carts (
@@ -180,10 +181,15 @@ class CartBook:
         properties = {**parsed.properties, "products": [dict(line) for line in changed.lines], "cart_id": changed.id}
         if changed.currency and not properties.get("currency"):
             properties["currency"] = changed.currency
-        return {**raw, "properties": properties}
+        # products[] is the whole cart now, even beside one product's own fields: the destination's option says so.
+        integrations = dict(parsed.integrations or {})
+        own = integrations.get(destination.display_name)
+        integrations[destination.display_name] = {**(own if isinstance(own, Mapping) else {}), "wholeCart": True}
+        return {**raw, "properties": properties, "integrations": integrations}
 
     def _changed(self, cart: Cart | None, call: Call, kind: str) -> Cart | None:
-        """The cart after this event; None when the event changes nothing and no cart is known."""
+        """The cart after this event; None when it leaves the stateless rule to decide: no cart is known and
+        the event brings none, or its one product cannot be read (no product id; no price on an add)."""
         whole = call.has_products and (
             kind == REPLACE or bool(call.read(_PRODUCT, Item(call.properties, "properties"))) or len(call.products) > 1
         )
@@ -200,9 +206,13 @@ class CartBook:
             return cart  # nothing sent to replace it with, or nothing to remove from
         product = call.product()
         line = _line(call, product)
-        lines = list(cart.lines) if cart else []
-        if line is not None:
-            lines = _added(call, lines, line) if kind == ADD else _removed(call, lines, line)
+        if line is None or (kind == ADD and "price" not in line):
+            return None  # not a product the cart can hold: the destination reports the event as sent
+        lines = (
+            _added(call, list(cart.lines) if cart else [], line)
+            if kind == ADD
+            else _removed(call, list(cart.lines) if cart else [], line)
+        )
         if kind == ADD:
             currency = currency or call.read(ITEM_CURRENCY, product)
         made = cart.id if cart else call.read(NEW_CART_ID) or uuid.uuid4().hex
@@ -232,8 +242,11 @@ def _quantity(call: Call, line: Mapping[str, Any], default: Any = 1) -> Any:
 
 
 def _plus(a: Any, b: Any) -> int | float:
-    """a + b in decimal, an int when whole (0.1 + 0.2 is 0.3, 1 + 1 is 2)."""
+    """a + b in decimal, an int when whole (0.1 + 0.2 is 0.3, 1 + 1 is 2); `a` when the sum is past
+    QUANTITY_LIMIT (1e308 + 1e308)."""
     total = Decimal(str(a)) + Decimal(str(b))
+    if abs(total) > QUANTITY_LIMIT:
+        return a  # no cart holds that many: the sum is not taken
     return int(total) if total == total.to_integral_value() else float(total)
 
 
@@ -255,7 +268,8 @@ def _removed(call: Call, lines: list[dict[str, Any]], line: dict[str, Any]) -> l
     out = []
     for held in lines:
         if _identity(call, held) == identity:
-            left = _plus(_quantity(call, held), -quantity) if quantity else 0
+            # Without a quantity, or with 0 or less, the line goes (Segment: the product was removed).
+            left = _plus(_quantity(call, held), -quantity) if quantity and quantity > 0 else 0
             if left > 0:
                 out.append({**held, "quantity": left})
             continue
@@ -311,7 +325,7 @@ class CartTracker:
         self._pruned = 0.0
         self._db: sqlite3.Connection | None = None
         if path is not None:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
 
@@ -328,10 +342,20 @@ class CartTracker:
                 parsed = message
             handed = message
             if CART in destination.enrichments:
-                book = CartBook(self._load, seen=self._was_seen, ttl=self.ttl)
-                mid = raw.get("messageId") if isinstance(raw, Mapping) else None
-                handed = book.hand(instance, destination, raw, parsed, mid if isinstance(mid, str) else None)
-                self._save(book.changes)
+                # In one write transaction from the read on: two processes on one file take turns.
+                if self._db is not None:
+                    self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    book = CartBook(self._load, seen=self._was_seen, ttl=self.ttl)
+                    mid = raw.get("messageId") if isinstance(raw, Mapping) else None
+                    handed = book.hand(instance, destination, raw, parsed, mid if isinstance(mid, str) else None)
+                    self._save(book.changes)
+                except BaseException:
+                    if self._db is not None:
+                        self._db.execute("ROLLBACK")
+                    raise
+                if self._db is not None:
+                    self._db.execute("COMMIT")
             return destination.handle_with_warnings(handed)
 
     def handle(self, destination: Destination, message: Any, *, instance: str = "") -> list[Any]:
@@ -370,15 +394,9 @@ class CartTracker:
             if prune:
                 self._memory = {k: c for k, c in self._memory.items() if now - c.updated_at <= self.ttl}
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            save_carts(self._db, changes)
-            if prune:
-                prune_carts(self._db, self.ttl, now)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        save_carts(self._db, changes)  # inside the caller's transaction
+        if prune:
+            prune_carts(self._db, self.ttl, now)
 
     def close(self) -> None:
         """Close the SQLite file, if any."""

@@ -193,8 +193,15 @@ def category_params(call: Call) -> Params:
     return [("category", call.map(PRODUCT_CATEGORY_VIEWED))]
 
 
+WHOLE_CART = F("wholeCart", "options.wholeCart", kind="bool")
+CART_OPTIONS = Table("cartUpdated", WHOLE_CART)  # for `destinations list`
+
+
 def cart_params(call: Call) -> Params:
-    if call.event in SINGLE_PRODUCT and call.product().path.startswith("properties.products"):
+    # integrations.eSputnik.wholeCart: products[] is the whole cart, whatever else the event carries (the cart
+    # the package keeps says so; a client may too).
+    whole = call.read(WHOLE_CART, target="cartUpdated (wholeCart)") is True
+    if not whole and call.event in SINGLE_PRODUCT and call.product().path.startswith("properties.products"):
         # One item and no product id at the top: the product of the event (MAPPINGS "Real traffic"),
         # not the cart; sending it would set the contact's cart to that one item.
         raise Filtered(
@@ -293,5 +300,5 @@ class EsputnikDestination(Destination):
     events = EVENTS
     other_event = custom_event
     fields = (LOCATORS, EVENT, PAGE_VIEWED, PRODUCT_VIEWED, PRODUCT_ADDED_TO_WISHLIST, PRODUCT_CATEGORY_VIEWED,
-              CART_UPDATED, CART_ITEM, SEARCH_REQUEST, CONTACT)  # fmt: skip
+              CART_OPTIONS, CART_UPDATED, CART_ITEM, SEARCH_REQUEST, CONTACT)  # fmt: skip
     credentials_declared = (Credential("apiKey", header="Authorization", form=basic_auth),)

@@ -298,3 +298,23 @@ def test_a_message_with_null_properties_does_not_stop_the_mapper(tmp_path: Path)
     report = map_inbox(outbox, config.destinations, Holder.new())
     assert report.messages == 2
     assert outbox.inbox_count() == 0
+
+
+def test_one_product_in_products_and_odd_removals_keep_the_cart_right() -> None:
+    """Real traffic: the product as the one item of products[] (MAPPINGS "Real traffic"); a removal with a
+    negative quantity removes the line rather than adding to it; an add without a price leaves the cart alone."""
+    tracker = CartTracker()
+    base = session("lou")[0]
+    one = {**base, "properties": {"products": [{"product_id": "p1", "price": 10.5, "name": "Product p1"}]}}
+    two = {**base, "messageId": "lou-2", "properties": {"products": [{"product_id": "p2", "price": 20}]}}
+    minus = {**base, "messageId": "lou-3", "event": "Product Removed",
+             "properties": {"product_id": "p2", "quantity": -3}}  # fmt: skip
+    no_price = {**base, "messageId": "lou-4", "properties": {"product_id": "p4", "name": "No price"}}
+    bodies = handled(tracker, [one, two, minus, no_price])
+    assert [[(p["productId"], p["quantity"]) for p in cart_products(b)] for b in bodies[:3]] == [
+        [("p1", 1)], [("p1", 1), ("p2", 1)], [("p1", 1)]
+    ]  # fmt: skip
+    assert bodies[3] in ("Filtered", "InvalidMessage")  # reported as sent, not taken into the cart
+    kept = tracker.cart("esputnik", "user:lou")
+    assert kept is not None
+    assert [line["product_id"] for line in kept.lines] == ["p1"]
