@@ -154,15 +154,21 @@ class CartBook:
         kind = CHANGES.get(destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event))
         if kind is None or not destination.admits(parsed):
             return parsed
+        resend = message_id is not None and (
+            (instance, message_id) in self._handled or (self._seen is not None and self._seen(instance, message_id))
+        )
         if message_id is not None:
-            if (instance, message_id) in self._handled or (self._seen is not None and self._seen(instance, message_id)):
-                return parsed  # a resend: its change is in the cart already, and the outbox drops its requests
             self._handled.add((instance, message_id))
         call = Call(parsed, {}, destination.settings, destination.display_name)
         try:
             key, user, anonymous = keys_of(call)
             if key is None:
                 return parsed
+            if resend:
+                # Its change is in the cart already: the cart as it is now goes, and the outbox counts the
+                # resend's requests as the duplicates they are (a library caller gets them again).
+                cart = self.get(instance, key)
+                return parsed if cart is None or kind == CLEAR else _with_cart(raw, parsed, destination, cart)
             if kind == CLEAR:
                 for cart_key in {key, user, anonymous} - {None}:
                     self.changes[(instance, cart_key)] = None  # type: ignore[index]
@@ -178,14 +184,7 @@ class CartBook:
         if changed is None:
             return parsed
         self.changes[(instance, key)] = changed
-        properties = {**parsed.properties, "products": [dict(line) for line in changed.lines], "cart_id": changed.id}
-        if changed.currency and not properties.get("currency"):
-            properties["currency"] = changed.currency
-        # products[] is the whole cart now, even beside one product's own fields: the destination's option says so.
-        integrations = dict(parsed.integrations or {})
-        own = integrations.get(destination.display_name)
-        integrations[destination.display_name] = {**(own if isinstance(own, Mapping) else {}), "wholeCart": True}
-        return {**raw, "properties": properties, "integrations": integrations}
+        return _with_cart(raw, parsed, destination, changed)
 
     def _changed(self, cart: Cart | None, call: Call, kind: str) -> Cart | None:
         """The cart after this event; None when it leaves the stateless rule to decide: no cart is known and
@@ -217,6 +216,18 @@ class CartBook:
             currency = currency or call.read(ITEM_CURRENCY, product)
         made = cart.id if cart else call.read(NEW_CART_ID) or uuid.uuid4().hex
         return Cart(made, tuple(lines), currency or (cart.currency if cart else None), self.now)
+
+
+def _with_cart(raw: Mapping[str, Any], parsed: Track, destination: Destination, cart: Cart) -> dict[str, Any]:
+    """`raw` with `properties.products` the whole cart, `properties.cart_id` its id (and its currency where the
+    event gives none), and the destination's `wholeCart` option saying products[] is the cart."""
+    properties = {**parsed.properties, "products": [dict(line) for line in cart.lines], "cart_id": cart.id}
+    if cart.currency and not properties.get("currency"):
+        properties["currency"] = cart.currency
+    integrations = dict(parsed.integrations or {})
+    own = integrations.get(destination.display_name)
+    integrations[destination.display_name] = {**(own if isinstance(own, Mapping) else {}), "wholeCart": True}
+    return {**raw, "properties": properties, "integrations": integrations}
 
 
 def _line(call: Call, item: Item) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from test_server import KEYS, WRITE_KEY, live, make_config, wait_for
 
 from destinations import CartTracker, Filtered, InvalidMessage, get_destination
 from destinations.cli import main
-from destinations.delivery import Outbox
+from destinations.delivery import Outbox, route
 from destinations.delivery.intake import map_inbox
 from destinations.delivery.outbox import Holder
 from destinations.sink import Answer, RecordingServer
@@ -243,7 +243,17 @@ def test_a_resend_changes_no_cart_again() -> None:
     tracker = CartTracker()
     first = session("fay")[0]
     bodies = handled(tracker, [first, first, session("fay")[1]])
-    assert [(p["productId"], p["quantity"]) for p in cart_products(bodies[-1])] == [("p1", 1), ("p2", 1)]
+    carts = [[(p["productId"], p["quantity"]) for p in cart_products(b)] for b in bodies]
+    assert carts == [[("p1", 1)], [("p1", 1)], [("p1", 1), ("p2", 1)]]  # the resend gets the cart as it is
+
+
+def test_a_session_sent_twice_is_counted_as_duplicates_not_filtered(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
+    outbox = Outbox(config.outbox.path)
+    first = route(session("gil"), config.destinations, outbox)
+    again = route(session("gil"), config.destinations, outbox)
+    assert sum(first.accepted.values()) == 6  # five carts and the order
+    assert (sum(again.accepted.values()), again.duplicates, sum(again.filtered.values())) == (0, 6, 0)
 
 
 def test_no_cart_is_made_up_when_none_is_known() -> None:
