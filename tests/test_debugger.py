@@ -107,9 +107,17 @@ def test_the_json_api_shows_outcomes_and_attempts_and_replays(tmp_path: Path) ->
             assert ids(destination="shop-segmentify", status="filtered") == []
             assert httpx.get(f"{url}/debugger/api/messages", params={"status": "lost"}).status_code == 400
 
-            replayed = httpx.post(
-                f"{url}/debugger/api/messages/dbg-taken/replay", params={"destination": "shop-esputnik"}
+            # A replay wants the page's header, and no other site's Origin.
+            path = f"{url}/debugger/api/messages/dbg-taken/replay"
+            only = {"destination": "shop-esputnik"}
+            assert httpx.post(path, params=only).status_code == 403
+            foreign = {"X-Debugger": "replay", "Origin": "https://evil.example"}
+            assert httpx.post(path, params=only, headers=foreign).status_code == 403
+            assert (
+                httpx.post(f"{url}/debugger/api/messages/nothing/replay", headers={"X-Debugger": "replay"}).status_code
+                == 404
             )
+            replayed = httpx.post(path, params=only, headers={"X-Debugger": "replay"})
             assert replayed.json() == {"replayed": 1}
             assert wait_for(lambda: badges(url)["dbg-taken"]["shop-esputnik"] == "delivered")
             again = httpx.get(f"{url}/debugger/api/messages/dbg-taken").json()
@@ -131,7 +139,9 @@ def test_a_token_guards_every_route(tmp_path: Path) -> None:
             assert httpx.get(f"{url}/debugger").status_code == 200  # the page shell holds nothing
             for path in ("/debugger/api/messages", "/debugger/api/messages/x", "/debugger/api/access"):
                 assert httpx.get(f"{url}{path}").status_code == 401
-            assert httpx.post(f"{url}/debugger/api/messages/x/replay").status_code == 401
+            assert (
+                httpx.post(f"{url}/debugger/api/messages/x/replay", headers={"X-Debugger": "replay"}).status_code == 401
+            )
             bearer = {"headers": {"Authorization": f"Bearer {TOKEN}"}}
             assert httpx.get(f"{url}/debugger/api/access", **bearer).json()["open"] is False
             assert (
@@ -224,3 +234,42 @@ def test_the_page_shows_a_session_live_with_badges_details_and_replay(tmp_path: 
             for secret in (WRITE_KEY, WEBHOOK_SECRET, *KEYS.values()):
                 assert secret not in page
             time.sleep(0.1)
+
+
+def test_odd_message_ids_and_values_open_and_a_rebound_host_is_refused(tmp_path: Path) -> None:
+    """messageIds a path segment cannot carry open through the query form; a lone surrogate in a value is shown
+    as its escape (not a 500); an open debugger answers loopback host names only (DNS rebinding)."""
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, kinds=("segmentify",))
+        with live(config) as url:
+            odd = [{**events()[0], "messageId": mid} for mid in ("a/b", "..", "<i>id</i>")]
+            odd.append({**events()[0], "messageId": "lone", "properties": {**PRODUCT, "note": "x\ud800"}})
+            body = json.dumps({"batch": odd})  # ASCII JSON: the lone surrogate travels as its escape
+            headers = {"Content-Type": "application/json"}
+            res = httpx.post(f"{url}/v1/batch", content=body, headers=headers, auth=(WRITE_KEY, ""))
+            assert res.status_code == 200
+            assert wait_for(lambda: len(httpx.get(f"{url}/debugger/api/messages").json()["messages"]) == 4)
+            for mid in ("a/b", "..", "<i>id</i>", "lone"):
+                res = httpx.get(f"{url}/debugger/api/message", params={"messageId": mid})
+                assert res.status_code == 200, mid
+                assert res.json()["messageId"] == mid
+            assert "\\ud800" in httpx.get(f"{url}/debugger/api/message", params={"messageId": "lone"}).text
+            rebound = httpx.get(f"{url}/debugger/api/messages", headers={"Host": "rebind.evil.example"})
+            assert rebound.status_code == 403
+            assert httpx.get(f"{url}/debugger/api/messages", params={"q": "x" * 1001}).status_code == 422
+
+
+def test_a_message_id_no_text_can_hold_neither_stops_mapping_nor_hides_the_others(tmp_path: Path) -> None:
+    """A lone surrogate in a messageId (the tracking API takes it) once made every round fail while the debugger
+    was on: the debugger's record must never hold back what is delivered."""
+    from destinations.delivery import Outbox
+    from destinations.delivery.intake import map_inbox
+    from destinations.delivery.outbox import Holder
+
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("segmentify",))
+    outbox = Outbox(config.outbox.path, debug_keep=1000)
+    outbox.accept_events([{**events()[0], "messageId": "mid\ud800"}, events()[1] | {"messageId": "fine"}])
+    map_inbox(outbox, config.destinations, Holder.new())
+    assert outbox.inbox_count() == 0
+    shown = [row[0] for row in outbox._db().execute("SELECT message_id FROM debug_messages")]
+    assert "fine" in shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import logging
@@ -160,3 +161,20 @@ def test_url_encoded_and_basic_credentials_are_masked() -> None:
         m.post("https://esputnik.com/api/v2/event", status_code=400, text="x" * 490 + " destinations:esp-SECRET-key")
         outcome = Sender(esp).send(HttpRequest("POST", "https://esputnik.com/api/v2/event", {}, {}, {}))
     assert "SECRET" not in outcome.detail
+
+
+def test_answers_are_masked_in_the_forms_vendors_echo_keys() -> None:
+    """A vendor that echoes the key as PHP's json_encode writes it (slashes escaped), percent-encoded in lower
+    case, or in base64: none of those forms may reach a dead request's answer."""
+    from destinations import get_destination
+    from destinations.delivery.sender import classify
+
+    key = "SEGKEY/with+slash=and/more_0001"
+    destination = get_destination("segmentify", {"apiKey": key, "dataCenterUrl": "https://dce1.segmentify.com"})
+    for echoed in (
+        key.replace("/", "\\/"),
+        "SEGKEY%2fwith%2bslash%3dand%2fmore_0001",
+        base64.b64encode(key.encode()).decode(),
+    ):
+        outcome = classify(destination, 400, {}, f'{{"error": "bad key {echoed}"}}'.encode())
+        assert echoed not in outcome.detail, echoed

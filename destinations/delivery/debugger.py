@@ -53,7 +53,16 @@ BODY_LIMIT = 64 * 1024  # characters of a message kept for the page (Segment's l
 
 def text_of(value: Any) -> str | None:
     """A message's string field as the page shows it (None when absent or not text)."""
-    return value if isinstance(value, str) else None
+    return _storable(value) if isinstance(value, str) else None
+
+
+def _storable(text: str) -> str:
+    """Text SQLite can store: a lone surrogate (which no UTF-8 can hold) written as its escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def record(
@@ -69,8 +78,8 @@ def record(
         body = json.dumps({"note": f"the message is {len(body)} characters; the first {BODY_LIMIT} are kept",
                            "start": body[:BODY_LIMIT]})  # fmt: skip
     return (
-        message_id, text_of(labels.get("type")), text_of(labels.get("event")), _id(labels.get("userId")),
-        _id(labels.get("anonymousId")), source, received_at, now, body, json_text(outcomes),
+        _storable(message_id), text_of(labels.get("type")), text_of(labels.get("event")), _id(labels.get("userId")),
+        _id(labels.get("anonymousId")), source, received_at, now, _storable(body), json_text(outcomes),
     )  # fmt: skip
 
 
@@ -81,7 +90,7 @@ def set_aside(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
 
 
 def _id(value: Any) -> str | None:
-    return None if value is None or isinstance(value, bool) else str(value)
+    return None if value is None or isinstance(value, bool) else _storable(str(value))
 
 
 def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None:
@@ -103,16 +112,25 @@ def log_attempts(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> Non
     )
 
 
-def prune(db: sqlite3.Connection) -> None:
+def prune(db: sqlite3.Connection, chunk: int = 5000) -> None:
     """Attempts of messages no longer kept, and the bodies of their delivered requests (kept for the detail
-    view while the debugger shows their message; the outbox needs only the row itself, for dedupe)."""
+    view while the debugger shows their message; the outbox needs only the row itself, for dedupe).
+
+    A kept message was mapped at or after the oldest kept one: an attempt, or a delivery, from before that
+    moment is of a message no longer kept. Both are found from the old end (attempts by id, which grows with
+    time; deliveries through the outbox's (state, finished_at) index), at most `chunk` bodies a call."""
+    oldest = db.execute("SELECT MIN(mapped_at) FROM debug_messages").fetchone()[0]
+    if oldest is None:
+        oldest = float("inf")  # nothing kept: nothing to keep
+    first = db.execute("SELECT id FROM debug_attempts WHERE at >= ? ORDER BY id LIMIT 1", (oldest,)).fetchone()
+    if first is None:
+        db.execute("DELETE FROM debug_attempts")
+    else:
+        db.execute("DELETE FROM debug_attempts WHERE id < ?", (first[0],))
     db.execute(
-        "DELETE FROM debug_attempts WHERE id < (SELECT COALESCE(MIN(a.id), 0) FROM debug_attempts a"
-        " JOIN debug_messages m ON m.message_id = a.message_id)"
-    )
-    db.execute(
-        "UPDATE requests SET body = '', params = '{}', headers = '{}' WHERE state = 'delivered' AND body != ''"
-        " AND message_id NOT IN (SELECT message_id FROM debug_messages)"
+        "UPDATE requests SET body = '', params = '{}', headers = '{}' WHERE id IN (SELECT id FROM requests"
+        " WHERE state = 'delivered' AND finished_at < ? AND body != '' LIMIT ?)",
+        (oldest, chunk),
     )
 
 

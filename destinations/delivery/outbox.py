@@ -386,13 +386,25 @@ class Outbox:
                         part = self._store(db, [units[i]], now)
                     for name, n in part.items():
                         accepted[name] = accepted.get(name, 0) + n
-            records = [debugger.set_aside(u[0].debug, u[2]) if u[2] else u[0].debug
-                       for u in units if u[0].debug is not None]  # fmt: skip
-            if records and self.debug_keep:
-                debugger.save(db, records, self.debug_keep)
+            self._record(db, units)
         total = sum(len(rows) for _, rows, reason in units if reason is None)
         failed = [(i, reason) for i, (_, _, reason) in enumerate(units) if reason is not None]
         return Enqueued(accepted, total - sum(accepted.values()), failed)
+
+    def _record(self, db: sqlite3.Connection, units: list[_Unit]) -> None:
+        """The round's debugger records (set-aside messages saying so), in its transaction; never its failure."""
+        records = [debugger.set_aside(u[0].debug, u[2]) if u[2] else u[0].debug
+                   for u in units if u[0].debug is not None]  # fmt: skip
+        if not records or not self.debug_keep:
+            return
+        try:  # what the debugger shows must never hold back what is delivered
+            db.execute("SAVEPOINT debugger")
+            debugger.save(db, records, self.debug_keep)
+            db.execute("RELEASE debugger")
+        except _EVENT_FAULTS:
+            db.execute("ROLLBACK TO debugger")
+            db.execute("RELEASE debugger")
+            log.warning("the debugger could not record a round of messages; they are delivered all the same")
 
     @staticmethod
     def _rows(
@@ -857,7 +869,8 @@ class Outbox:
         now = time.time() if now is None else now
         with self._write() as db:
             prune_carts(db, self.cart_ttl, now)
-            debugger.prune(db)
+            if self.debug_keep:
+                debugger.prune(db)
             return db.execute(
                 "DELETE FROM requests WHERE state = 'delivered' AND finished_at < ?", (now - self.dedupe_window,)
             ).rowcount

@@ -7,6 +7,7 @@ import contextlib
 import email.utils
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -104,8 +105,12 @@ def _secret_values(destination: Destination) -> list[str]:
     values = [v for v in (*params.values(), *headers.values()) if v]
     out = list(values)
     for v in values:
-        out.append(quote(v, safe=""))
+        encoded = quote(v, safe="")
+        out.append(encoded)
+        out.append(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded))  # %2f as some servers write it
         out.append(quote_plus(v))
+        out.append(v.replace("/", "\\/"))  # a JSON string with its slashes escaped (PHP's json_encode)
+        out.append(base64.b64encode(v.encode()).decode("ascii"))
         if v.startswith(("Basic ", "Bearer ")):
             token = v.split(" ", 1)[1]
             out.append(token)

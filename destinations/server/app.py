@@ -9,7 +9,6 @@ everything else in the outbox for the next start.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from ..delivery.worker import tune_collector
 from ..errors import ConfigurationError
 from ..redaction import redact_query, redact_text
 from . import debugger, rudder, tracking, webhook
-from .intake import ApiError, Intake
+from .intake import ApiError, Intake, is_loopback
 from .metrics import CONTENT_TYPE, TimingMiddleware
 from .tracking import TRACKING_PATHS
 
@@ -279,15 +278,6 @@ def setup_logging(level: str = "info", secrets: list[str] | None = None) -> None
 
 
 # --- the commands -----------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(config: Config, host: str) -> None:

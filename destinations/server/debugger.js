@@ -85,6 +85,7 @@ async function refresh() {
 
 async function choose(messageId) {
   state.chosen = messageId;
+  $("detail").replaceChildren(element("p", { className: "empty" }, "Loading…"));
   for (const row of document.querySelectorAll("tr.message")) {
     row.classList.toggle("chosen", row.dataset.messageId === messageId);
   }
@@ -102,7 +103,15 @@ function attemptsTable(attempts) {
 }
 
 async function showDetail(messageId) {
-  const found = await api(`/debugger/api/messages/${encodeURIComponent(messageId)}`);
+  let found;
+  try {
+    found = await api(`/debugger/api/message?${new URLSearchParams({ messageId })}`);
+  } catch (error) {
+    if (state.chosen === messageId) {
+      $("detail").replaceChildren(element("p", { className: "empty" }, `This message cannot be shown (${error.message}).`));
+    }
+    return;
+  }
   if (!found || state.chosen !== messageId) return;
   const parts = [element("h2", {}, `${found.type || ""} ${found.event || ""} · ${found.messageId}`),
     element("p", {}, `way in: ${found.wayIn || "?"} · received ${when(found.receivedAt)} · mapped ${when(found.mappedAt)}`)];
@@ -124,7 +133,8 @@ async function showDetail(messageId) {
       const button = element("button", { type: "button", className: "replay", "data-destination": name }, `Replay to ${name}`);
       button.addEventListener("click", async () => {
         button.disabled = true;
-        const answer = await api(`/debugger/api/messages/${encodeURIComponent(messageId)}/replay?destination=${encodeURIComponent(name)}`, { method: "POST" });
+        const params = new URLSearchParams({ messageId, destination: name });
+        const answer = await api(`/debugger/api/replay?${params}`, { method: "POST", headers: { "X-Debugger": "replay" } });
         button.textContent = answer ? `${answer.replayed} request(s) back to pending` : "not replayed";
         state.last = "";
         await refresh();

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..delivery import debugger as store
 from ..delivery.outbox import resolve_url
-from .intake import ApiError, Intake, get_intake
+from .intake import ApiError, Intake, get_intake, is_loopback
 
 COOKIE = "destinations_debugger"
 PAGE = resources.files(__package__).joinpath("debugger.html")
@@ -48,10 +49,18 @@ def allowed(intake: Intake, request: Request) -> bool:
     return hmac.compare_digest(cookie.encode(), _session(secret).encode())
 
 
+def _host(request: Request) -> str:
+    host = request.headers.get("host", "")
+    return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+
+
 def guard(request: Request, intake: Annotated[Intake, Depends(get_intake)]) -> Intake:
-    """The debugger is on, and the caller may see it."""
+    """The debugger is on, and the caller may see it. Open (no token), it answers only requests addressed to a
+    loopback name: a page that rebinds its own name to 127.0.0.1 must not read it."""
     if not intake.config.debugger.enabled:
         raise ApiError(404, "not_found", "the debugger is off ([debugger] enabled = false)")
+    if intake.config.debugger.token is None and not is_loopback(_host(request)):
+        raise ApiError(403, "forbidden", "the debugger without a token answers loopback addresses only")
     if not allowed(intake, request):
         raise ApiError(
             401, "unauthorized", "the debugger wants its token: Authorization: Bearer <token>, or log in",
@@ -60,7 +69,25 @@ def guard(request: Request, intake: Annotated[Intake, Depends(get_intake)]) -> I
     return intake
 
 
+def same_page(request: Request, intake: Annotated[Intake, Depends(guard)]) -> Intake:
+    """A change (replay) comes from the debugger's own page or an API client: it carries the `X-Debugger`
+    header, which no other site's page can send without asking (and CORS never allows it here), and no
+    foreign `Origin`."""
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if request.headers.get("x-debugger") != "replay" or (origin is not None and origin != own):
+        raise ApiError(403, "forbidden", "a replay wants the header X-Debugger: replay, from this server's page")
+    return intake
+
+
+def _json(value: Any) -> Response:
+    """JSON in ASCII: a lone surrogate in a message travels as its escape instead of failing the answer."""
+    return Response(json.dumps(value, ensure_ascii=True), media_type="application/json",
+                    headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
 Guarded = Annotated[Intake, Depends(guard)]
+Changing = Annotated[Intake, Depends(same_page)]
 router = APIRouter(tags=["debugger"])
 
 
@@ -91,36 +118,34 @@ async def login(request: Request, intake: Annotated[Intake, Depends(get_intake)]
 
 
 @router.get("/debugger/api/access", summary="How the debugger is guarded")
-def access(intake: Guarded) -> dict[str, Any]:
+def access(intake: Guarded) -> Response:
     open_ = intake.config.debugger.token is None
-    return {
+    return _json({
         "open": open_,
-        "note": "open: no [debugger] token is set, so the server listens on loopback only"
-        if open_
+        "note": "open: no [debugger] token is set, so the server listens on loopback only" if open_
         else "guarded by the [debugger] token",
         "keep": intake.config.debugger.keep,
         "destinations": sorted(intake.config.destinations),
-    }
+    })  # fmt: skip
 
 
 @router.get("/debugger/api/messages", summary="The newest messages, with a badge per destination instance")
 def messages(
     intake: Guarded,
-    q: Annotated[str | None, Query(description="userId, anonymousId, messageId or event name")] = None,
-    destination: Annotated[str | None, Query(description="only this destination instance")] = None,
+    q: Annotated[str | None, Query(max_length=1000, description="userId, anonymousId, messageId or event name")] = None,
+    destination: Annotated[str | None, Query(max_length=1000, description="only this destination instance")] = None,
     status: Annotated[str | None, Query(description=" | ".join(store.STATUSES))] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> JSONResponse:
+) -> Response:
     if status is not None and status not in store.STATUSES:
         raise ApiError(400, "invalid_status", f"status must be one of {', '.join(store.STATUSES)}")
     rows = store.summaries(
         intake.outbox._db(), search=(q or "").strip() or None, destination=destination, status=status, limit=limit
     )
-    return JSONResponse({"messages": rows}, headers={"Cache-Control": "no-store"})
+    return _json({"messages": rows})
 
 
-@router.get("/debugger/api/messages/{message_id}", summary="One message: as received, mapped and delivered")
-def message(intake: Guarded, message_id: str) -> JSONResponse:
+def _detail(intake: Intake, message_id: str) -> Response:
     instances = {
         name: (d.base_url, list(d.credentials()[0]), list(d.credentials()[1]))
         for name, d in intake.config.destinations.items()
@@ -128,17 +153,47 @@ def message(intake: Guarded, message_id: str) -> JSONResponse:
     found = store.detail(intake.outbox._db(), message_id, instances, resolve_url)
     if found is None:
         raise ApiError(404, "not_found", "no such message among those the debugger keeps")
-    return JSONResponse(found, headers={"Cache-Control": "no-store"})
+    return _json(found)
 
 
-@router.post("/debugger/api/messages/{message_id}/replay", summary="Dead requests of a message back to pending")
-def replay(
-    intake: Guarded,
-    message_id: str,
-    destination: Annotated[str | None, Query(description="only this destination instance")] = None,
-) -> dict[str, Any]:
-    ids = store.dead_request_ids(intake.outbox._db(), message_id, destination)
+@router.get("/debugger/api/messages/{message_id:path}", summary="One message: as received, mapped and delivered")
+def message(intake: Guarded, message_id: str) -> Response:
+    return _detail(intake, message_id)
+
+
+@router.get("/debugger/api/message", summary="One message, by a messageId given as a query parameter")
+def message_by_query(intake: Guarded, message_id: Annotated[str, Query(alias="messageId")]) -> Response:
+    # Any messageId, "/", "." and ".." included: a path segment could not carry those.
+    return _detail(intake, message_id)
+
+
+def _replay(intake: Intake, message_id: str, destination: str | None) -> Response:
+    db = intake.outbox._db()
+    if store.detail(db, message_id, {}, resolve_url) is None:
+        raise ApiError(404, "not_found", "no such message among those the debugger keeps")
+    ids = store.dead_request_ids(db, message_id, destination)
     replayed = intake.outbox.replay(ids=ids) if ids else 0
     if replayed and intake.delivery is not None:
         intake.delivery.notify([destination] if destination else None)
-    return {"replayed": replayed}
+    return _json({"replayed": replayed})
+
+
+@router.post(
+    "/debugger/api/messages/{message_id:path}/replay",
+    summary="Dead requests of a message back to pending (wants the header X-Debugger: replay)",
+)
+def replay(
+    intake: Changing,
+    message_id: str,
+    destination: Annotated[str | None, Query(description="only this destination instance")] = None,
+) -> Response:
+    return _replay(intake, message_id, destination)
+
+
+@router.post("/debugger/api/replay", summary="Replay, by a messageId given as a query parameter")
+def replay_by_query(
+    intake: Changing,
+    message_id: Annotated[str, Query(alias="messageId")],
+    destination: Annotated[str | None, Query(description="only this destination instance")] = None,
+) -> Response:
+    return _replay(intake, message_id, destination)

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
 import sqlite3
@@ -50,7 +51,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
 
 log = logging.getLogger("destinations.server")
 
-HOUSEKEEPING_EVERY = 600.0  # seconds between prunes of delivered requests past the dedupe window
+HOUSEKEEPING_EVERY = 60.0  # seconds between prunes: delivered requests past the dedupe window, the debugger's rows
 
 
 class Intake:
@@ -134,15 +135,16 @@ class Intake:
 
     def _housekeep(self) -> None:
         outbox = Outbox(self.config.outbox.path, dedupe_window=self.config.outbox.dedupe_window,
-                            cart_ttl=self.config.outbox.cart_ttl)  # fmt: skip
-        while not self._housekeeping.wait(HOUSEKEEPING_EVERY):
+                        cart_ttl=self.config.outbox.cart_ttl, debug_keep=self.config.debugger.keep_count)  # fmt: skip
+        while True:  # once at start, then every HOUSEKEEPING_EVERY
             try:
                 pruned = outbox.prune()
+                if pruned:
+                    log.info("pruned %d delivered requests older than the dedupe window", pruned)
             except Exception:
                 log.warning("pruning delivered requests failed; trying again later", exc_info=True)
-                continue
-            if pruned:
-                log.info("pruned %d delivered requests older than the dedupe window", pruned)
+            if self._housekeeping.wait(HOUSEKEEPING_EVERY):
+                break
         outbox.close()
 
     def stop(self) -> None:
@@ -156,6 +158,16 @@ class Intake:
             for sender in self._senders.values():
                 sender.close()
             self._senders.clear()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback (localhost, 127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def get_intake(request: Request) -> Intake:
