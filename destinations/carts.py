@@ -65,6 +65,14 @@ CREATE TABLE IF NOT EXISTS carts (
     PRIMARY KEY (instance, cart_key)
 );
 CREATE INDEX IF NOT EXISTS carts_updated ON carts (updated_at);
+-- The cart events each instance has applied, so that a resend changes no cart again (kept as long as carts).
+CREATE TABLE IF NOT EXISTS cart_events (
+    instance   TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    at         REAL NOT NULL,
+    PRIMARY KEY (instance, message_id)
+);
+CREATE INDEX IF NOT EXISTS cart_events_at ON cart_events (at);
 """
 
 # What identifies a cart line and what it holds of a single product, by Segment's names (fields.py sources).
@@ -124,15 +132,28 @@ class CartBook:
         load: Callable[[str, str], Cart | None],
         *,
         seen: Callable[[str, str], bool] | None = None,
+        stored: Callable[[str, str], int] | None = None,
         ttl: float = DEFAULT_TTL,
         now: float | None = None,
     ) -> None:
         self._load = load
         self._seen = seen
+        self._stored = stored
         self.ttl = ttl
         self.now = time.time() if now is None else now
         self.changes: Changes = {}
+        #: The cart events this round applied, (instance, messageId): written with the changes.
+        self.applied: list[tuple[str, str]] = []
         self._handled: set[tuple[str, str]] = set()
+
+    def resent(self, instance: str, message_id: str | None) -> int:
+        """For a message the instance's carts took in an earlier round: how many of its requests the outbox holds
+        (they make the resend a duplicate, as any message sent twice); 0 otherwise."""
+        if message_id is None or self._stored is None or (instance, message_id) in self._handled:
+            return 0
+        if self._seen is None or not self._seen(instance, message_id):
+            return 0
+        return self._stored(instance, message_id)
 
     def get(self, instance: str, key: str) -> Cart | None:
         """The cart under `key` as this round has it: None when there is none or it expired."""
@@ -157,8 +178,9 @@ class CartBook:
         resend = message_id is not None and (
             (instance, message_id) in self._handled or (self._seen is not None and self._seen(instance, message_id))
         )
-        if message_id is not None:
+        if message_id is not None and not resend:
             self._handled.add((instance, message_id))
+            self.applied.append((instance, message_id))
         call = Call(parsed, {}, destination.settings, destination.display_name)
         try:
             key, user, anonymous = keys_of(call)
@@ -299,8 +321,16 @@ def load_cart(db: sqlite3.Connection, instance: str, key: str) -> Cart | None:
     return None if row is None else Cart(row[0], tuple(json.loads(row[1])), row[2], row[3])
 
 
-def save_carts(db: sqlite3.Connection, changes: Changes) -> None:
-    """Write a round's cart changes inside the caller's transaction."""
+def applied_before(db: sqlite3.Connection, instance: str, message_id: str) -> bool:
+    """Whether an instance's carts have taken this message already (a resend)."""
+    sql = "SELECT 1 FROM cart_events WHERE instance = ? AND message_id = ?"
+    return db.execute(sql, (instance, message_id)).fetchone() is not None
+
+
+def save_carts(db: sqlite3.Connection, changes: Changes, applied: list[tuple[str, str]], now: float) -> None:
+    """Write a round's cart changes, and the cart events it applied, inside the caller's transaction."""
+    db.executemany("INSERT OR IGNORE INTO cart_events (instance, message_id, at) VALUES (?, ?, ?)",
+                   [(*key, now) for key in applied])  # fmt: skip
     db.executemany(
         "DELETE FROM carts WHERE instance = ? AND cart_key = ?", [key for key, cart in changes.items() if cart is None]
     )
@@ -316,7 +346,8 @@ def save_carts(db: sqlite3.Connection, changes: Changes) -> None:
 
 
 def prune_carts(db: sqlite3.Connection, ttl: float, now: float) -> int:
-    """Forget carts untouched for `ttl` seconds; returns how many."""
+    """Forget carts untouched for `ttl` seconds, and cart events as old; returns how many carts."""
+    db.execute("DELETE FROM cart_events WHERE at < ?", (now - ttl,))
     return db.execute("DELETE FROM carts WHERE updated_at < ?", (now - ttl,)).rowcount
 
 
@@ -358,9 +389,10 @@ class CartTracker:
                     self._db.execute("BEGIN IMMEDIATE")
                 try:
                     book = CartBook(self._load, seen=self._was_seen, ttl=self.ttl)
+                    book.applied = [] if self._db is None else book.applied
                     mid = raw.get("messageId") if isinstance(raw, Mapping) else None
                     handed = book.hand(instance, destination, raw, parsed, mid if isinstance(mid, str) else None)
-                    self._save(book.changes)
+                    self._save(book.changes, book.applied)
                 except BaseException:
                     if self._db is not None:
                         self._db.execute("ROLLBACK")
@@ -380,6 +412,8 @@ class CartTracker:
             return CartBook(self._load, ttl=self.ttl).get(instance, key)
 
     def _was_seen(self, instance: str, message_id: str) -> bool:
+        if self._db is not None:  # the file's own record, shared by the processes using it
+            return applied_before(self._db, instance, message_id)
         key = (instance, message_id)
         if key in self._seen:
             return True
@@ -391,7 +425,7 @@ class CartTracker:
     def _load(self, instance: str, key: str) -> Cart | None:
         return self._memory.get((instance, key)) if self._db is None else load_cart(self._db, instance, key)
 
-    def _save(self, changes: Changes) -> None:
+    def _save(self, changes: Changes, applied: list[tuple[str, str]]) -> None:
         now = time.time()
         prune = now - self._pruned > 60  # expired carts go once a minute, not on every message
         if prune:
@@ -405,7 +439,7 @@ class CartTracker:
             if prune:
                 self._memory = {k: c for k, c in self._memory.items() if now - c.updated_at <= self.ttl}
             return
-        save_carts(self._db, changes)  # inside the caller's transaction
+        save_carts(self._db, changes, applied, now)  # inside the caller's transaction
         if prune:
             prune_carts(self._db, self.ttl, now)
 

@@ -328,3 +328,27 @@ def test_one_product_in_products_and_odd_removals_keep_the_cart_right() -> None:
     kept = tracker.cart("esputnik", "user:lou")
     assert kept is not None
     assert [line["product_id"] for line in kept.lines] == ["p1"]
+
+
+def test_resends_after_the_order_and_of_filtered_events_change_nothing(tmp_path: Path) -> None:
+    """A session resent after its Order Completed (the cart is gone) counts as duplicates; an anonymous add that
+    eSputnik filters (no contact locator), sent three times, counts once in the cart the shopper takes along."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
+    outbox = Outbox(config.outbox.path)
+    to_order = session("max")[:5]
+    route(to_order, config.destinations, outbox)
+    again = route(to_order, config.destinations, outbox)
+    assert (sum(again.filtered.values()), sum(again.invalid.values()), again.duplicates) == (0, 0, 5)
+
+    anonymous = {**session("ned")[0], "anonymousId": "a-ned", "context": {}}
+    del anonymous["userId"]
+    for _ in range(3):
+        report = route([anonymous], config.destinations, outbox)
+        assert sum(report.filtered.values()) == 1  # no contact locator: filtered, as the first time
+    cart = load_cart_of(outbox, "anonymous:a-ned")
+    assert [(line["product_id"], line["quantity"]) for line in cart] == [("p1", 1)]
+
+
+def load_cart_of(outbox: Outbox, key: str) -> list[Any]:
+    row = outbox._db().execute("SELECT lines FROM carts WHERE cart_key = ?", (key,)).fetchone()
+    return json.loads(row[0]) if row else []

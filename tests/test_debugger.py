@@ -20,6 +20,10 @@ from chromium import ARTIFACTS, driver, require
 from chromium import missing as chromium_missing
 from test_server import CONTEXT, KEYS, PRODUCT, WEBHOOK_SECRET, WRITE_KEY, live, make_config, wait_for
 
+from destinations.delivery import Outbox
+from destinations.delivery import debugger as store
+from destinations.delivery.intake import map_inbox
+from destinations.delivery.outbox import Holder
 from destinations.sink import Answer, Received, RecordingServer
 
 TOKEN = "debugger-token-5e1f0a9b7c"
@@ -262,10 +266,6 @@ def test_odd_message_ids_and_values_open_and_a_rebound_host_is_refused(tmp_path:
 def test_a_message_id_no_text_can_hold_neither_stops_mapping_nor_hides_the_others(tmp_path: Path) -> None:
     """A lone surrogate in a messageId (the tracking API takes it) once made every round fail while the debugger
     was on: the debugger's record must never hold back what is delivered."""
-    from destinations.delivery import Outbox
-    from destinations.delivery.intake import map_inbox
-    from destinations.delivery.outbox import Holder
-
     config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("segmentify",))
     outbox = Outbox(config.outbox.path, debug_keep=1000)
     outbox.accept_events([{**events()[0], "messageId": "mid\ud800"}, events()[1] | {"messageId": "fine"}])
@@ -273,3 +273,55 @@ def test_a_message_id_no_text_can_hold_neither_stops_mapping_nor_hides_the_other
     assert outbox.inbox_count() == 0
     shown = [row[0] for row in outbox._db().execute("SELECT message_id FROM debug_messages")]
     assert "fine" in shown
+
+
+def test_housekeeping_keeps_what_the_debugger_shows_and_clears_the_rest(tmp_path: Path) -> None:
+    """Attempts and delivered bodies of messages the debugger no longer keeps are cleared, from the old end and
+    in chunks; those of kept messages stay."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("segmentify",))
+    outbox = Outbox(config.outbox.path, debug_keep=3)
+    holder = Holder.new()
+    for n in range(6):  # one message a round: the first three fall out of the debugger
+        outbox.accept_events([{**events()[0], "messageId": f"m{n}"}], source="tracking")
+        map_inbox(outbox, config.destinations, holder)
+        (batch,) = outbox.claim("shop-segmentify", max_batches=1, batch_size=10, batch_bytes=10**6, lease=30)
+        outbox.delivered(batch, "200")
+        time.sleep(0.01)
+    db = outbox._db()
+    assert [m for (m,) in db.execute("SELECT message_id FROM debug_messages ORDER BY id")] == ["m3", "m4", "m5"]
+
+    def with_body() -> list[str]:
+        return sorted(m for (m,) in db.execute("SELECT message_id FROM requests WHERE body != ''"))
+
+    assert with_body() == [f"m{n}" for n in range(6)]  # not yet pruned
+    outbox.prune()
+    assert with_body() == ["m3", "m4", "m5"]
+    assert sorted({m for (m,) in db.execute("SELECT message_id FROM debug_attempts")}) == ["m3", "m4", "m5"]
+    # In chunks: a chunk of one clears one body a call.
+    db.execute("DELETE FROM debug_messages")
+    assert store.prune(db, chunk=1) == 1
+    assert len(with_body()) == 2
+    assert db.execute("SELECT COUNT(*) FROM debug_attempts").fetchone()[0] == 0  # nothing kept: none kept
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("127.0.0.1:8080", 200), ("localhost", 200), ("[::1]:8080", 200), ("LOCALHOST:1", 200),
+     ("rebind.evil.example", 403), ("evil:80", 403), ("", 403)],
+)  # fmt: skip
+def test_an_open_debugger_answers_loopback_names_only(tmp_path: Path, host: str, status: int) -> None:
+    with RecordingServer() as sink:
+        config = make_config(tmp_path, sink.url, kinds=("segmentify",))
+        with live(config) as url:
+            assert httpx.get(f"{url}/debugger/api/access", headers={"Host": host}).status_code == status
+
+
+def test_a_replay_from_the_servers_own_origin_is_taken(tmp_path: Path) -> None:
+    with RecordingServer(refuse_first_esputnik_call()) as sink:
+        config = make_config(tmp_path, sink.url, kinds=("esputnik",))
+        with live(config) as url:
+            httpx.post(f"{url}/v1/batch", json={"batch": events()[:1]}, auth=(WRITE_KEY, ""))
+            assert wait_for(lambda: badges(url).get("dbg-taken", {}).get("shop-esputnik") == "dead")
+            own = {"X-Debugger": "replay", "Origin": url}
+            res = httpx.post(f"{url}/debugger/api/replay", params={"messageId": "dbg-taken"}, headers=own)
+            assert res.json() == {"replayed": 1}

@@ -14,7 +14,7 @@ import requests_mock as rm
 
 from destinations import get_destination
 from destinations.base import HttpRequest
-from destinations.delivery.sender import Sender, merge, parse_retry_after
+from destinations.delivery.sender import Sender, classify, merge, parse_retry_after
 from destinations.redaction import redact_query
 
 SECRET = "sk-sender-1a2b3c4d5e"
@@ -166,9 +166,6 @@ def test_url_encoded_and_basic_credentials_are_masked() -> None:
 def test_answers_are_masked_in_the_forms_vendors_echo_keys() -> None:
     """A vendor that echoes the key as PHP's json_encode writes it (slashes escaped), percent-encoded in lower
     case, or in base64: none of those forms may reach a dead request's answer."""
-    from destinations import get_destination
-    from destinations.delivery.sender import classify
-
     key = "SEGKEY/with+slash=and/more_0001"
     destination = get_destination("segmentify", {"apiKey": key, "dataCenterUrl": "https://dce1.segmentify.com"})
     for echoed in (

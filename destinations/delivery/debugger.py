@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS debug_attempts (
     next_at     REAL
 );
 CREATE INDEX IF NOT EXISTS debug_attempts_message ON debug_attempts (message_id);
+-- Delivered requests whose bodies the debugger keeps: what its housekeeping clears, found without a scan.
+CREATE INDEX IF NOT EXISTS requests_kept_bodies ON requests (finished_at) WHERE state = 'delivered' AND body != '';
 """
 
 # What a destination instance made of a message, as the page's badges name them.
@@ -51,7 +53,7 @@ STATUSES = ("delivered", "pending", "retrying", "filtered", "invalid", "dead")
 BODY_LIMIT = 64 * 1024  # characters of a message kept for the page (Segment's limit is 32 KB)
 
 
-def text_of(value: Any) -> str | None:
+def _text(value: Any) -> str | None:
     """A message's string field as the page shows it (None when absent or not text)."""
     return _storable(value) if isinstance(value, str) else None
 
@@ -70,7 +72,8 @@ def record(
     message_id: str, now: float,
 ) -> tuple[Any, ...]:  # fmt: skip
     """One `debug_messages` row: the message's labels, the message as received (`body`, the stored JSON text;
-    made from `message` when None) and the outcomes by instance."""
+    made from `message` when None; cut to BODY_LIMIT characters, and any lone surrogate escaped, so SQLite can
+    store it) and the outcomes by instance."""
     labels = message if isinstance(message, dict) else {}
     if body is None:
         body = json.dumps(message, ensure_ascii=True, default=str)
@@ -78,7 +81,7 @@ def record(
         body = json.dumps({"note": f"the message is {len(body)} characters; the first {BODY_LIMIT} are kept",
                            "start": body[:BODY_LIMIT]})  # fmt: skip
     return (
-        _storable(message_id), text_of(labels.get("type")), text_of(labels.get("event")), _id(labels.get("userId")),
+        _storable(message_id), _text(labels.get("type")), _text(labels.get("event")), _id(labels.get("userId")),
         _id(labels.get("anonymousId")), source, received_at, now, _storable(body), json_text(outcomes),
     )  # fmt: skip
 
@@ -112,13 +115,14 @@ def log_attempts(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> Non
     )
 
 
-def prune(db: sqlite3.Connection, chunk: int = 5000) -> None:
+def prune(db: sqlite3.Connection, chunk: int = 5000) -> int:
     """Attempts of messages no longer kept, and the bodies of their delivered requests (kept for the detail
-    view while the debugger shows their message; the outbox needs only the row itself, for dedupe).
+    view while the debugger shows their message; the outbox needs only the row itself, for dedupe). Returns
+    how many bodies it cleared: at most `chunk`, so the caller repeats it in short transactions.
 
     A kept message was mapped at or after the oldest kept one: an attempt, or a delivery, from before that
-    moment is of a message no longer kept. Both are found from the old end (attempts by id, which grows with
-    time; deliveries through the outbox's (state, finished_at) index), at most `chunk` bodies a call."""
+    moment is of a message no longer kept. Both are found from the old end: attempts by id, which grows with
+    time; bodies through `requests_kept_bodies`, which holds only the delivered rows that still have one."""
     oldest = db.execute("SELECT MIN(mapped_at) FROM debug_messages").fetchone()[0]
     if oldest is None:
         oldest = float("inf")  # nothing kept: nothing to keep
@@ -127,11 +131,11 @@ def prune(db: sqlite3.Connection, chunk: int = 5000) -> None:
         db.execute("DELETE FROM debug_attempts")
     else:
         db.execute("DELETE FROM debug_attempts WHERE id < ?", (first[0],))
-    db.execute(
+    return db.execute(
         "UPDATE requests SET body = '', params = '{}', headers = '{}' WHERE id IN (SELECT id FROM requests"
-        " WHERE state = 'delivered' AND finished_at < ? AND body != '' LIMIT ?)",
+        " INDEXED BY requests_kept_bodies WHERE state = 'delivered' AND body != '' AND finished_at < ? LIMIT ?)",
         (oldest, chunk),
-    )
+    ).rowcount
 
 
 # --- reading, for the API ------------------------------------------------------------------------------
@@ -166,6 +170,8 @@ def status_of(outcome: Mapping[str, Any], states: list[tuple[int, str, int]]) ->
         return str(kind)
     if kind != "requests":
         return "dead"  # set aside: nothing was stored for anyone
+    if not outcome.get("count"):
+        return "filtered"  # the destination made no request of it
     found = {state for _, state, _ in states}
     if "dead" in found:
         return "dead"
@@ -274,7 +280,13 @@ def detail(
             "destinations": destinations}  # fmt: skip
 
 
+def kept(db: sqlite3.Connection, message_id: str) -> bool:
+    """Whether the debugger keeps a message."""
+    return db.execute("SELECT 1 FROM debug_messages WHERE message_id = ? LIMIT 1", (message_id,)).fetchone() is not None
+
+
 def dead_request_ids(db: sqlite3.Connection, message_id: str, destination: str | None) -> list[int]:
+    """The outbox ids of a message's dead requests (of one instance, or of all)."""
     sql = "SELECT id FROM requests WHERE message_id = ? AND state = 'dead'"
     args: list[Any] = [message_id]
     if destination:

@@ -125,6 +125,12 @@ def _map(
     for name, destination in destinations.items():
         handed = parsed
         if carts is not None and CART in destination.enrichments:
+            # A resend of a cart event: its requests are stored already, and its cart change applied.
+            if duplicates := carts.resent(name, mid):
+                report.duplicates += duplicates
+                if origin is not None:
+                    outcomes[name] = {"outcome": "requests", "count": duplicates, "warnings": []}
+                continue
             try:
                 handed = carts.hand(name, destination, message, parsed, mid)
             except Exception:  # a bug in the cart must not stop the round: the message goes on as it came
@@ -167,8 +173,7 @@ def _commit(
     keep_errors: int = 100,
     carts: CartBook | None = None,
 ) -> None:
-    changes = carts.changes if carts is not None else None
-    result = outbox.enqueue(events, forms=stored_forms(destinations), holder=holder, lease=lease, carts=changes)
+    result = outbox.enqueue(events, forms=stored_forms(destinations), holder=holder, lease=lease, carts=carts)
     report.duplicates += result.duplicates
     report.accepted.update(result.accepted)
     for position, reason in result.failed:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..base import HttpRequest, under_base
-from ..carts import DEFAULT_TTL, CartBook, Changes, load_cart, prune_carts, save_carts
+from ..carts import DEFAULT_TTL, CartBook, applied_before, load_cart, prune_carts, save_carts
 from ..carts import SCHEMA as CARTS_SCHEMA
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import json_text
@@ -332,7 +332,7 @@ class Outbox:
         forms: Mapping[str, StoredForm] | None = None,
         holder: Holder | None = None,
         lease: float = 60.0,
-        carts: Changes | None = None,
+        carts: CartBook | None = None,
     ) -> Enqueued:
         """Store events' requests in one transaction, removing the inbox events they came from; returns
         the requests accepted, the duplicates ignored and the events that could not be stored.
@@ -356,13 +356,13 @@ class Outbox:
                 units.append((event, self._rows(event, forms, envelopes, now), None))
             except _EVENT_FAULTS as exc:
                 units.append((event, [], f"its requests cannot be stored ({type(exc).__name__})"))
-        if not units and not carts:
+        if not units and (carts is None or not (carts.changes or carts.applied)):
             return Enqueued({}, 0)
         with self._write() as db:
             if holder is not None and not self._hold(db, holder, lease, now):
                 raise LeaseLost
-            if carts:
-                save_carts(db, carts)
+            if carts is not None and (carts.changes or carts.applied):
+                save_carts(db, carts.changes, carts.applied, now)
             try:
                 db.execute("SAVEPOINT every_event")
                 accepted = self._store(db, units, now)
@@ -865,22 +865,28 @@ class Outbox:
             return db.execute(sql, args).rowcount
 
     def prune(self, now: float | None = None) -> int:
-        """Forget delivered requests older than the dedupe window, and carts untouched for `cart_ttl`."""
+        """Forget delivered requests older than the dedupe window (returns how many), carts untouched for
+        `cart_ttl`, and with the debugger on, its attempts and kept bodies of messages it no longer shows."""
         now = time.time() if now is None else now
         with self._write() as db:
             prune_carts(db, self.cart_ttl, now)
-            if self.debug_keep:
-                debugger.prune(db)
-            return db.execute(
+            pruned = db.execute(
                 "DELETE FROM requests WHERE state = 'delivered' AND finished_at < ?", (now - self.dedupe_window,)
             ).rowcount
+        while self.debug_keep:  # in short transactions: intake and delivery write in between
+            with self._write() as db:
+                if debugger.prune(db) < 5000:
+                    break
+        return pruned
 
     def cart_book(self) -> CartBook:
         """The carts a round of mapping reads and changes (committed by `enqueue(carts=...)`)."""
-        return CartBook(lambda instance, key: load_cart(self._db(), instance, key), seen=self._stored,
+        return CartBook(lambda instance, key: load_cart(self._db(), instance, key),
+                        seen=lambda instance, mid: applied_before(self._db(), instance, mid),
+                        stored=self.stored_count,
                         ttl=self.cart_ttl)  # fmt: skip
 
-    def _stored(self, destination: str, message_id: str) -> bool:
-        """Whether a message's requests for an instance are in the outbox already (through its unique index)."""
-        sql = "SELECT 1 FROM requests WHERE destination = ? AND message_id = ? LIMIT 1"
-        return self._db().execute(sql, (destination, message_id)).fetchone() is not None
+    def stored_count(self, destination: str, message_id: str) -> int:
+        """How many of a message's requests for an instance are in the outbox (through its unique index)."""
+        sql = "SELECT COUNT(*) FROM requests WHERE destination = ? AND message_id = ?"
+        return int(self._db().execute(sql, (destination, message_id)).fetchone()[0])

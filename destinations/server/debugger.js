@@ -134,10 +134,15 @@ async function showDetail(messageId) {
       button.addEventListener("click", async () => {
         button.disabled = true;
         const params = new URLSearchParams({ messageId, destination: name });
-        const answer = await api(`/debugger/api/replay?${params}`, { method: "POST", headers: { "X-Debugger": "replay" } });
-        button.textContent = answer ? `${answer.replayed} request(s) back to pending` : "not replayed";
+        try {
+          const answer = await api(`/debugger/api/replay?${params}`, { method: "POST", headers: { "X-Debugger": "replay" } });
+          button.textContent = answer ? `${answer.replayed} request(s) back to pending` : "not replayed";
+        } catch (error) {
+          button.textContent = `not replayed (${error.message})`;
+          button.disabled = false;
+        }
         state.last = "";
-        await refresh();
+        await tick();
       });
       section.append(button);
     }

@@ -7,8 +7,9 @@ second. What it shows comes from the outbox database (delivery/debugger.py), whe
 their secrets masked: no write key, vendor key or webhook secret can appear.
 
 Access (`[debugger]`): with a `token`, every route wants `Authorization: Bearer <token>` or the cookie the
-login form sets; without one the debugger is open, and `serve` listens only on loopback then
-(`check_exposure`).
+login form sets; without one the debugger is open, `serve` listens only on loopback then (`check_exposure`),
+and the API answers only requests addressed to a loopback name. A replay also wants the header
+`X-Debugger: replay` and no other host's `Origin`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hmac
 import json
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -28,6 +29,8 @@ from ..delivery.outbox import resolve_url
 from .intake import ApiError, Intake, get_intake, is_loopback
 
 COOKIE = "destinations_debugger"
+OFF = "the debugger is off ([debugger] enabled = false)"
+NOT_KEPT = "no such message among those the debugger keeps"
 PAGE = resources.files(__package__).joinpath("debugger.html")
 SCRIPT = resources.files(__package__).joinpath("debugger.js")
 
@@ -38,6 +41,7 @@ def _session(token: str) -> str:
 
 
 def allowed(intake: Intake, request: Request) -> bool:
+    """Whether a request may see the debugger: no token is set, or it brings the token or the login cookie."""
     token = intake.config.debugger.token
     if token is None:
         return True
@@ -50,6 +54,7 @@ def allowed(intake: Intake, request: Request) -> bool:
 
 
 def _host(request: Request) -> str:
+    """The name a request was addressed to, without its port (`[::1]:8080` -> `[::1]`)."""
     host = request.headers.get("host", "")
     return host.rsplit(":", 1)[0] if not host.endswith("]") else host
 
@@ -58,7 +63,7 @@ def guard(request: Request, intake: Annotated[Intake, Depends(get_intake)]) -> I
     """The debugger is on, and the caller may see it. Open (no token), it answers only requests addressed to a
     loopback name: a page that rebinds its own name to 127.0.0.1 must not read it."""
     if not intake.config.debugger.enabled:
-        raise ApiError(404, "not_found", "the debugger is off ([debugger] enabled = false)")
+        raise ApiError(404, "not_found", OFF)
     if intake.config.debugger.token is None and not is_loopback(_host(request)):
         raise ApiError(403, "forbidden", "the debugger without a token answers loopback addresses only")
     if not allowed(intake, request):
@@ -74,8 +79,9 @@ def same_page(request: Request, intake: Annotated[Intake, Depends(guard)]) -> In
     header, which no other site's page can send without asking (and CORS never allows it here), and no
     foreign `Origin`."""
     origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if request.headers.get("x-debugger") != "replay" or (origin is not None and origin != own):
+    # The host part only: behind a TLS proxy the scheme this server sees may not be the page's.
+    foreign = origin is not None and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+    if request.headers.get("x-debugger") != "replay" or foreign:
         raise ApiError(403, "forbidden", "a replay wants the header X-Debugger: replay, from this server's page")
     return intake
 
@@ -94,7 +100,7 @@ router = APIRouter(tags=["debugger"])
 @router.get("/debugger", summary="The live event debugger (a web page)", response_class=HTMLResponse)
 def page(intake: Annotated[Intake, Depends(get_intake)]) -> Response:
     if not intake.config.debugger.enabled:
-        raise ApiError(404, "not_found", "the debugger is off ([debugger] enabled = false)")
+        raise ApiError(404, "not_found", OFF)
     # The page itself holds nothing: it asks the API, which checks access (and then shows the login form).
     return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
@@ -108,7 +114,12 @@ def script() -> Response:
 @router.post("/debugger/login", summary="Log in to the debugger with its token (form field `token`)")
 async def login(request: Request, intake: Annotated[Intake, Depends(get_intake)]) -> Response:
     token = intake.config.debugger.token
-    given = parse_qs((await request.body())[:4096].decode("utf-8", "replace")).get("token", [""])[0]
+    body = b""
+    async for part in request.stream():  # a form with a token is small: read no more than 4 KB of it
+        body += part
+        if len(body) > 4096:
+            break
+    given = parse_qs(body[:4096].decode("utf-8", "replace")).get("token", [""])[0]
     if token is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
         return RedirectResponse("/debugger?login=failed", status_code=303)
     answer = RedirectResponse("/debugger", status_code=303)
@@ -152,7 +163,7 @@ def _detail(intake: Intake, message_id: str) -> Response:
     }
     found = store.detail(intake.outbox._db(), message_id, instances, resolve_url)
     if found is None:
-        raise ApiError(404, "not_found", "no such message among those the debugger keeps")
+        raise ApiError(404, "not_found", NOT_KEPT)
     return _json(found)
 
 
@@ -163,14 +174,14 @@ def message(intake: Guarded, message_id: str) -> Response:
 
 @router.get("/debugger/api/message", summary="One message, by a messageId given as a query parameter")
 def message_by_query(intake: Guarded, message_id: Annotated[str, Query(alias="messageId")]) -> Response:
-    # Any messageId, "/", "." and ".." included: a path segment could not carry those.
+    # Any messageId, "." and ".." included, which no path can carry (a URL resolves them).
     return _detail(intake, message_id)
 
 
 def _replay(intake: Intake, message_id: str, destination: str | None) -> Response:
     db = intake.outbox._db()
-    if store.detail(db, message_id, {}, resolve_url) is None:
-        raise ApiError(404, "not_found", "no such message among those the debugger keeps")
+    if not store.kept(db, message_id):
+        raise ApiError(404, "not_found", NOT_KEPT)
     ids = store.dead_request_ids(db, message_id, destination)
     replayed = intake.outbox.replay(ids=ids) if ids else 0
     if replayed and intake.delivery is not None:
