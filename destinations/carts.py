@@ -146,11 +146,16 @@ class CartBook:
         self.applied: list[tuple[str, str]] = []
         self._handled: set[tuple[str, str]] = set()
 
-    def resent(self, instance: str, message_id: str | None) -> int:
-        """For a message the instance's carts took in an earlier round: how many of its requests the outbox holds
-        (they make the resend a duplicate, as any message sent twice); 0 otherwise."""
+    def resent(self, instance: str, destination: Destination, parsed: Any, message_id: str | None) -> int:
+        """For a cart event the instance's carts took in an earlier round: how many of its requests the outbox
+        holds (they make the resend a duplicate, as any message sent twice); 0 otherwise."""
         if message_id is None or self._stored is None or (instance, message_id) in self._handled:
             return 0
+        if (
+            not isinstance(parsed, Track)
+            or CHANGES.get(destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event)) is None
+        ):
+            return 0  # only cart events are recorded: no lookup for the others
         if self._seen is None or not self._seen(instance, message_id):
             return 0
         return self._stored(instance, message_id)

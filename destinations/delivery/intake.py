@@ -126,7 +126,7 @@ def _map(
         handed = parsed
         if carts is not None and CART in destination.enrichments:
             # A resend of a cart event: its requests are stored already, and its cart change applied.
-            if duplicates := carts.resent(name, mid):
+            if duplicates := carts.resent(name, destination, parsed, mid):
                 report.duplicates += duplicates
                 if origin is not None:
                     outcomes[name] = {"outcome": "requests", "count": duplicates, "warnings": []}
