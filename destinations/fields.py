@@ -246,7 +246,7 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
     else handed to `Call.read` (`read`). `take` are the lines that use the value, `v`."""
     ns[f"F{i}"], ns[f"T{i}"], ns[f"TO{i}"] = f, target, f.to
     general = [f"v = read(F{i}, item, T{i})", *take]
-    if f.reader not in (read_text, read_url, read_number) or any(s.index == _MESSAGE_ROOT for s in f.compiled):
+    if f.reader not in (read_text, read_url, read_number):
         if probe is not None:
             test = " or ".join(f"R[{index}].get({key!r}) is not None" for index, key in probe)
             general = [f"if {test}:", *("    " + line for line in general)]
@@ -256,7 +256,10 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
         pad = "    " * depth
         if depth:
             lines.append(f"{pad[4:]}if x is None:")
-        lines.append(f"{pad}x = R[{source.index}].get({source.key!r})")
+        if source.index == _MESSAGE_ROOT:  # the parsed message model: its fields are attributes
+            lines.append(f"{pad}x = getattr(R[{source.index}], {source.key!r}, None)")
+        else:
+            lines.append(f"{pad}x = R[{source.index}].get({source.key!r})")
         for key in source.rest:
             lines.append(f"{pad}if x is not None:")
             lines.append(f"{pad}    x = x.get({key!r}) if type(x) is dict else None")
