@@ -272,8 +272,13 @@ def session_id(call: Call) -> str:
         return explicit
     visitor = call.message.anonymousId or call.message.userId or ""
     moment = call.time("event (sessionId, derived from the message time)", required=True)
-    day = moment.date().isoformat() if moment else ""
-    return hashlib.sha256(f"{visitor}|{day}".encode()).hexdigest()[:32]
+    return _daily_session(visitor, moment.date().isoformat() if moment else "")
+
+
+@lru_cache(maxsize=4096)  # a visitor sends many events a day: hash each (visitor, day) once
+def _daily_session(visitor: str, day: str) -> str:
+    """The session of a visitor on a UTC day: 32 hex digits of sha256("visitor|day")."""
+    return hashlib.sha256(f"{visitor}|{day}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 _IOS = ("ios", "ipados", "iphone os")
@@ -290,6 +295,12 @@ def device(call: Call, default: str) -> str:
     os_name = call.read(OS_NAME, target="event (device)") or ""
     kind = (call.read(DEVICE_TYPE, target="event (device)") or "").lower()
     agent = call.read(USER_AGENT, target="event (device)") or ""
+    return _device_of(os_name, kind, agent, default)
+
+
+@lru_cache(maxsize=2048)  # a shop's traffic has a few hundred user agents: classify each once
+def _device_of(os_name: str, kind: str, agent: str, default: str) -> str:
+    """The Segmentify device for an OS name, a device type (lower case) and a user agent."""
     if os_name.lower() in _IOS or kind == "ios":
         return "IOS"
     if os_name.lower() == "android" or kind == "android":

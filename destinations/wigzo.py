@@ -28,6 +28,7 @@ import hashlib
 import re
 import uuid
 from datetime import date
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -81,6 +82,7 @@ class Settings(SettingsModel):
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)  # a visitor sends many events: derive each id once
 def wigzo_user_id(segment_id: str) -> str:
     """A canonical UUIDv4 kept lower-cased; any other id mapped to a stable UUIDv4:
     `uuid.UUID(bytes=uuid.uuid5(USER_ID_NAMESPACE, segment_id).bytes, version=4)`."""
