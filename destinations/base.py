@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: The enrichment that hands a destination the whole cart on every cart event (`Destination.enrichments`).
 CART = "cart"
+#: The option (`integrations.<Name>.wholeCart`) saying `properties.products` is the whole cart: set with the cart
+#: the package hands on, and open to clients that send whole carts themselves.
+WHOLE_CART = "wholeCart"
 
 # Immutable, so no request can change another's through a shared default.
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

@@ -43,10 +43,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .base import CART
+from .base import CART, WHOLE_CART
 from .errors import DestinationError
-from .fields import CART_IDS, ITEM_CURRENCY, ITEM_PRICE, PRODUCT_ID, RECYCLE_IDS, Call, F, Item
-from .spec import Message, Track, canonical_event, parse_message
+from .fields import CART_IDS, CART_PURCHASE_IDS, ITEM_CURRENCY, ITEM_PRICE, PRODUCT_ID, Call, F, Item, Table
+from .spec import Message, Track, canonical_event, json_text, parse_message
 
 if TYPE_CHECKING:
     from .base import Destination, Handled
@@ -75,15 +75,16 @@ CREATE TABLE IF NOT EXISTS cart_events (
 CREATE INDEX IF NOT EXISTS cart_events_at ON cart_events (at);
 """
 
-# What identifies a cart line and what it holds of a single product, by Segment's names (fields.py sources).
+# What identifies a cart line and how many it holds (fields.py sources); the line itself is the product as sent.
 _PRODUCT = F("product_id", *PRODUCT_ID)
 _VARIANT = F("variant_id", "product.variant_id")
 _QUANTITY = F("quantity", "product.quantity", kind="number")
-LINE_FIELDS = (_PRODUCT, _VARIANT, _QUANTITY, ITEM_PRICE, F("name", "product.name"), F("category", "product.category"),
-               F("discount", "product.discount", kind="number"))  # fmt: skip
 CART_ID = F("cart_id", *CART_IDS)
-NEW_CART_ID = F("recycle_state_id", *RECYCLE_IDS)
-CURRENCY = F("currency", "properties.currency")
+NEW_CART_ID = F("cart", *CART_PURCHASE_IDS)
+CART_CURRENCY = F("currency", "properties.currency")
+PRODUCTS = "products"
+# A product read from `properties` shares it with the event: these keys are the cart's, not the product's.
+_CART_KEYS = Table("cart", CART_ID, NEW_CART_ID).keys_of("properties") | {PRODUCTS}
 
 # The cart events and what each does.
 ADD, REMOVE, REPLACE, CLEAR = "add", "remove", "replace", "clear"
@@ -97,9 +98,8 @@ CHANGES = {
 
 
 class Cart(NamedTuple):
-    """One cart: its id (eSputnik's recycleStateId), its lines in the order added (product objects with Segment
-    field names: product_id, variant_id, quantity, price, name, category, discount, and any other field of a
-    whole cart as it was sent), its currency, and when it last changed (epoch seconds)."""
+    """One cart: its id (eSputnik's recycleStateId), its lines in the order added (product objects as sent, with
+    their quantity now), its currency, and when it last changed (epoch seconds)."""
 
     id: str
     lines: tuple[dict[str, Any], ...]
@@ -117,8 +117,9 @@ def keys_of(call: Call) -> tuple[str | None, str | None, str | None]:
     of the three that the message has."""
     given = call.read(CART_ID)
     message = call.message
-    user = f"user:{message.userId}" if message.userId else None
-    anonymous = f"anonymous:{message.anonymousId}" if message.anonymousId else None
+    user_id, anonymous_id = (message.userId or "").strip(), (message.anonymousId or "").strip()
+    user = f"user:{user_id}" if user_id else None
+    anonymous = f"anonymous:{anonymous_id}" if anonymous_id else None
     return (f"cart:{given}" if given else user or anonymous), user, anonymous
 
 
@@ -219,11 +220,9 @@ class CartBook:
         whole = call.has_products and (
             kind == REPLACE or bool(call.read(_PRODUCT, Item(call.properties, "properties"))) or len(call.products) > 1
         )
-        currency = call.read(CURRENCY)
+        currency = call.read(CART_CURRENCY)
         if whole:  # the whole cart, as sent: every item kept as it came, for the destination to read
-            raw = call.properties.get("products")
-            items = raw if isinstance(raw, list) else [raw] if raw is not None else []
-            lines = [dict(item) if isinstance(item, Mapping) else item for item in items]
+            lines = [dict(item.raw) for item in call.products]  # every item as sent (not an object: refused)
             # The currency of the cart as sent, not of the one it replaces.
             currency = currency or next((c for item in call.products if (c := call.read(ITEM_CURRENCY, item))), None)
             made = cart.id if cart else call.read(NEW_CART_ID) or uuid.uuid4().hex
@@ -232,7 +231,7 @@ class CartBook:
             return cart  # nothing sent to replace it with, or nothing to remove from
         product = call.product()
         line = _line(call, product)
-        if line is None or (kind == ADD and "price" not in line):
+        if line is None or (kind == ADD and call.read(ITEM_PRICE, product) is None):
             return None  # not a product the cart can hold: the destination reports the event as sent
         lines = (
             _added(call, list(cart.lines) if cart else [], line)
@@ -248,25 +247,21 @@ class CartBook:
 def _with_cart(raw: Mapping[str, Any], parsed: Track, destination: Destination, cart: Cart) -> dict[str, Any]:
     """`raw` with `properties.products` the whole cart, `properties.cart_id` its id (and its currency where the
     event gives none), and the destination's `wholeCart` option saying products[] is the cart."""
-    properties = {**parsed.properties, "products": [dict(line) for line in cart.lines], "cart_id": cart.id}
+    properties = {**parsed.properties, PRODUCTS: [dict(line) for line in cart.lines], "cart_id": cart.id}
     if cart.currency and not properties.get("currency"):
         properties["currency"] = cart.currency
     integrations = dict(parsed.integrations or {})
     own = integrations.get(destination.display_name)
-    integrations[destination.display_name] = {**(own if isinstance(own, Mapping) else {}), "wholeCart": True}
+    integrations[destination.display_name] = {**(own if isinstance(own, Mapping) else {}), WHOLE_CART: True}
     return {**raw, "properties": properties, "integrations": integrations}
 
 
 def _line(call: Call, item: Item) -> dict[str, Any] | None:
-    """A single product as a cart line: its fields by Segment's names, and its list-of-strings properties
-    (eSputnik's extended product fields); None without a product id."""
-    line = {f.name: value for f in LINE_FIELDS if (value := call.read(f, item)) is not None}
-    if not line.get("product_id"):
+    """A single product as a cart line: its fields as sent, for the destination to read as it reads any
+    product (without the cart's own keys when the product is `properties`); None without a product id."""
+    if not call.read(_PRODUCT, item):
         return None
-    for key, value in item.raw.items():
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and key != "products":
-            line.setdefault(key, value)
-    return line
+    return {k: v for k, v in item.raw.items() if k not in _CART_KEYS}
 
 
 def _identity(call: Call, line: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -289,7 +284,7 @@ def _plus(a: Any, b: Any) -> int | float:
 
 
 def _added(call: Call, lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str, Any]]:
-    quantity = line.get("quantity", 1)
+    quantity = _quantity(call, line)
     if quantity <= 0:  # adding nothing, or less than nothing, changes nothing
         return lines
     identity = _identity(call, line)
@@ -301,7 +296,7 @@ def _added(call: Call, lines: list[dict[str, Any]], line: dict[str, Any]) -> lis
 
 
 def _removed(call: Call, lines: list[dict[str, Any]], line: dict[str, Any]) -> list[dict[str, Any]]:
-    quantity = line.get("quantity")
+    quantity = _quantity(call, line, None)
     identity = _identity(call, line)
     out = []
     for held in lines:
@@ -342,11 +337,7 @@ def save_carts(db: sqlite3.Connection, changes: Changes, applied: list[tuple[str
     db.executemany(
         "INSERT OR REPLACE INTO carts (instance, cart_key, cart_id, lines, currency, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (*key, c.id, json.dumps(c.lines, default=str), c.currency, c.updated_at)
-            for key, c in changes.items()
-            if c is not None
-        ],
+        [(*key, c.id, json_text(c.lines), c.currency, c.updated_at) for key, c in changes.items() if c is not None],
     )
 
 

@@ -33,16 +33,16 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, SecretStr
 
-from .base import CART, Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
+from .base import CART, WHOLE_CART, Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
 from .errors import Filtered
 from .fields import (
+    CART_PURCHASE_IDS,
     CURRENCY,
     EMAIL,
     FIRST_NAME,
     LAST_NAME,
     PHONE,
     PRODUCT_ID,
-    RECYCLE_IDS,
     Call,
     F,
     Item,
@@ -106,7 +106,7 @@ PRODUCT_CATEGORY_VIEWED = Table(
 )  # fmt: skip
 CART_UPDATED = Table(
     "cartUpdated",
-    F("recycleStateId", *RECYCLE_IDS, required=True),
+    F("recycleStateId", *CART_PURCHASE_IDS, required=True),
     F("currencyCode", "properties.currency"),
 )
 CART_ITEM = Table(
@@ -193,14 +193,14 @@ def category_params(call: Call) -> Params:
     return [("category", call.map(PRODUCT_CATEGORY_VIEWED))]
 
 
-WHOLE_CART = F("wholeCart", "options.wholeCart", kind="bool")
-CART_OPTIONS = Table("cartUpdated", WHOLE_CART)  # for `destinations list`
+WHOLE_CART_OPTION = F(WHOLE_CART, f"options.{WHOLE_CART}", kind="bool")
+CART_OPTIONS = Table("cartUpdated", WHOLE_CART_OPTION)  # for `destinations list`
 
 
 def cart_params(call: Call) -> Params:
     # integrations.eSputnik.wholeCart: products[] is the whole cart, whatever else the event carries (the cart
     # the package keeps says so; a client may too).
-    whole = call.read(WHOLE_CART, target="cartUpdated (wholeCart)") is True
+    whole = call.read(WHOLE_CART_OPTION, target=f"cartUpdated ({WHOLE_CART})") is True
     if not whole and call.event in SINGLE_PRODUCT and call.product().path.startswith("properties.products"):
         # One item and no product id at the top: the product of the event (MAPPINGS "Real traffic"),
         # not the cart; sending it would set the contact's cart to that one item.

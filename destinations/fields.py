@@ -367,8 +367,8 @@ PHONE = ("traits.phone", "properties.phone")
 ORDER_TOTAL = ("properties.total", "properties.revenue", "properties.value")
 CART_TOTAL = ("properties.total", "properties.value", "properties.revenue")
 CART_IDS = ("properties.cart_id", "properties.checkout_id")
-# What connects a cart to its purchase (eSputnik recycleStateId, MAPPINGS "Real traffic").
-RECYCLE_IDS = (*CART_IDS, "properties.order_id")
+# What connects a cart to its purchase: cart_id ‖ checkout_id ‖ order_id (MAPPINGS "Real traffic").
+CART_PURCHASE_IDS = (*CART_IDS, "properties.order_id")
 
 
 def present(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from test_server import KEYS, WRITE_KEY, live, make_config, wait_for
 
 from destinations import CartTracker, Filtered, InvalidMessage, get_destination
@@ -153,7 +154,8 @@ def test_cart_tracker_for_library_users(tmp_path: Path) -> None:
         assert [(line["product_id"], line["quantity"]) for line in cart.lines] == [("p3", 1)]
         tracker.close()
     # Without a tracker, handle keeps the stateless rule: a single product is not a cart.
-    assert esputnik.handle_with_warnings  # the destination itself is unchanged
+    with pytest.raises(Filtered, match=r"without properties\.products"):
+        esputnik.handle(session("dee")[0])
     again = CartTracker(tmp_path / "carts.sqlite3")  # the file keeps the carts
     assert again.cart("esputnik", "user:dee") is not None
     again.close()
@@ -306,7 +308,9 @@ def test_a_message_with_null_properties_does_not_stop_the_mapper(tmp_path: Path)
     outbox = Outbox(config.outbox.path)
     outbox.accept_events([{**session("kim")[0], "properties": None}, session("kim")[1]])
     report = map_inbox(outbox, config.destinations, Holder.new())
-    assert report.messages == 2
+    assert (report.messages, report.dead_events) == (2, 0)
+    assert dict(report.filtered) == {"shop-esputnik": 1}  # null properties: no product, no cart, filtered
+    assert dict(report.accepted) == {"shop-esputnik": 1}
     assert outbox.inbox_count() == 0
 
 
@@ -324,7 +328,7 @@ def test_one_product_in_products_and_odd_removals_keep_the_cart_right() -> None:
     assert [[(p["productId"], p["quantity"]) for p in cart_products(b)] for b in bodies[:3]] == [
         [("p1", 1)], [("p1", 1), ("p2", 1)], [("p1", 1)]
     ]  # fmt: skip
-    assert bodies[3] in ("Filtered", "InvalidMessage")  # reported as sent, not taken into the cart
+    assert bodies[3] == "Filtered"  # handled as without cart state: a single product is not a cart
     kept = tracker.cart("esputnik", "user:lou")
     assert kept is not None
     assert [line["product_id"] for line in kept.lines] == ["p1"]

@@ -135,6 +135,17 @@ def cmd_send(config: Config, messages: Iterable[Any], *, wait: bool, quiet: bool
     return 1 if failed else 0
 
 
+def _print_json(value: dict[str, Any]) -> None:
+    """One JSON line on stdout, readable text where the terminal takes it; a lone surrogate (which a stored
+    messageId may hold) as its escape rather than a crash."""
+    line = json.dumps(value, ensure_ascii=False)
+    try:
+        line.encode(sys.stdout.encoding or "utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(value)
+    print(line)
+
+
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
@@ -166,38 +177,18 @@ def cmd_outbox(
     if action == "dead":
         events = [] if destination or ids else outbox.dead_events(limit)
         for event in events:
-            print(
-                json.dumps(
-                    {
-                        "inboxEvent": event["id"],
-                        "messageId": event["message_id"],
-                        "reason": event["reason"],
-                        "received": _when(event["received_at"]),
-                        "died": _when(event["dead_at"]),
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            _print_json({"inboxEvent": event["id"], "messageId": event["message_id"], "reason": event["reason"],
+                         "received": _when(event["received_at"]), "died": _when(event["dead_at"])})  # fmt: skip
         rows = outbox.dead_rows(destination, limit)
         for row in rows:
             instance = config.destinations.get(row["destination"])
-            print(
-                json.dumps(
-                    {
-                        "id": row["id"],
-                        "destination": row["destination"],
-                        "messageId": row["message_id"],
-                        "request": row["index"],
-                        "url": resolve_url(row["url"], instance.base_url) if instance else row["url"],
-                        "attempts": row["attempts"],
-                        "lastStatus": row["last_status"],
-                        "lastError": row["last_error"],
-                        "created": _when(row["created_at"]),
-                        "died": _when(row["finished_at"]),
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            _print_json({
+                "id": row["id"], "destination": row["destination"], "messageId": row["message_id"],
+                "request": row["index"],
+                "url": resolve_url(row["url"], instance.base_url) if instance else row["url"],
+                "attempts": row["attempts"], "lastStatus": row["last_status"], "lastError": row["last_error"],
+                "created": _when(row["created_at"]), "died": _when(row["finished_at"]),
+            })  # fmt: skip
         shown = f"{len(events)} dead inbox event(s) and " if events else ""
         print(f"{shown}{len(rows)} dead request(s) shown", file=sys.stderr)
         return 0

@@ -76,9 +76,12 @@ def record(
     store it) and the outcomes by instance."""
     labels = message if isinstance(message, dict) else {}
     if body is None:
-        body = json.dumps(message, ensure_ascii=True, default=str)
+        try:
+            body = json_text(message)
+        except (TypeError, ValueError, RecursionError):  # a library caller's dict may hold any object
+            body = json.dumps(str(message))
     if len(body) > BODY_LIMIT:
-        body = json.dumps({"note": f"the message is {len(body)} characters; the first {BODY_LIMIT} are kept",
+        body = json_text({"note": f"the message is {len(body)} characters; the first {BODY_LIMIT} are kept",
                            "start": body[:BODY_LIMIT]})  # fmt: skip
     return (
         _storable(message_id), _text(labels.get("type")), _text(labels.get("event")), _id(labels.get("userId")),
@@ -89,7 +92,7 @@ def record(
 def set_aside(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
     """A record whose message was set aside (nothing stored for anyone): every outcome says why."""
     names = list(json.loads(row[-1])) or ["every destination"]
-    return (*row[:-1], json.dumps({name: {"outcome": "set aside", "reason": reason} for name in names}))
+    return (*row[:-1], json_text({name: {"outcome": "set aside", "reason": reason} for name in names}))
 
 
 def _id(value: Any) -> str | None:

@@ -110,10 +110,10 @@ def _map(
     that declares the cart enrichment is handed cart events with the whole cart from `carts`. With `origin`
     (way in, received at, the stored JSON text) the message's debugger record comes with it."""
     report.messages += 1
-    try:
-        mid, user = message_id_of(message), user_key(message)
-    except (ValueError, TypeError, RecursionError) as exc:
-        return MessageRequests([], inbox_id, f"it has no readable messageId or user ({type(exc).__name__})")
+    ids = _identity(message, inbox_id)
+    if isinstance(ids, MessageRequests):
+        return ids
+    mid, user = ids
     try:  # parsed once for every instance; a message that fails is handed to each as it came
         parsed: Any = parse_message(message)
     except InvalidMessage:
@@ -160,6 +160,20 @@ def _map(
     if origin is not None:
         record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
     return MessageRequests(items, inbox_id, None, mid, record)
+
+
+def _identity(message: Any, inbox_id: int | None) -> tuple[str, str] | MessageRequests:
+    """(messageId, user key), or the message set aside saying which cannot be read."""
+    try:
+        mid = message_id_of(message)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return MessageRequests([], inbox_id, f"messageId: cannot be read, nor a digest made of the message in its"
+                                             f" place ({type(exc).__name__}); send a messageId of text")  # fmt: skip
+    try:
+        return mid, user_key(message)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return MessageRequests([], inbox_id, f"userId/anonymousId: cannot be read as text ({type(exc).__name__})",
+                               mid)  # fmt: skip
 
 
 def _commit(

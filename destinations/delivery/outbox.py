@@ -262,6 +262,25 @@ _INSERT = (
     " batchable, batch_key, size, created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_ROW_COLUMNS = ("destination", "messageId", "index", "user key", "method", "url", "params", "headers", "body")
+
+
+def _unstorable(message: MessageRequests, exc: BaseException, rows: list[tuple[Any, ...]] = ()) -> str:
+    """Why a message's requests cannot be stored, naming the instance, the request and the part that fails
+    (text no UTF-8 can hold, such as a lone surrogate, in a URL a plugin built from the message), so the
+    sender can find what to fix."""
+    for row in rows:
+        for column, value in zip(_ROW_COLUMNS, row, strict=False):
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return (f"{row[0]} request {row[2]}: its {column} holds text no UTF-8 can carry (a lone"
+                            " surrogate), so it cannot be stored; fix the value it is made from")  # fmt: skip
+    names = ", ".join(sorted({name for name, *_ in message.items})) or "no instance"
+    return f"the requests for {names} cannot be stored ({type(exc).__name__}: {str(exc)[:120]})"
+
+
 # (event, its rows, or the reason it is set aside)
 _Unit = tuple[MessageRequests, list[tuple[Any, ...]], str | None]
 
@@ -355,7 +374,7 @@ class Outbox:
             try:
                 units.append((event, self._rows(event, forms, envelopes, now), None))
             except _EVENT_FAULTS as exc:
-                units.append((event, [], f"its requests cannot be stored ({type(exc).__name__})"))
+                units.append((event, [], _unstorable(event, exc)))
         if not units and (carts is None or not (carts.changes or carts.applied)):
             return Enqueued({}, 0)
         with self._write() as db:
@@ -382,7 +401,7 @@ class Outbox:
                     except _EVENT_FAULTS as exc:
                         db.execute("ROLLBACK TO one_event")
                         db.execute("RELEASE one_event")
-                        units[i] = (unit[0], [], f"its requests cannot be stored ({type(exc).__name__})")
+                        units[i] = (unit[0], [], _unstorable(unit[0], exc, unit[1]))
                         part = self._store(db, [units[i]], now)
                     for name, n in part.items():
                         accepted[name] = accepted.get(name, 0) + n

@@ -99,23 +99,23 @@ def classify_exception(destination: Destination, exc: Exception) -> Outcome:
 
 
 def _secret_values(destination: Destination) -> list[str]:
-    """Every form a credential can take in an answer or an exception text: as set, URL-encoded,
-    and for Basic/Bearer credentials the token and its decoded password."""
+    """Every form a credential can take in an answer or an exception text. The plain secrets are each value as
+    set and, for a Basic/Bearer value, its token and the password decoded from it (eSputnik's API key); each is
+    masked as it is, URL-encoded (either case of hex, `+` for spaces), as a JSON string with escaped slashes
+    (PHP's json_encode) and in base64."""
     params, headers = destination.credentials()
-    values = [v for v in (*params.values(), *headers.values()) if v]
-    out = list(values)
-    for v in values:
-        encoded = quote(v, safe="")
-        out.append(encoded)
-        out.append(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded))  # %2f as some servers write it
-        out.append(quote_plus(v))
-        out.append(v.replace("/", "\\/"))  # a JSON string with its slashes escaped (PHP's json_encode)
-        out.append(base64.b64encode(v.encode()).decode("ascii"))
+    plain = [v for v in (*params.values(), *headers.values()) if v]
+    for v in list(plain):
         if v.startswith(("Basic ", "Bearer ")):
             token = v.split(" ", 1)[1]
-            out.append(token)
+            plain.append(token)
             with contextlib.suppress(ValueError, UnicodeDecodeError):
-                out.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
+                plain.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
+    out = []
+    for v in plain:
+        encoded = quote(v, safe="")
+        out += [v, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded), quote_plus(v),
+                v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]  # fmt: skip
     return [v for v in out if len(v) >= 4]
 
 
