@@ -75,7 +75,7 @@ def ours(path: Path, events: list[dict[str, Any]], debug_keep: int = 0) -> tuple
         assert not report.invalid, report
         assert not report.dead_events, report
     elapsed = time.perf_counter() - started
-    stored = outbox._db().execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    stored = outbox.pending_count()
     assert stored == 4 * len(events), stored
     outbox.close()
     return len(events) / elapsed, rounds

@@ -70,8 +70,12 @@ def deliver(config: Config, messages: list[dict[str, Any]], timeout: float = 30.
 
 
 def states(config: Config) -> list[tuple[str, int, str | None]]:
+    """(state, attempts, last answer) of each stored request: the rows, and those delivered from a pack at once."""
     outbox = Outbox(config.outbox.path)
-    return list(outbox._db().execute("SELECT state, attempts, last_status FROM requests ORDER BY id"))
+    db = outbox._db()
+    packed = db.execute("SELECT delivered, last_status FROM packs WHERE state = 'done' ORDER BY id").fetchall()
+    rows = list(db.execute("SELECT state, attempts, last_status FROM requests ORDER BY id"))
+    return [("delivered", 1, status) for n, status in packed for _ in range(n)] + rows
 
 
 def body_error(code: str) -> Answer:
@@ -386,10 +390,14 @@ def test_delivered_rows_keep_only_what_dedupe_needs(tmp_path: Path) -> None:
         deliver(config, [message(1, note="x" * 5000), message(2)])
         assert len(sink.delivered()) >= 1
         with sqlite3.connect(config.outbox.path) as db:
-            rows = db.execute("SELECT state, length(body), params, headers FROM requests").fetchall()
+            packs = db.execute("SELECT state, delivered FROM packs").fetchall()
+            entries = db.execute("SELECT COUNT(*) FROM pack_entries").fetchone()[0]
+            keys = db.execute("SELECT destination, message_id, count FROM request_keys ORDER BY message_id").fetchall()
         db.close()
-        assert rows
-        assert all(row == ("delivered", 0, "{}", "{}") for row in rows)
+        # Delivered from a pack: the pack keeps its count; the requests' text goes; the dedupe keys stay.
+        assert packs == [("done", 2)]
+        assert entries == 0
+        assert [k[1:] for k in keys] == [("u1-m1", 1), ("u1-m2", 1)]
         # The same messages again: still delivered once.
         deliver(config, [message(1, note="x" * 5000), message(2)])
         assert sum(len(r.json) for r in sink.delivered()) == 2

@@ -208,7 +208,7 @@ def test_several_mappers_keep_each_users_order(tmp_path: Path, caplog: Any) -> N
         mapper.join(5)
     assert Stall.stalled.is_set()
     assert "another process took the mapper lease" in caplog.text  # the stalled round was not committed
-    rows = list(outbox._db().execute("SELECT user_key, message_id FROM requests ORDER BY id"))
+    rows = [(r["user_key"], r["message_id"]) for r in outbox.waiting()]
     assert len(rows) == 1500
     for user in users:
         ids = [mid for key, mid in rows if key == user]
@@ -261,7 +261,8 @@ def test_an_outcome_is_recorded_only_under_its_own_lease(tmp_path: Path) -> None
     (current,) = outbox.claim("shop", max_batches=1, batch_size=1, batch_bytes=10**6, lease=60, now=now + 2)
     assert outbox.dead(late, "400", "late answer") == 0
     assert outbox.delivered(current, "200") == 1
-    assert list(outbox._db().execute("SELECT state, last_status FROM requests")) == [("delivered", "200")]
+    assert list(outbox._db().execute("SELECT state, delivered, last_status FROM packs")) == [("done", 1, "200")]
+    assert list(outbox._db().execute("SELECT * FROM requests")) == []  # the late "dead" made no row
 
 
 def test_requests_keep_their_path_so_a_fixed_url_applies_on_replay(tmp_path: Path) -> None:
@@ -269,7 +270,7 @@ def test_requests_keep_their_path_so_a_fixed_url_applies_on_replay(tmp_path: Pat
     wrong = config_for(tmp_path, "http://127.0.0.1:9")  # nothing listens there
     outbox = Outbox(wrong.outbox.path)
     route([event(1, "a")], wrong.destinations, outbox)
-    assert list(outbox._db().execute("SELECT url FROM requests")) == [("/add/events/v1.json",)]
+    assert [r["url"] for r in outbox.waiting()] == ["/add/events/v1.json"]
     drain(wrong)  # connection refused until the retry window (0 s here) closes: dead
     assert [row["last_status"] for row in outbox.dead_rows()] == ["connection error"]
     with RecordingServer(lambda _: Answer()) as sink:
@@ -298,7 +299,7 @@ def test_credentials_go_only_under_the_instances_base_url(tmp_path: Path) -> Non
         config = config_for(tmp_path, own.url)
         outbox = Outbox(config.outbox.path)
         route([event(1, "a", other=other.url)], {"plug": plugin}, outbox)
-        assert sorted(url for (url,) in outbox._db().execute("SELECT url FROM requests")) == [
+        assert sorted(r["url"] for r in outbox.waiting()) == [
             "/own", f"{other.url}/collect"
         ]  # fmt: skip
         drain(config, {"plug": plugin})

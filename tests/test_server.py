@@ -514,7 +514,7 @@ def test_single_event_endpoints_set_type_and_fill_ids(tmp_path: Path, sink: Reco
     report = map_inbox(outbox, config.destinations, Holder.new())
     assert (report.messages, report.duplicates) == (3, 1)
     assert outbox.inbox_count() == 0
-    rows = list(outbox._db().execute("SELECT message_id, body FROM requests ORDER BY id"))
+    rows = [(r["message_id"], r["body"]) for r in outbox.waiting()]
     assert len(rows) == 2
     assert json.loads(rows[0][1])[0]["name"] == "PRODUCT_VIEW"
     assert json.loads(rows[1][1])[0]["name"] == "PAGE_VIEW"

@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -81,6 +82,36 @@ CREATE INDEX IF NOT EXISTS requests_finished ON requests (state, finished_at);
 -- Users that cannot be claimed now (a request in flight or waiting to retry): few rows, found without a scan.
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (destination, user_key)
     WHERE state = 'pending' AND (attempts > 0 OR lease_until > 0);
+-- Packs: the requests of one instance from one stored round (up to `pack_size`), as one row, claimed and
+-- recorded whole while everything goes well; a request that is not delivered at once becomes a `requests`
+-- row (see `Outbox.claim`), so retries, splits and dead letters work per request.
+CREATE TABLE IF NOT EXISTS packs (
+    id          INTEGER PRIMARY KEY,
+    destination TEXT    NOT NULL,
+    count       INTEGER NOT NULL,
+    state       TEXT    NOT NULL DEFAULT 'pending',
+    created_at  REAL    NOT NULL,
+    lease_until REAL    NOT NULL DEFAULT 0,
+    delivered   INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL,
+    last_status TEXT  -- the answer its delivered requests had
+);
+CREATE INDEX IF NOT EXISTS packs_pending ON packs (destination, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS packs_finished ON packs (finished_at) WHERE state = 'done';
+-- Apart from `packs`, so that a lease or an outcome rewrites a few bytes, not the requests' text.
+CREATE TABLE IF NOT EXISTS pack_entries (
+    pack    INTEGER PRIMARY KEY,
+    entries TEXT    NOT NULL
+);
+-- The dedupe keys: one per (instance, message) stored, packed or not, kept for the dedupe window.
+CREATE TABLE IF NOT EXISTS request_keys (
+    destination TEXT    NOT NULL,
+    message_id  TEXT    NOT NULL,
+    count       INTEGER NOT NULL,
+    stored_at   REAL    NOT NULL,
+    PRIMARY KEY (destination, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS request_keys_stored ON request_keys (stored_at);
 CREATE TABLE IF NOT EXISTS leases (
     name   TEXT    PRIMARY KEY,
     holder TEXT    NOT NULL,
@@ -101,6 +132,7 @@ MIGRATIONS = (
 )
 # The events waiting to be mapped, without the dead ones that stay at the front of the inbox.
 LIVE_INBOX_INDEX = "CREATE INDEX IF NOT EXISTS inbox_live ON inbox (id) WHERE dead_reason IS NULL"
+DEFAULT_PACK_SIZE = 400  # the default `concurrency` x `batch_size`: what a crash could send twice before packs
 MAPPER = "mapper"  # the name of the lease one mapping process holds at a time
 MAX_MAPPING_ATTEMPTS = 5  # claims of one inbox event whose process died before committing: then it is dead
 
@@ -129,6 +161,8 @@ class Row:
     created_at: float
     lease: float
     index: int = 0  # among its message's requests to this instance
+    pack: int = 0  # the pack it was claimed from (0: a row of its own, `id`)
+    entry: int = 0  # its place in that pack
 
 
 class MessageRequests(NamedTuple):
@@ -285,23 +319,152 @@ def _unstorable(message: MessageRequests, exc: BaseException, rows: list[tuple[A
 _Unit = tuple[MessageRequests, list[tuple[Any, ...]], str | None]
 
 
+# What became of one packed request: (kind, status, detail, next attempt at, when), kind one of delivered,
+# retry, split, dead and held (not sent: it becomes a pending row as it was).
+_Outcome = tuple[str, str | None, str | None, float | None, float]
+_HELD: _Outcome = ("held", None, None, None, 0.0)
+
+_EXPLODE = (
+    "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
+    " batchable, batch_key, size, state, solo, attempts, created_at, next_at, finished_at, last_status, last_error)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass
+class _PackRun:
+    """A pack this process claimed: its entries, and what became of each as its batches come back."""
+
+    pack: int
+    destination: str
+    entries: list[list[Any]]
+    created: float
+    claim: float  # the lease its claim set: which claim a row belongs to (rows carry it as `Row.lease`)
+    expected: int  # requests sent; the others are held
+    length: float = 0.0  # the lease's length, for renewals
+    until: float = 0.0  # the lease's end now
+    renewed: float = field(default_factory=time.monotonic)
+    outcomes: dict[int, _Outcome] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.until = self.until or self.claim
+
+
+def _decoded(cache: dict[str, Any], text: str) -> Any:
+    """Params or headers JSON text, decoded once per distinct text (they repeat across requests)."""
+    value = cache.get(text)
+    if value is None:
+        value = cache[text] = json.loads(text)
+    return value
+
+
+def _group(  # noqa: PLR0917 - the claim's own parameters, passed on
+    candidates: Iterable[tuple[Any, ...]], now: float, max_batches: int, batch_size: int, batch_bytes: int,
+    blocked: set[str],
+) -> list[list[Any]]:  # fmt: skip
+    """Requests into batches, in order: each candidate is (key, user, batchable, batch key, solo, next_at,
+    lease_until, size). A user's request joins only the batch of its user's previous one; one that cannot
+    (or is not due, or would need a batch past `max_batches`) blocks its user for the rest, as does `blocked`."""
+    blocked = set(blocked)
+    user_batch: dict[str, int] = {}  # user -> index of the open batch holding its last request
+    open_batch: dict[str, int] = {}  # batch key -> index of the batch still filling
+    chosen: list[list[Any]] = []
+    sizes: list[int] = []
+    for key_, user, batchable, key, solo, next_at, lease_until, size in candidates:
+        if user in blocked:
+            continue
+        if next_at > now or lease_until > now:
+            blocked.add(user)
+            continue
+        mergeable = bool(batchable) and not solo
+        target = open_batch.get(key) if mergeable else None
+        if target is not None and (len(chosen[target]) >= batch_size or sizes[target] + size > batch_bytes):
+            target = None
+        if user in user_batch and user_batch[user] != target:
+            blocked.add(user)  # it would go out beside, and maybe before, its predecessor
+            continue
+        if target is None:
+            if len(chosen) >= max_batches:
+                blocked.add(user)
+                continue
+            chosen.append([])
+            sizes.append(0)
+            target = len(chosen) - 1
+            if mergeable:
+                open_batch[key] = target
+        chosen[target].append(key_)
+        sizes[target] += size
+        user_batch[user] = target
+    return chosen
+
+
+def _stored_keys(db: sqlite3.Connection, runs: list[tuple[str, str, list[tuple[Any, ...]]]]) -> set[tuple[str, str]]:
+    """Which of these (instance, messageId) pairs have a dedupe key already (stored before)."""
+    wanted: dict[str, list[str]] = {}
+    for destination, message_id, _ in runs:
+        wanted.setdefault(destination, []).append(message_id)
+    found: set[tuple[str, str]] = set()
+    for destination, ids in wanted.items():
+        for part in _chunks(ids):  # type: ignore[arg-type]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT message_id FROM request_keys WHERE destination = ? AND message_id IN ({marks})"
+            found.update((destination, mid) for (mid,) in db.execute(sql, (destination, *part)))
+    return found
+
+
+# A pack entry is a `requests` row as `_rows` makes it, from messageId to size (row[1:12]): messageId, index,
+# user key, method, url, params, headers, body, batchable, batch key, size.
+
+try:
+    import orjson
+
+    def _entries_text(entries: list[tuple[Any, ...]]) -> str:
+        """A pack's entries as JSON text; TypeError for text no UTF-8 can carry (a lone surrogate), as SQLite
+        refuses it in a row, so the message it came from is set aside the same way."""
+        return orjson.dumps(entries).decode("utf-8")
+
+    _entries_of = orjson.loads
+except ImportError:  # pragma: no cover - orjson comes with the server extra
+
+    def _entries_text(entries: list[tuple[Any, ...]]) -> str:
+        text = json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
+        text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        return text
+
+    _entries_of = json.loads
+
+
 class Outbox:
     """One SQLite file; each thread gets its own connection."""
 
     def __init__(
         self, path: str | Path, *, dedupe_window: float = 24 * 3600.0, cart_ttl: float = DEFAULT_TTL,
-        debug_keep: int = 0,
+        debug_keep: int = 0, pack_size: int = DEFAULT_PACK_SIZE,
     ) -> None:  # fmt: skip
+        """`pack_size`: the most requests of one instance stored as one pack (0: every request a row of its own);
+        a pack is claimed whole, so it also bounds what a killed worker leaves to be sent again."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dedupe_window = dedupe_window
         self.cart_ttl = cart_ttl
         #: Messages the debugger keeps (0: off): outcomes then also log each delivery attempt.
         self.debug_keep = debug_keep
+        # The debugger shows each request's own state and attempts: with it on, requests are stored as rows.
+        self.pack_size = 0 if debug_keep else pack_size
         self._local = threading.local()
         self._lock = _write_lock(self.path)
+        self._runs: dict[int, _PackRun] = {}  # packs this process has claimed, until their outcomes are recorded
+        self._runs_lock = threading.Lock()
         db = self._db()
+        keyed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'request_keys'").fetchone() is not None
         db.executescript(SCHEMA + CARTS_SCHEMA + debugger.SCHEMA)  # executescript commits on its own
+        if not keyed:  # a file from before the dedupe keys: its stored requests dedupe as they did
+            with self._write() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at)"
+                    " SELECT destination, message_id, COUNT(*), MIN(created_at) FROM requests"
+                    " GROUP BY destination, message_id"
+                )
         columns = {(t, row[1]) for t in {m[0] for m in MIGRATIONS} for row in db.execute(f"PRAGMA table_info({t})")}
         missing = [sql for table, column, sql in MIGRATIONS if (table, column) not in columns]
         if missing or db.execute("SELECT 1 FROM sqlite_master WHERE name = 'inbox_live'").fetchone() is None:
@@ -453,20 +616,42 @@ class Outbox:
                 )  # fmt: skip
         return rows
 
-    @staticmethod
-    def _store(db: sqlite3.Connection, units: list[_Unit], now: float) -> dict[str, int]:
-        """Insert these events' rows, remove their inbox events and set aside the ones with a reason;
-        returns the rows inserted per instance."""
-        groups: dict[str, list[tuple[Any, ...]]] = {}
+    def _store(self, db: sqlite3.Connection, units: list[_Unit], now: float) -> dict[str, int]:
+        """Insert these events' requests with their dedupe keys, remove their inbox events and set aside the
+        ones with a reason; returns the requests stored per instance. An instance's requests go in packs of up
+        to `pack_size` (rows when it is 0); a message an instance has stored before (its key) is left out."""
+        runs: list[tuple[str, str, list[tuple[Any, ...]]]] = []  # (instance, messageId, its rows), in order
         for _, rows, reason in units:
             if reason is None:
-                for row in rows:
-                    groups.setdefault(row[0], []).append(row)
+                for (destination, message_id), group in groupby(rows, key=lambda r: (r[0], r[1])):
+                    runs.append((destination, message_id, list(group)))
+        stored = _stored_keys(db, runs)
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        keys: list[tuple[str, str, int, float]] = []
+        for destination, message_id, rows in runs:
+            if (destination, message_id) in stored:
+                continue
+            stored.add((destination, message_id))  # the same message twice in one round: stored once
+            keys.append((destination, message_id, len(rows), now))
+            groups.setdefault(destination, []).extend(rows)
+        db.executemany(
+            "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at) VALUES (?, ?, ?, ?)", keys
+        )
         accepted: dict[str, int] = {}
         for destination, group in groups.items():
-            before = db.total_changes
-            db.executemany(_INSERT, group)
-            accepted[destination] = db.total_changes - before
+            if not self.pack_size:
+                before = db.total_changes
+                db.executemany(_INSERT, group)
+                accepted[destination] = db.total_changes - before
+                continue
+            for i in range(0, len(group), self.pack_size):
+                part = group[i : i + self.pack_size]
+                text = _entries_text([row[1:12] for row in part])
+                pack = db.execute(
+                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, len(part), now)
+                ).lastrowid
+                db.execute("INSERT INTO pack_entries (pack, entries) VALUES (?, ?)", (pack, text))
+            accepted[destination] = len(group)
         done = [(e.inbox_id,) for e, _, reason in units if reason is None and e.inbox_id is not None]
         dead = [(reason, now, e.inbox_id) for e, _, reason in units if reason is not None and e.inbox_id is not None]
         db.executemany("DELETE FROM inbox WHERE id = ?", done)
@@ -615,80 +800,115 @@ class Outbox:
         now: float | None = None,
         scan: int = 5000,
     ) -> list[list[Row]]:
-        """Lease up to `max_batches` batches of due requests for `destination`.
+        """Lease up to `max_batches` batches of due requests for `destination`, or, when no row is due or out,
+        the oldest pack whole (as many batches as it makes).
 
         Per-user order: a user's request is claimable only when every earlier pending request of
         that user is claimed in this same round into the same batch (concatenated in order), so no
         request overtakes an earlier one that is in flight or waiting to retry. Users with such a
-        request are left out before the scan, so however many rows they hold, others go on.
+        request are left out before the scan, so however many rows they hold, others go on. Packs are
+        claimed in order, one at a time per instance and never beside rows in flight; a pack's request
+        whose user has an earlier one pending (or in the same pack, not in the same batch) is held, and
+        becomes a row after the pack's outcome, behind the user's earlier requests.
         """
         now = time.time() if now is None else now
-        scan = min(scan, max(2 * max_batches * batch_size, 200))
         until = now + lease
         with self._write() as db:
-            candidates = db.execute(
-                "SELECT id, user_key, batchable, batch_key, solo, next_at, lease_until, size FROM requests"
-                " WHERE destination = ? AND state = 'pending' AND user_key NOT IN ("
-                "  SELECT user_key FROM requests WHERE destination = ? AND state = 'pending'"
-                "  AND (attempts > 0 OR lease_until > 0) AND (next_at > ? OR lease_until > ?))"
-                " ORDER BY id LIMIT ?",
-                (destination, destination, now, now, scan),
-            ).fetchall()
-            blocked: set[str] = set()
-            user_batch: dict[str, int] = {}  # user -> index of the open batch holding its last row
-            open_batch: dict[str, int] = {}  # batch key -> index of the batch still filling
-            chosen: list[list[int]] = []
-            sizes: list[int] = []
-            for rid, user, batchable, key, solo, next_at, lease_until, size in candidates:
-                if user in blocked:
-                    continue
-                if next_at > now or lease_until > now:
-                    blocked.add(user)
-                    continue
-                mergeable = bool(batchable) and not solo
-                target = open_batch.get(key) if mergeable else None
-                if target is not None and (len(chosen[target]) >= batch_size or sizes[target] + size > batch_bytes):
-                    target = None
-                if user in user_batch and user_batch[user] != target:
-                    blocked.add(user)  # it would go out beside, and maybe before, its predecessor
-                    continue
-                if target is None:
-                    if len(chosen) >= max_batches:
-                        blocked.add(user)
-                        continue
-                    chosen.append([])
-                    sizes.append(0)
-                    target = len(chosen) - 1
-                    if mergeable:
-                        open_batch[key] = target
-                chosen[target].append(rid)
-                sizes[target] += size
-                user_batch[user] = target
-            ids = [rid for batch in chosen for rid in batch]
-            if not ids:
-                return []
-            for part in _chunks(ids):
-                db.execute(
-                    "UPDATE requests SET lease_until = ? WHERE id IN (" + ",".join("?" * len(part)) + ")",
-                    [until, *part],
-                )
-            rows: dict[int, Row] = {}
-            decoded: dict[str, Any] = {}  # params and headers repeat across rows: decode each text once
-            for part in _chunks(ids):
-                sql = (
-                    "SELECT id, message_id, user_key, method, url, params, headers, body, batchable, attempts,"
-                    " created_at, idx FROM requests WHERE id IN (" + ",".join("?" * len(part)) + ")"
-                )
-                for rid, mid, user, method, url, params, headers, body, batchable, attempts, created, idx in db.execute(
-                    sql, part
-                ):
-                    if params not in decoded:
-                        decoded[params] = json.loads(params)
-                    if headers not in decoded:
-                        decoded[headers] = json.loads(headers)
-                    rows[rid] = Row(rid, destination, mid, user, method, url, decoded[params], decoded[headers], body,
-                                    bool(batchable), attempts, created, until, idx)  # fmt: skip
+            if db.execute(
+                "SELECT 1 FROM packs INDEXED BY packs_pending WHERE destination = ? AND state = 'pending'"
+                " AND lease_until > ? LIMIT 1",
+                (destination, now),
+            ).fetchone():
+                return []  # a pack is out: its users' later requests wait for its outcome
+            batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
+            if (
+                batches
+                or db.execute(
+                    "SELECT 1 FROM requests INDEXED BY requests_waiting WHERE destination = ? AND state = 'pending'"
+                    " AND (attempts > 0 OR lease_until > 0) AND lease_until > ? LIMIT 1",
+                    (destination, now),
+                ).fetchone()
+            ):
+                return batches
+            for _ in range(10):  # packs whose every request is held become rows; then the next pack
+                pack = db.execute(
+                    "SELECT id, created_at FROM packs INDEXED BY packs_pending WHERE destination = ?"
+                    " AND state = 'pending' ORDER BY id LIMIT 1",
+                    (destination,),
+                ).fetchone()
+                if pack is None:
+                    return []
+                batches = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until, now)
+                if batches:
+                    return batches
+                batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
+                if batches:
+                    return batches
+        return []
+
+    def _claim_rows(  # noqa: PLR0917 - the claim's own parameters, passed on
+        self, db: sqlite3.Connection, destination: str, max_batches: int, batch_size: int, batch_bytes: int,
+        until: float, now: float, scan: int,
+    ) -> list[list[Row]]:  # fmt: skip
+        scan = min(scan, max(2 * max_batches * batch_size, 200))
+        candidates = db.execute(
+            "SELECT id, user_key, batchable, batch_key, solo, next_at, lease_until, size FROM requests"
+            " WHERE destination = ? AND state = 'pending' AND user_key NOT IN ("
+            "  SELECT user_key FROM requests WHERE destination = ? AND state = 'pending'"
+            "  AND (attempts > 0 OR lease_until > 0) AND (next_at > ? OR lease_until > ?))"
+            " ORDER BY id LIMIT ?",
+            (destination, destination, now, now, scan),
+        ).fetchall()
+        chosen = _group(candidates, now, max_batches, batch_size, batch_bytes, set())
+        ids = [rid for batch in chosen for rid in batch]
+        if not ids:
+            return []
+        for part in _chunks(ids):
+            db.execute(
+                "UPDATE requests SET lease_until = ? WHERE id IN (" + ",".join("?" * len(part)) + ")", [until, *part]
+            )
+        rows: dict[int, Row] = {}
+        decoded: dict[str, Any] = {}  # params and headers repeat across rows: decode each text once
+        for part in _chunks(ids):
+            sql = (
+                "SELECT id, message_id, user_key, method, url, params, headers, body, batchable, attempts,"
+                " created_at, idx FROM requests WHERE id IN (" + ",".join("?" * len(part)) + ")"
+            )
+            for rid, mid, user, method, url, params, headers, body, batchable, attempts, created, idx in db.execute(
+                sql, part
+            ):
+                rows[rid] = Row(rid, destination, mid, user, method, url, _decoded(decoded, params),
+                                _decoded(decoded, headers), body, bool(batchable), attempts, created, until,
+                                idx)  # fmt: skip
         return [[rows[rid] for rid in batch] for batch in chosen]
+
+    def _claim_pack(  # noqa: PLR0917 - the claim's own parameters, passed on
+        self, db: sqlite3.Connection, destination: str, pack: int, created: float, batch_size: int,
+        batch_bytes: int, until: float, now: float,
+    ) -> list[list[Row]]:  # fmt: skip
+        """Lease one pack and make its batches; with none to send (every request held), its requests become
+        rows at once and the pack is done."""
+        (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
+        entries = _entries_of(text)
+        pending = {user for (user,) in db.execute(
+            "SELECT DISTINCT user_key FROM requests WHERE destination = ? AND state = 'pending'", (destination,)
+        )}  # fmt: skip
+        candidates = [(i, e[2], e[8], e[9], 0, 0.0, 0.0, e[10]) for i, e in enumerate(entries)]
+        chosen = _group(candidates, now, len(entries), batch_size, batch_bytes, pending)
+        run = _PackRun(pack, destination, entries, created, until, sum(map(len, chosen)), length=until - now)
+        if not run.expected:
+            self._finish(db, run, now)
+            return []
+        db.execute("UPDATE packs SET lease_until = ? WHERE id = ?", (until, pack))
+        with self._runs_lock:
+            self._runs[pack] = run
+        decoded: dict[str, Any] = {}
+        return [
+            [Row(0, destination, e[0], e[2], e[3], e[4], _decoded(decoded, e[5]), _decoded(decoded, e[6]), e[7],
+                 bool(e[8]), 0, created, until, e[1], pack, i)
+             for i in batch for e in (entries[i],)]
+            for batch in chosen
+        ]  # fmt: skip
 
     def next_due(self, destination: str) -> float | None:
         """When the earliest pending request of `destination` becomes claimable (None: nothing pending)."""
@@ -700,7 +920,17 @@ class Outbox:
             )
             .fetchone()
         )
-        return row[0]
+        pack = (
+            self._db()
+            .execute(
+                "SELECT MIN(lease_until) FROM packs INDEXED BY packs_pending"
+                " WHERE destination = ? AND state = 'pending'",
+                (destination,),
+            )
+            .fetchone()
+        )
+        due = [t for t in (row[0], pack[0]) if t is not None]
+        return min(due) if due else None
 
     # -- outcomes: each recorded only where the row still carries the claim's lease
 
@@ -730,12 +960,15 @@ class Outbox:
 
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
+        rows, noted = self._packed([(r, ("delivered", status, None, None, now)) for r in rows])
+        if not rows:
+            return noted
         # Only dedupe needs a delivered row (its instance, messageId and index): the body goes, unless the
         # debugger shows its message (then `prune` clears it once the message leaves the debugger).
         cleared = "" if self.debug_keep else ", body = '', params = '{}', headers = '{}'"
         with self._write() as db:
             self._attempts(db, rows, status, None, now)
-            return self._under_lease(
+            return noted + self._under_lease(
                 db,
                 "UPDATE requests SET state = 'delivered', attempts = attempts + 1, finished_at = ?,"
                 " last_status = ?, last_error = NULL, lease_until = 0" + cleared,
@@ -773,30 +1006,43 @@ class Outbox:
             wait = max(delay, backoff) if delay is not None else backoff
             later.append(r)
             waits.append((now + wait, status, detail, r.id))
+        _, rescheduled = self._packed([(r, ("retry", status, detail, w[0], now))
+                                       for r, w in zip(later, waits, strict=True)])  # fmt: skip
+        waits = [w for r, w in zip(later, waits, strict=True) if not r.pack]
+        later = [r for r in later if not r.pack]
+        dead, died = self._packed([(r, ("dead", status, detail, None, now)) for r in dead])
+        if not later and not dead:
+            return rescheduled, died
         with self._write() as db:
             self._attempts(db, later, status, detail, now, next_at=[w[0] for w in waits])
             self._attempts(db, dead, status, detail, now)
-            rescheduled = self._under_lease(
+            rescheduled += self._under_lease(
                 db,
                 "UPDATE requests SET attempts = attempts + 1, next_at = ?, lease_until = 0, last_status = ?,"
                 " last_error = ?",
                 later,
                 waits,
             )
-            return rescheduled, self._under_lease(db, _DEAD, dead, [(now, status, detail, r.id) for r in dead])
+            return rescheduled, died + self._under_lease(db, _DEAD, dead, [(now, status, detail, r.id) for r in dead])
 
     def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
+        rows, noted = self._packed([(r, ("dead", status, detail, None, now)) for r in rows])
+        if not rows:
+            return noted
         with self._write() as db:
             self._attempts(db, rows, status, detail, now)
-            return self._under_lease(db, _DEAD, rows, [(now, status, detail, r.id) for r in rows])
+            return noted + self._under_lease(db, _DEAD, rows, [(now, status, detail, r.id) for r in rows])
 
     def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         """A merged batch was refused as bad input: send each of its requests alone, at once."""
         now = time.time() if now is None else now
+        rows, noted = self._packed([(r, ("split", status, detail, now, now)) for r in rows])
+        if not rows:
+            return noted
         with self._write() as db:
             self._attempts(db, rows, status, detail, now, next_at=[now] * len(rows))
-            return self._under_lease(
+            return noted + self._under_lease(
                 db,
                 "UPDATE requests SET solo = 1, attempts = attempts + 1, next_at = ?, lease_until = 0,"
                 " last_status = ?, last_error = ?",
@@ -805,9 +1051,82 @@ class Outbox:
             )
 
     def release(self, rows: list[Row]) -> int:
-        """Give claimed requests back untouched (a graceful stop)."""
+        """Give claimed requests back untouched (a graceful stop): a packed one becomes a row, as if held."""
+        rows, noted = self._packed([(r, _HELD) for r in rows])
+        if not rows:
+            return noted
         with self._write() as db:
-            return self._under_lease(db, "UPDATE requests SET lease_until = 0", rows, [(r.id,) for r in rows])
+            return noted + self._under_lease(db, "UPDATE requests SET lease_until = 0", rows, [(r.id,) for r in rows])
+
+    # -- packs: outcomes noted as batches come back, written once per pack
+
+    def _packed(self, outcomes: list[tuple[Row, _Outcome]]) -> tuple[list[Row], int]:
+        """Note the outcomes of packed requests; returns the rows of their own (to record as rows) and how
+        many packed outcomes were noted (none for a claim replaced since). A pack's outcomes are written in
+        one transaction once all its sent requests have one; a long pack renews its lease on the way."""
+        rows = [r for r, _ in outcomes if not r.pack]
+        if len(rows) == len(outcomes):
+            return rows, 0
+        noted = 0
+        finished: list[_PackRun] = []
+        renew: list[_PackRun] = []
+        with self._runs_lock:
+            for row, outcome in outcomes:
+                run = self._runs.get(row.pack) if row.pack else None
+                if run is None or run.claim != row.lease:
+                    continue
+                run.outcomes[row.entry] = outcome
+                noted += 1
+            for run in {self._runs[r.pack].pack: self._runs[r.pack] for r, _ in outcomes
+                        if r.pack and r.pack in self._runs}.values():  # fmt: skip
+                if len(run.outcomes) >= run.expected:
+                    finished.append(self._runs.pop(run.pack))
+                elif time.monotonic() - run.renewed > run.length / 3:
+                    run.renewed = time.monotonic()
+                    renew.append(run)
+        if finished or renew:
+            with self._write() as db:
+                for run in renew:
+                    until = time.time() + run.length
+                    if db.execute(
+                        "UPDATE packs SET lease_until = ? WHERE id = ? AND state = 'pending' AND lease_until = ?",
+                        (until, run.pack, run.until),
+                    ).rowcount:
+                        run.until = until
+                for run in finished:
+                    self._finish(db, run, time.time())
+        return rows, noted
+
+    def _finish(self, db: sqlite3.Connection, run: _PackRun, now: float) -> bool:
+        """Write a pack's outcomes: the pack is done, and each request not delivered becomes a row in its
+        state (in the pack's order, so behind its user's earlier rows). Only under the run's own lease, when
+        it has one; False (nothing written) when another claim has the pack now."""
+        statuses = [o[1] for o in run.outcomes.values() if o[0] == "delivered"]
+        sql = ("UPDATE packs SET state = 'done', delivered = ?, last_status = ?, finished_at = ?, lease_until = 0"
+               " WHERE id = ?")  # fmt: skip
+        args: tuple[Any, ...] = (len(statuses), statuses[-1] if statuses else None, now, run.pack)
+        if run.expected:
+            sql, args = sql + " AND state = 'pending' AND lease_until = ?", (*args, run.until)
+        if db.execute(sql, args).rowcount != 1:
+            log.warning("%s: the outcomes of a pack of %d were not recorded: its lease had passed to another claim",
+                        run.destination, len(run.entries))  # fmt: skip
+            return False
+        rows: list[tuple[Any, ...]] = []
+        attempts: list[tuple[Any, ...]] = []
+        for i, entry in enumerate(run.entries):
+            kind, status, detail, next_at, at = run.outcomes.get(i, _HELD)
+            if kind != "held":
+                attempts.append((run.destination, entry[0], entry[1], at, status, detail, next_at))
+            if kind == "delivered":
+                continue
+            rows.append((run.destination, *entry, "dead" if kind == "dead" else "pending", int(kind == "split"),
+                         int(kind != "held"), run.created, next_at or now, now if kind == "dead" else None, status,
+                         detail))  # fmt: skip
+        db.executemany(_EXPLODE, rows)
+        db.execute("DELETE FROM pack_entries WHERE pack = ?", (run.pack,))
+        if self.debug_keep and attempts:
+            debugger.log_attempts(db, attempts)
+        return True
 
     # -- operations
 
@@ -829,6 +1148,18 @@ class Outbox:
                 d["oldest_pending_age"] = max(d["oldest_pending_age"], now - oldest)
             else:
                 d[state] += count
+        for destination, state, count, oldest in self._db().execute(
+            "SELECT destination, state, SUM(CASE WHEN state = 'pending' THEN count ELSE delivered END),"
+            " MIN(created_at) FROM packs GROUP BY destination, state"
+        ):
+            d = out.setdefault(
+                destination, {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0.0}
+            )
+            if state == "pending":
+                d["pending"] += count
+                d["oldest_pending_age"] = max(d["oldest_pending_age"], now - oldest)
+            else:
+                d["delivered"] += count
         return out
 
     def pending_count(self, destination: str | None = None) -> int:
@@ -838,6 +1169,7 @@ class Outbox:
                 self._db()
                 .execute(
                     "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'pending')"
+                    " + (SELECT IFNULL(SUM(count), 0) FROM packs WHERE state = 'pending')"
                     " + (SELECT COUNT(*) FROM inbox WHERE dead_reason IS NULL)"
                 )
                 .fetchone()
@@ -845,10 +1177,32 @@ class Outbox:
         else:
             row = (
                 self._db()
-                .execute("SELECT COUNT(*) FROM requests WHERE state = 'pending' AND destination = ?", (destination,))
+                .execute(
+                    "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'pending' AND destination = ?)"
+                    " + (SELECT IFNULL(SUM(count), 0) FROM packs WHERE state = 'pending' AND destination = ?)",
+                    (destination, destination),
+                )
                 .fetchone()
             )
         return int(row[0])
+
+    def waiting(self, destination: str | None = None) -> list[dict[str, Any]]:
+        """The requests waiting to be delivered (of one instance, or all), rows first, then packs: each user's
+        in the order they go out. Each: destination, message_id, index, user_key, url (as stored), body, attempts."""
+        keys = ("destination", "message_id", "index", "user_key", "url", "body", "attempts")
+        where, args = ("AND destination = ?", (destination,)) if destination else ("", ())
+        out = [dict(zip(keys, row, strict=True)) for row in self._db().execute(
+            "SELECT destination, message_id, idx, user_key, url, body, attempts FROM requests"
+            f" WHERE state = 'pending' {where} ORDER BY id", args
+        )]  # fmt: skip
+        for name, text in self._db().execute(
+            "SELECT destination, entries FROM packs JOIN pack_entries ON pack_entries.pack = packs.id"
+            f" WHERE state = 'pending' {where} ORDER BY id",
+            args,
+        ):
+            out.extend({"destination": name, "message_id": e[0], "index": e[1], "user_key": e[2], "url": e[4],
+                        "body": e[7], "attempts": 0} for e in _entries_of(text))  # fmt: skip
+        return out
 
     def dead_rows(self, destination: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Dead requests with their last answer; credentials were never stored, so none can show."""
@@ -889,9 +1243,15 @@ class Outbox:
         now = time.time() if now is None else now
         with self._write() as db:
             prune_carts(db, self.cart_ttl, now)
+            horizon = now - self.dedupe_window
             pruned = db.execute(
-                "DELETE FROM requests WHERE state = 'delivered' AND finished_at < ?", (now - self.dedupe_window,)
+                "DELETE FROM requests WHERE state = 'delivered' AND finished_at < ?", (horizon,)
             ).rowcount
+            pruned += db.execute(
+                "SELECT IFNULL(SUM(delivered), 0) FROM packs WHERE state = 'done' AND finished_at < ?", (horizon,)
+            ).fetchone()[0]
+            db.execute("DELETE FROM packs WHERE state = 'done' AND finished_at < ?", (horizon,))
+            db.execute("DELETE FROM request_keys WHERE stored_at < ?", (horizon,))
         while self.debug_keep:  # in short transactions: intake and delivery write in between
             with self._write() as db:
                 if debugger.prune(db) < 5000:
@@ -906,6 +1266,7 @@ class Outbox:
                         ttl=self.cart_ttl)  # fmt: skip
 
     def stored_count(self, destination: str, message_id: str) -> int:
-        """How many of a message's requests for an instance are in the outbox (through its unique index)."""
-        sql = "SELECT COUNT(*) FROM requests WHERE destination = ? AND message_id = ?"
-        return int(self._db().execute(sql, (destination, message_id)).fetchone()[0])
+        """How many of a message's requests for an instance were stored (its dedupe key; 0: none)."""
+        sql = "SELECT count FROM request_keys WHERE destination = ? AND message_id = ?"
+        row = self._db().execute(sql, (destination, message_id)).fetchone()
+        return int(row[0]) if row else 0

@@ -112,6 +112,11 @@ class InstanceWorker(threading.Thread):
         self.wake.clear()
 
     def _deliver(self, batch: list[Row]) -> None:
+        if self.stopping.is_set() or time.time() < self.paused_until:
+            # A pack's batches wait in the pool: after a 429 the whole instance waits, and a stop sends no
+            # more. Given back unsent, they go again as rows once the pause is over (or by the next process).
+            self.outbox.release(batch)
+            return
         started = time.monotonic()
         first = batch[0]
         data = merge_bodies([row.body for row in batch], first.batchable)
