@@ -103,12 +103,7 @@ def summary_table(config: Config, report: IntakeReport | None, counters: Counter
 
 
 def cmd_send(config: Config, messages: Iterable[Any], *, wait: bool, quiet: bool = False) -> int:
-    outbox = Outbox(
-        config.outbox.path,
-        dedupe_window=config.outbox.dedupe_window,
-        cart_ttl=config.outbox.cart_ttl,
-        debug_keep=config.debugger.keep_count,
-    )
+    outbox = Outbox.configured(config.outbox, debug_keep=config.debugger.keep_count)
     report = IntakeReport()
     for chunk in _chunks(messages, CHUNK):
         part = route(chunk, config.destinations, outbox)
@@ -154,12 +149,7 @@ def cmd_outbox(
     config: Config, action: str, *, destination: str | None, limit: int, ids: list[int], events: Sequence[int] = ()
 ) -> int:
     """`outbox stats|dead|replay|drain`; 2 when `replay --id/--event` names nothing dead."""
-    outbox = Outbox(
-        config.outbox.path,
-        dedupe_window=config.outbox.dedupe_window,
-        cart_ttl=config.outbox.cart_ttl,
-        debug_keep=config.debugger.keep_count,
-    )
+    outbox = Outbox.configured(config.outbox, debug_keep=config.debugger.keep_count)
     if action == "stats":
         stats = outbox.stats()
         print(f"{'destination':<24} {'pending':>8} {'retrying':>8} {'delivered':>9} {'dead':>6} {'oldest pending':>15}")

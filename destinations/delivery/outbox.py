@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 from ..base import HttpRequest, under_base
 from ..carts import DEFAULT_TTL, CartBook, applied_before, load_cart, prune_carts, save_carts
 from ..carts import SCHEMA as CARTS_SCHEMA
+from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import json_text
 from . import debugger
@@ -139,8 +140,7 @@ MAX_MAPPING_ATTEMPTS = 5  # claims of one inbox event whose process died before 
 log = logging.getLogger("destinations.delivery")
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """A claimed request; `body` is its JSON text as stored (merged as text, never re-parsed).
 
     `url` is as stored: a path under the instance's base URL (see `resolve_url`), or an absolute URL for
@@ -345,6 +345,7 @@ class _PackRun:
     until: float = 0.0  # the lease's end now
     renewed: float = field(default_factory=time.monotonic)
     outcomes: dict[int, _Outcome] = field(default_factory=dict)
+    done: bool = False  # every sent request has its outcome (written once the packs before it are)
 
     def __post_init__(self) -> None:
         self.until = self.until or self.claim
@@ -473,6 +474,14 @@ class Outbox:
                     if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                         db.execute(sql)
                 db.execute(LIVE_INBOX_INDEX)
+
+    @classmethod
+    def configured(cls, config: OutboxConfig, *, debug_keep: int = 0, path: str | Path | None = None) -> Outbox:
+        """The outbox an `[outbox]` section describes (at `path` when given): its file, dedupe window and cart
+        ttl, and packs of `concurrency` x `batch_size` requests (what one worker has in flight, so what a crash
+        can send again)."""
+        return cls(path or config.path, dedupe_window=config.dedupe_window, cart_ttl=config.cart_ttl,
+                   debug_keep=debug_keep, pack_size=config.concurrency * config.batch_size)  # fmt: skip
 
     # -- connections
 
@@ -814,32 +823,44 @@ class Outbox:
         now = time.time() if now is None else now
         until = now + lease
         with self._write() as db:
-            if db.execute(
-                "SELECT 1 FROM packs INDEXED BY packs_pending WHERE destination = ? AND state = 'pending'"
-                " AND lease_until > ? LIMIT 1",
+            out = db.execute(
+                "SELECT id, lease_until FROM packs INDEXED BY packs_pending WHERE destination = ? AND state = 'pending'"
+                " AND lease_until > ?",
                 (destination, now),
-            ).fetchone():
-                return []  # a pack is out: its users' later requests wait for its outcome
-            batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
-            if (
-                batches
-                or db.execute(
-                    "SELECT 1 FROM requests INDEXED BY requests_waiting WHERE destination = ? AND state = 'pending'"
-                    " AND (attempts > 0 OR lease_until > 0) AND lease_until > ? LIMIT 1",
-                    (destination, now),
-                ).fetchone()
-            ):
-                return batches
+            ).fetchall()
+            with self._runs_lock:
+                for run in [r for r in self._runs.values() if r.destination == destination and r.until <= now]:
+                    del self._runs[run.pack]  # its lease ended: the pack is anyone's again, and its outcomes void
+                ours = [self._runs[pack] for pack, end in out if pack in self._runs and self._runs[pack].until == end]
+            if len(ours) < len(out):
+                return []  # another process's pack is out: its users' later requests wait for its outcome
+            if not ours:
+                batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
+                if (
+                    batches
+                    or db.execute(
+                        "SELECT 1 FROM requests INDEXED BY requests_waiting WHERE destination = ? AND state = 'pending'"
+                        " AND (attempts > 0 OR lease_until > 0) AND lease_until > ? LIMIT 1",
+                        (destination, now),
+                    ).fetchone()
+                ):
+                    return batches
+            # The next pack; beside this process's packs out, their users' requests in it are held.
             for _ in range(10):  # packs whose every request is held become rows; then the next pack
+                with self._runs_lock:
+                    mine = [r for r in self._runs.values() if r.destination == destination]
+                taken = [r.pack for r in mine]
                 pack = db.execute(
                     "SELECT id, created_at FROM packs INDEXED BY packs_pending WHERE destination = ?"
-                    " AND state = 'pending' ORDER BY id LIMIT 1",
-                    (destination,),
+                    f" AND state = 'pending' AND id NOT IN ({','.join('?' * len(taken))}) ORDER BY id LIMIT 1",
+                    (destination, *taken),
                 ).fetchone()
                 if pack is None:
                     return []
-                batches = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until, now)
-                if batches:
+                busy = {e[2] for r in mine for e in r.entries}
+                batches = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until, now,
+                                           busy)  # fmt: skip
+                if batches or mine:
                     return batches
                 batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
                 if batches:
@@ -884,24 +905,26 @@ class Outbox:
 
     def _claim_pack(  # noqa: PLR0917 - the claim's own parameters, passed on
         self, db: sqlite3.Connection, destination: str, pack: int, created: float, batch_size: int,
-        batch_bytes: int, until: float, now: float,
+        batch_bytes: int, until: float, now: float, busy: set[str],
     ) -> list[list[Row]]:  # fmt: skip
-        """Lease one pack and make its batches; with none to send (every request held), its requests become
-        rows at once and the pack is done."""
+        """Lease one pack and make its batches. A request is held (a row after the pack's outcome) when its
+        user has a pending row, a request in `busy` (this process's packs out), or an earlier request in the
+        pack that it cannot join. With none to send, the pack is done as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
         entries = _entries_of(text)
-        pending = {user for (user,) in db.execute(
+        held = busy | {user for (user,) in db.execute(
             "SELECT DISTINCT user_key FROM requests WHERE destination = ? AND state = 'pending'", (destination,)
         )}  # fmt: skip
         candidates = [(i, e[2], e[8], e[9], 0, 0.0, 0.0, e[10]) for i, e in enumerate(entries)]
-        chosen = _group(candidates, now, len(entries), batch_size, batch_bytes, pending)
+        chosen = _group(candidates, now, len(entries), batch_size, batch_bytes, held)
         run = _PackRun(pack, destination, entries, created, until, sum(map(len, chosen)), length=until - now)
-        if not run.expected:
-            self._finish(db, run, now)
-            return []
         db.execute("UPDATE packs SET lease_until = ? WHERE id = ?", (until, pack))
         with self._runs_lock:
             self._runs[pack] = run
+        if not run.expected:
+            run.done = True
+            self._finish_ready(db, destination, now)
+            return []
         decoded: dict[str, Any] = {}
         return [
             [Row(0, destination, e[0], e[2], e[3], e[4], _decoded(decoded, e[5]), _decoded(decoded, e[6]), e[7],
@@ -1068,23 +1091,25 @@ class Outbox:
         if len(rows) == len(outcomes):
             return rows, 0
         noted = 0
-        finished: list[_PackRun] = []
+        done: set[str] = set()  # instances with a pack whose outcomes are all in
         renew: list[_PackRun] = []
         with self._runs_lock:
             for row, outcome in outcomes:
                 run = self._runs.get(row.pack) if row.pack else None
-                if run is None or run.claim != row.lease:
+                if run is None or run.claim != row.lease or run.done:
                     continue
                 run.outcomes[row.entry] = outcome
                 noted += 1
-            for run in {self._runs[r.pack].pack: self._runs[r.pack] for r, _ in outcomes
-                        if r.pack and r.pack in self._runs}.values():  # fmt: skip
                 if len(run.outcomes) >= run.expected:
-                    finished.append(self._runs.pop(run.pack))
-                elif time.monotonic() - run.renewed > run.length / 3:
+                    run.done = True
+                    done.add(run.destination)
+            # Every pack of this process out renews its lease on the way, the finished ones waiting for those
+            # before them too.
+            for run in self._runs.values():
+                if time.monotonic() - run.renewed > run.length / 3:
                     run.renewed = time.monotonic()
                     renew.append(run)
-        if finished or renew:
+        if done or renew:
             with self._write() as db:
                 for run in renew:
                     until = time.time() + run.length
@@ -1093,9 +1118,21 @@ class Outbox:
                         (until, run.pack, run.until),
                     ).rowcount:
                         run.until = until
-                for run in finished:
-                    self._finish(db, run, time.time())
+                for destination in done:
+                    self._finish_ready(db, destination, time.time())
         return rows, noted
+
+    def _finish_ready(self, db: sqlite3.Connection, destination: str, now: float) -> None:
+        """Write the outcomes of this process's packs of an instance whose outcomes are all in, in pack order,
+        up to the first one still out: a pack's new rows then follow those of the packs before it."""
+        with self._runs_lock:
+            ready: list[_PackRun] = []
+            for run in sorted((r for r in self._runs.values() if r.destination == destination), key=lambda r: r.pack):
+                if not run.done:
+                    break
+                ready.append(self._runs.pop(run.pack))
+        for run in ready:
+            self._finish(db, run, now)
 
     def _finish(self, db: sqlite3.Connection, run: _PackRun, now: float) -> bool:
         """Write a pack's outcomes: the pack is done, and each request not delivered becomes a row in its
@@ -1105,17 +1142,17 @@ class Outbox:
         sql = ("UPDATE packs SET state = 'done', delivered = ?, last_status = ?, finished_at = ?, lease_until = 0"
                " WHERE id = ?")  # fmt: skip
         args: tuple[Any, ...] = (len(statuses), statuses[-1] if statuses else None, now, run.pack)
-        if run.expected:
-            sql, args = sql + " AND state = 'pending' AND lease_until = ?", (*args, run.until)
+        sql, args = sql + " AND state = 'pending' AND lease_until = ?", (*args, run.until)
         if db.execute(sql, args).rowcount != 1:
             log.warning("%s: the outcomes of a pack of %d were not recorded: its lease had passed to another claim",
                         run.destination, len(run.entries))  # fmt: skip
             return False
         rows: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
+        outcomes = run.outcomes
         for i, entry in enumerate(run.entries):
-            kind, status, detail, next_at, at = run.outcomes.get(i, _HELD)
-            if kind != "held":
+            kind, status, detail, next_at, at = outcomes.get(i, _HELD)
+            if kind != "held" and self.debug_keep:
                 attempts.append((run.destination, entry[0], entry[1], at, status, detail, next_at))
             if kind == "delivered":
                 continue

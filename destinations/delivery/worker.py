@@ -258,11 +258,16 @@ class Delivery:
         self.counters = Counters()
         self.workers = {
             name: InstanceWorker(
-                name, dest, Outbox(outbox_path, debug_keep=debug_keep), config, self.counters, observe=observe
+                name,
+                dest,
+                Outbox.configured(config, debug_keep=debug_keep, path=outbox_path),
+                config,
+                self.counters,
+                observe=observe,
             )
             for name, dest in destinations.items()
         }
-        mapping = Outbox(outbox_path, cart_ttl=config.cart_ttl, debug_keep=debug_keep)
+        mapping = Outbox.configured(config, debug_keep=debug_keep, path=outbox_path)
         self.mapper = Mapper(mapping, destinations, self._wake_workers, on_mapped, lease=config.lease_seconds)
 
     def start(self) -> None:

@@ -59,10 +59,7 @@ class Intake:
 
     def __init__(self, config: Config, *, deliver: bool = True) -> None:
         self.config = config
-        self.outbox = Outbox(
-            config.outbox.path, dedupe_window=config.outbox.dedupe_window, cart_ttl=config.outbox.cart_ttl,
-            debug_keep=config.debugger.keep_count,
-        )  # fmt: skip
+        self.outbox = Outbox.configured(config.outbox, debug_keep=config.debugger.keep_count)
         self.write_keys = [k.get_secret_value().encode() for k in config.server.write_keys]
         #: Every webhook secret (several while one is rotated); empty: signatures are not checked.
         self.webhook_secrets = [s.get_secret_value().encode() for s in config.server.webhook_secret]
@@ -134,8 +131,7 @@ class Intake:
             threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
 
     def _housekeep(self) -> None:
-        outbox = Outbox(self.config.outbox.path, dedupe_window=self.config.outbox.dedupe_window,
-                        cart_ttl=self.config.outbox.cart_ttl, debug_keep=self.config.debugger.keep_count)  # fmt: skip
+        outbox = Outbox.configured(self.config.outbox, debug_keep=self.config.debugger.keep_count)
         while True:  # once at start, then every HOUSEKEEPING_EVERY
             try:
                 pruned = outbox.prune()
