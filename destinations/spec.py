@@ -462,6 +462,33 @@ try:  # several times faster; the stdlib takes over for what orjson refuses (hug
 
 except ImportError:  # pragma: no cover - orjson comes with the server extra
     json_text = _json_text_stdlib
+    orjson = None  # type: ignore[assignment]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Every digit as "0": a run of 19 of them is a number orjson may turn into a float (it reads integers past
+# 64 bits, and below -2**63, as floats without a word), so such a document is read by the stdlib instead.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def json_value(body: bytes | str) -> Any:
+    """The JSON value of a document (a request body, a stored event): orjson, several times faster, or the
+    stdlib where orjson would not give the same value (an integer of 19 digits or more, exact as Python
+    reads it) or refuses (a lone surrogate). NaN and Infinity are not JSON.
+
+    Raises ValueError (json.JSONDecodeError with its line and column, for text that is not JSON) or
+    RecursionError (nested past the stdlib's limit)."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if orjson is not None and _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body, parse_constant=_no_constant)
 
 
 def finite(value: Any) -> Any:

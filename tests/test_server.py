@@ -551,6 +551,21 @@ def test_an_event_with_a_lone_surrogate_is_stored_and_delivered(client: httpx.Cl
     assert wait_for(lambda: any(e.get("type") == "Something Custom" for e in events_of(sink, "segmentify")))
 
 
+def test_integers_past_64_bits_arrive_exact(client: httpx.Client, sink: RecordingServer) -> None:
+    # orjson reads an integer past 64 bits as a float without a word (order 123456789012345678901234567890
+    # would arrive as "1.2345678901234568e+29"); the stdlib reads it exactly, at intake and in the mapper.
+    order = 123456789012345678901234567890
+    properties = {"order_id": order, "total": -9223372036854775809, "products": [{"product_id": "P-1", "price": 10}]}
+    purchase = track(1, event="Order Completed", properties=properties)
+    res = client.post(
+        "/v1/batch", content=json.dumps({"batch": [purchase]}), headers={"Content-Type": "application/json"}
+    )
+    assert res.status_code == 200, res.text
+    assert wait_for(lambda: [e for e in events_of(sink, "segmentify") if e.get("orderNo")])
+    (sent,) = [e for e in events_of(sink, "segmentify") if e.get("orderNo")]
+    assert sent["orderNo"] == str(order)
+
+
 # --- the webhook --------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from destinations.spec import (
     as_number,
     canonical_event,
     integration_setting,
+    json_value,
     lower_camel,
     money_sum,
     parse_date,
@@ -404,3 +405,29 @@ def test_numeric_ids_become_text_and_blank_ids_are_absent() -> None:
     m = parse_message({"type": "identify", "userId": 12345, "anonymousId": "  "})
     assert m.userId == "12345"
     assert m.anonymousId is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),  # past 64 bits
+        ('{"n": -9223372036854775809}', {"n": -9223372036854775809}),  # below -2**63
+        ('{"n": 18446744073709551615}', {"n": 18446744073709551615}),  # the largest orjson keeps
+        ('{"s": "1234567890123456789012"}', {"s": "1234567890123456789012"}),  # digits in text stay text
+        ('{"s": "\\ud800"}', {"s": "\ud800"}),  # a lone surrogate, which orjson refuses
+        ("[1.5, 2]", [1.5, 2]),
+    ],
+)
+def test_json_values_are_read_exactly(text: str, value: Any) -> None:
+    assert json_value(text) == value
+    assert json_value(text.encode()) == value
+    got = json_value(text)
+    assert type(got) is type(value)
+    if isinstance(value, dict) and "n" in value:
+        assert type(got["n"]) is int
+
+
+@pytest.mark.parametrize("text", ["NaN", '{"a": Infinity}', '{"n": -Infinity, "m": 12345678901234567890}', "{", ""])
+def test_json_value_refuses_what_is_not_json(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not JSON|Expecting value|Expecting property name"):
+        json_value(text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -15,31 +14,11 @@ from typing import Any
 from ..base import CART, Destination, HttpRequest
 from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
-from ..spec import parse_message
+from ..spec import json_value, parse_message
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
 log = logging.getLogger("destinations.mapping")
-
-_LONG_NUMBER = re.compile(rb"\d{19}")
-
-try:
-    import orjson
-
-    def loads(body: str | bytes) -> Any:
-        """A stored event, parsed with orjson (several times faster), or by the stdlib where orjson would
-        not give the same value: an integer of 19 digits or more (orjson makes it a float) or a lone
-        surrogate (orjson refuses it)."""
-        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-        if not _LONG_NUMBER.search(raw):
-            try:
-                return orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                pass
-        return json.loads(body)
-
-except ImportError:  # pragma: no cover - orjson comes with the server extra
-    loads = json.loads
 
 
 def message_id_of(message: Any) -> str:
@@ -245,7 +224,7 @@ def map_inbox(
             outbox.renew_mapper(holder, lease)
             renewed = time.monotonic()
         try:
-            message = loads(body)
+            message = json_value(body)
         except (ValueError, RecursionError) as exc:
             report.messages += 1
             events.append(MessageRequests([], rid, f"it is not readable JSON ({type(exc).__name__})"))

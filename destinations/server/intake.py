@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse
 from ..config import Config
 from ..delivery import Delivery, IntakeReport, Outbox, Sender, message_id_of
 from ..errors import InvalidMessage
-from ..spec import parse_iso_datetime, parse_message
+from ..spec import json_value, parse_iso_datetime, parse_message
 from .metrics import Metrics
 from .upstream import Upstream
 
@@ -267,20 +267,11 @@ def gunzip(data: bytes, limit: int, what: str = "the server's limit") -> bytes:
             return bytes(out)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json(body: bytes) -> Any:
-    """The JSON value of a body; NaN and Infinity are not JSON. orjson first; what it refuses (a lone
-    surrogate, an integer beyond 64 bits) is given to the stdlib, so both read the same documents."""
-    if orjson is not None:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
+    """The JSON value of a body (`spec.json_value`: integers of any length exact); an ApiError (400) saying
+    where, when it is not JSON."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        return json_value(body)
     except RecursionError:
         raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
     except ValueError as exc:

@@ -39,6 +39,7 @@ from ..delivery import Outcome, Sender
 from ..delivery.intake import IntakeReport, note_warnings
 from ..errors import ConfigurationError, Filtered, InvalidMessage
 from ..registry import destination_types
+from ..spec import json_value
 from .intake import Intake, find_intake
 
 try:  # orjson parses and writes several times faster; the stdlib is the fallback, never a requirement
@@ -59,14 +60,9 @@ _CACHE_SIZE = 256  # configured destinations kept; one per (type, Config) seen r
 
 
 def loads(body: bytes) -> Any:
-    """Parse a request body; ValueError when it is not JSON (or nested past any sense)."""
-    if orjson is not None:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass  # the stdlib also takes what orjson refuses (integers past 64 bits, say)
+    """Parse a request body (`spec.json_value`); ValueError when it is not JSON (or nested past any sense)."""
     try:
-        return json.loads(body)
+        return json_value(body)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
