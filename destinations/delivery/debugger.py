@@ -134,11 +134,62 @@ def prune(db: sqlite3.Connection, chunk: int = 5000) -> int:
         db.execute("DELETE FROM debug_attempts")
     else:
         db.execute("DELETE FROM debug_attempts WHERE id < ?", (first[0],))
-    return db.execute(
+    cleared = db.execute(
         "UPDATE requests SET body = '', params = '{}', headers = '{}' WHERE id IN (SELECT id FROM requests"
         " INDEXED BY requests_kept_bodies WHERE state = 'delivered' AND body != '' AND finished_at < ? LIMIT ?)",
         (oldest, chunk),
     ).rowcount
+    return (
+        cleared
+        + db.execute(
+            "DELETE FROM pack_entries WHERE pack IN (SELECT id FROM packs INDEXED BY packs_finished"
+            " WHERE state = 'done' AND finished_at < ? AND id IN (SELECT pack FROM pack_entries) LIMIT ?)",
+            (oldest, chunk),
+        ).rowcount
+    )
+
+
+def _in_packs(
+    db: sqlite3.Connection, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], list[tuple[int, str, int, list[Any] | None]]]:
+    """(instance, messageId) -> [(index, state, attempts, entry)] of the requests a pack holds: pending while
+    the pack is, else delivered (a request that was not is a row of its own since, and the row says more);
+    the entry (a pack entry: messageId, index, user key, method, url, params, headers, body, ...) while kept."""
+    by_instance: dict[str, list[str]] = {}
+    for name, mid in pairs:
+        by_instance.setdefault(name, []).append(mid)
+    keys: dict[tuple[str, str], tuple[int, int]] = {}
+    for name, ids in by_instance.items():
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for mid, count, pack in db.execute(
+                "SELECT message_id, count, pack FROM request_keys WHERE destination = ? AND pack IS NOT NULL"
+                f" AND message_id IN ({','.join('?' * len(part))})",
+                [name, *part],
+            ):
+                keys[(name, mid)] = (count, pack)
+    packs = sorted({pack for _, pack in keys.values()})
+    pending: set[int] = set()
+    entries: dict[tuple[str, str], dict[int, list[Any]]] = {}
+    for i in range(0, len(packs), 500):
+        part = packs[i : i + 500]
+        marks = ",".join("?" * len(part))
+        pending.update(
+            p for (p,) in db.execute(f"SELECT id FROM packs WHERE state = 'pending' AND id IN ({marks})", part)
+        )
+        for name, text in db.execute(
+            "SELECT destination, entries FROM pack_entries JOIN packs ON packs.id = pack_entries.pack"
+            f" WHERE pack IN ({marks})",
+            part,
+        ):
+            for entry in json.loads(text):
+                if (name, entry[0]) in keys:
+                    entries.setdefault((name, entry[0]), {})[entry[1]] = entry
+    return {
+        pair: [(idx, "pending" if pack in pending else "delivered", 0 if pack in pending else 1,
+                entries.get(pair, {}).get(idx)) for idx in range(count)]
+        for pair, (count, pack) in keys.items()
+    }  # fmt: skip
 
 
 # --- reading, for the API ------------------------------------------------------------------------------
@@ -163,6 +214,10 @@ def _states(
                 [name, *part],
             ):
                 out.setdefault((name, mid), []).append((idx, state, attempts))
+    for pair, packed in _in_packs(db, [(n, m) for n, ids in by_instance.items() for m in ids]).items():
+        rows = out.setdefault(pair, [])
+        own = {idx for idx, _, _ in rows}
+        rows.extend((idx, state, attempts) for idx, state, attempts, _ in packed if idx not in own)
     return out
 
 
@@ -255,14 +310,22 @@ def detail(
             {"at": at, "status": status, "answer": detail_text, "nextRetry": next_at}
         )
     destinations = {}
+    packed = _in_packs(db, [(name, mid) for name in outcomes])
     for name, outcome in outcomes.items():
         base, secret_params, secret_headers = instances.get(name, ("", (), ()))
         requests, states = [], []
-        for idx, state, n, method, url, params, headers, text in db.execute(
+        found = list(db.execute(
             "SELECT idx, state, attempts, method, url, params, headers, body FROM requests"
             " WHERE destination = ? AND message_id = ? ORDER BY idx",
             (name, mid),
-        ):
+        ))  # fmt: skip
+        own = {row[0] for row in found}
+        for idx, state, n, entry in packed.get((name, mid), []):
+            if idx not in own and entry is not None:  # as the pack holds it
+                found.append((idx, state, n, entry[3], entry[4], entry[5], entry[6], entry[7]))
+            elif idx not in own:  # its text is gone: its state is still known
+                states.append((idx, state, n))
+        for idx, state, n, method, url, params, headers, text in sorted(found, key=lambda r: r[0]):
             states.append((idx, state, n))
             requests.append({
                 "index": idx, "state": state, "method": method, "url": resolve(url, base),

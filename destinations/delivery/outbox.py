@@ -110,6 +110,7 @@ CREATE TABLE IF NOT EXISTS request_keys (
     message_id  TEXT    NOT NULL,
     count       INTEGER NOT NULL,
     stored_at   REAL    NOT NULL,
+    pack        INTEGER,  -- the pack that holds its requests (NULL: rows)
     PRIMARY KEY (destination, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS request_keys_stored ON request_keys (stored_at);
@@ -450,8 +451,7 @@ class Outbox:
         self.cart_ttl = cart_ttl
         #: Messages the debugger keeps (0: off): outcomes then also log each delivery attempt.
         self.debug_keep = debug_keep
-        # The debugger shows each request's own state and attempts: with it on, requests are stored as rows.
-        self.pack_size = 0 if debug_keep else pack_size
+        self.pack_size = pack_size
         self._local = threading.local()
         self._lock = _write_lock(self.path)
         self._runs: dict[int, _PackRun] = {}  # packs this process has claimed, until their outcomes are recorded
@@ -635,32 +635,41 @@ class Outbox:
                 for (destination, message_id), group in groupby(rows, key=lambda r: (r[0], r[1])):
                     runs.append((destination, message_id, list(group)))
         stored = _stored_keys(db, runs)
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        keys: list[tuple[str, str, int, float]] = []
+        groups: dict[str, list[tuple[str, list[tuple[Any, ...]]]]] = {}  # instance -> [(messageId, its rows)]
         for destination, message_id, rows in runs:
-            if (destination, message_id) in stored:
-                continue
-            stored.add((destination, message_id))  # the same message twice in one round: stored once
-            keys.append((destination, message_id, len(rows), now))
-            groups.setdefault(destination, []).extend(rows)
-        db.executemany(
-            "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at) VALUES (?, ?, ?, ?)", keys
-        )
+            if (destination, message_id) not in stored:
+                stored.add((destination, message_id))  # the same message twice in one round: stored once
+                groups.setdefault(destination, []).append((message_id, rows))
+        keys: list[tuple[str, str, int, float, int | None]] = []
         accepted: dict[str, int] = {}
-        for destination, group in groups.items():
+        for destination, messages in groups.items():
             if not self.pack_size:
                 before = db.total_changes
-                db.executemany(_INSERT, group)
+                db.executemany(_INSERT, [row for _, rows in messages for row in rows])
                 accepted[destination] = db.total_changes - before
+                keys.extend((destination, mid, len(rows), now, None) for mid, rows in messages)
                 continue
-            for i in range(0, len(group), self.pack_size):
-                part = group[i : i + self.pack_size]
-                text = _entries_text([row[1:12] for row in part])
+            # Whole messages to a pack (a key names the one pack that holds its message's requests).
+            part: list[tuple[str, list[tuple[Any, ...]]]] = []
+            size = 0
+            for i, (mid, rows) in enumerate(messages):
+                part.append((mid, rows))
+                size += len(rows)
+                if i + 1 < len(messages) and size + len(messages[i + 1][1]) <= self.pack_size:
+                    continue
+                text = _entries_text([row[1:12] for _, rows_ in part for row in rows_])
                 pack = db.execute(
-                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, len(part), now)
+                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, size, now)
                 ).lastrowid
                 db.execute("INSERT INTO pack_entries (pack, entries) VALUES (?, ?)", (pack, text))
-            accepted[destination] = len(group)
+                keys.extend((destination, m, len(r), now, pack) for m, r in part)
+                part, size = [], 0
+            accepted[destination] = sum(len(rows) for _, rows in messages)
+        db.executemany(
+            "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at, pack)"
+            " VALUES (?, ?, ?, ?, ?)",
+            keys,
+        )
         done = [(e.inbox_id,) for e, _, reason in units if reason is None and e.inbox_id is not None]
         dead = [(reason, now, e.inbox_id) for e, _, reason in units if reason is not None and e.inbox_id is not None]
         db.executemany("DELETE FROM inbox WHERE id = ?", done)
@@ -1160,8 +1169,9 @@ class Outbox:
                          int(kind != "held"), run.created, next_at or now, now if kind == "dead" else None, status,
                          detail))  # fmt: skip
         db.executemany(_EXPLODE, rows)
-        db.execute("DELETE FROM pack_entries WHERE pack = ?", (run.pack,))
-        if self.debug_keep and attempts:
+        if not self.debug_keep:  # else the debugger's housekeeping clears them once it no longer shows them
+            db.execute("DELETE FROM pack_entries WHERE pack = ?", (run.pack,))
+        if attempts:
             debugger.log_attempts(db, attempts)
         return True
 
