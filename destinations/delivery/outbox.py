@@ -135,6 +135,9 @@ MIGRATIONS = (
 # The events waiting to be mapped, without the dead ones that stay at the front of the inbox.
 LIVE_INBOX_INDEX = "CREATE INDEX IF NOT EXISTS inbox_live ON inbox (id) WHERE dead_reason IS NULL"
 DEFAULT_PACK_SIZE = 400  # the default `concurrency` x `batch_size`: what a crash could send twice before packs
+# Packs of one instance a process has out at once: the next goes out while the last batches of one finish. Their
+# outcomes are written in pack order, so a crash may send again up to this many packs.
+PACKS_OUT = 2
 MAPPER = "mapper"  # the name of the lease one mapping process holds at a time
 MAX_MAPPING_ATTEMPTS = 5  # claims of one inbox event whose process died before committing: then it is dead
 
@@ -858,6 +861,8 @@ class Outbox:
             for _ in range(10):  # packs whose every request is held become rows; then the next pack
                 with self._runs_lock:
                     mine = [r for r in self._runs.values() if r.destination == destination]
+                if len(mine) >= PACKS_OUT:
+                    return []
                 taken = [r.pack for r in mine]
                 pack = db.execute(
                     "SELECT id, created_at FROM packs INDEXED BY packs_pending WHERE destination = ?"
@@ -932,7 +937,7 @@ class Outbox:
             self._runs[pack] = run
         if not run.expected:
             run.done = True
-            self._finish_ready(db, destination, now)
+            self._finish_ready(db, destination, now)  # under this claim's own lease: it is written
             return []
         decoded: dict[str, Any] = {}
         return [
@@ -1099,7 +1104,7 @@ class Outbox:
         rows = [r for r, _ in outcomes if not r.pack]
         if len(rows) == len(outcomes):
             return rows, 0
-        noted = 0
+        noted: dict[int, int] = {}  # pack -> outcomes noted now
         done: set[str] = set()  # instances with a pack whose outcomes are all in
         renew: list[_PackRun] = []
         with self._runs_lock:
@@ -1108,7 +1113,7 @@ class Outbox:
                 if run is None or run.claim != row.lease or run.done:
                     continue
                 run.outcomes[row.entry] = outcome
-                noted += 1
+                noted[run.pack] = noted.get(run.pack, 0) + 1
                 if len(run.outcomes) >= run.expected:
                     run.done = True
                     done.add(run.destination)
@@ -1128,20 +1133,21 @@ class Outbox:
                     ).rowcount:
                         run.until = until
                 for destination in done:
-                    self._finish_ready(db, destination, time.time())
-        return rows, noted
+                    for pack in self._finish_ready(db, destination, time.time()):
+                        noted.pop(pack, None)  # another claim has that pack now: these outcomes are void
+        return rows, sum(noted.values())
 
-    def _finish_ready(self, db: sqlite3.Connection, destination: str, now: float) -> None:
+    def _finish_ready(self, db: sqlite3.Connection, destination: str, now: float) -> list[int]:
         """Write the outcomes of this process's packs of an instance whose outcomes are all in, in pack order,
-        up to the first one still out: a pack's new rows then follow those of the packs before it."""
+        up to the first one still out: a pack's new rows then follow those of the packs before it. Returns the
+        packs whose outcomes could not be written (another claim has them now)."""
         with self._runs_lock:
             ready: list[_PackRun] = []
             for run in sorted((r for r in self._runs.values() if r.destination == destination), key=lambda r: r.pack):
                 if not run.done:
                     break
                 ready.append(self._runs.pop(run.pack))
-        for run in ready:
-            self._finish(db, run, now)
+        return [run.pack for run in ready if not self._finish(db, run, now)]
 
     def _finish(self, db: sqlite3.Connection, run: _PackRun, now: float) -> bool:
         """Write a pack's outcomes: the pack is done, and each request not delivered becomes a row in its
