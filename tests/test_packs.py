@@ -219,3 +219,21 @@ def test_a_file_from_before_packs_keeps_deduping_what_it_stored(tmp_path: Path) 
     assert again.enqueue([message(1, "a", requests=2), message(2, "b")]).duplicates == 2
     assert again.stored_count("shop", "m1") == 2
     assert again.pending_count() == 3
+
+
+def test_a_pack_out_is_renewed_while_its_process_sends_it_and_given_up_once_taken(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    mine, theirs = Outbox(path, pack_size=4), Outbox(path, pack_size=4)
+    mine.enqueue([message(1, "a")])
+    (batch,) = mine.claim("shop", max_batches=4, batch_size=100, batch_bytes=10**6, lease=1.0)
+    time.sleep(0.4)  # past a third of the lease: the delivery loop renews it
+    mine.renew_packs()
+    time.sleep(0.7)  # past the lease as claimed, not as renewed
+    assert claim(theirs, time.time()) == []
+    assert mine.current(batch)
+    (taken,) = claim(theirs, time.time() + 60)  # as if this process had stalled past its lease
+    time.sleep(0.4)
+    mine.renew_packs()
+    assert not mine.current(batch)  # not sent: the other claim sends it
+    assert mine.delivered(batch, "200") == 0
+    assert theirs.delivered(taken, "200") == 1

@@ -27,9 +27,9 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 class Progress:
     """One status line on stderr: redrawn in place on a terminal, every few seconds otherwise."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every: float = 5.0) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, every: float = 5.0) -> None:
+        self.stream = stream or sys.stderr  # the stderr of now, not of when this module was imported
+        self.tty = self.stream.isatty()
         self.every = 0.2 if self.tty else every
         self.last = 0.0
 

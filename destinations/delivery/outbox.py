@@ -566,20 +566,17 @@ class Outbox:
             except _EVENT_FAULTS:
                 db.execute("ROLLBACK TO every_event")
                 db.execute("RELEASE every_event")
-                log.info("a round of events could not be stored as a whole; storing them one by one")
-                accepted = {}
-                for i, unit in enumerate(units):
+                log.info("a round of events could not be stored as a whole; finding the ones that cannot")
+                for i, unit in enumerate(units):  # each on its own, undone: only to learn which fail
+                    db.execute("SAVEPOINT one_event")
                     try:
-                        db.execute("SAVEPOINT one_event")
-                        part = self._store(db, [unit], now)
-                        db.execute("RELEASE one_event")
+                        self._store(db, [unit], now)
                     except _EVENT_FAULTS as exc:
+                        units[i] = (unit[0], [], _unstorable(unit[0], exc, unit[1]))
+                    finally:
                         db.execute("ROLLBACK TO one_event")
                         db.execute("RELEASE one_event")
-                        units[i] = (unit[0], [], _unstorable(unit[0], exc, unit[1]))
-                        part = self._store(db, [units[i]], now)
-                    for name, n in part.items():
-                        accepted[name] = accepted.get(name, 0) + n
+                accepted = self._store(db, units, now)  # the others together (in packs as usual), those set aside
             self._record(db, units)
         total = sum(len(rows) for _, rows, reason in units if reason is None)
         failed = [(i, reason) for i, (_, _, reason) in enumerate(units) if reason is not None]
@@ -1106,7 +1103,6 @@ class Outbox:
             return rows, 0
         noted: dict[int, int] = {}  # pack -> outcomes noted now
         done: set[str] = set()  # instances with a pack whose outcomes are all in
-        renew: list[_PackRun] = []
         with self._runs_lock:
             for row, outcome in outcomes:
                 run = self._runs.get(row.pack) if row.pack else None
@@ -1117,25 +1113,47 @@ class Outbox:
                 if len(run.outcomes) >= run.expected:
                     run.done = True
                     done.add(run.destination)
-            # Every pack of this process out renews its lease on the way, the finished ones waiting for those
-            # before them too.
-            for run in self._runs.values():
-                if time.monotonic() - run.renewed > run.length / 3:
-                    run.renewed = time.monotonic()
-                    renew.append(run)
-        if done or renew:
+        if done:
             with self._write() as db:
-                for run in renew:
-                    until = time.time() + run.length
-                    if db.execute(
-                        "UPDATE packs SET lease_until = ? WHERE id = ? AND state = 'pending' AND lease_until = ?",
-                        (until, run.pack, run.until),
-                    ).rowcount:
-                        run.until = until
                 for destination in done:
                     for pack in self._finish_ready(db, destination, time.time()):
                         noted.pop(pack, None)  # another claim has that pack now: these outcomes are void
         return rows, sum(noted.values())
+
+    def renew_packs(self) -> None:
+        """Keep this process's packs out under their leases: each is renewed once a third of its lease has gone
+        by (the delivery loop calls this every fraction of a second while it has work out), so a pack is never
+        anyone else's while this process is alive and sending it, however slow its vendor's answers. A pack whose
+        lease another claim has taken meanwhile (this process stalled past it) is given up: its batches are not
+        sent (`current`) and its outcomes are void."""
+        with self._runs_lock:
+            due = [r for r in self._runs.values() if time.monotonic() - r.renewed > r.length / 3]
+        if not due:
+            return
+        with self._write() as db:
+            for run in due:
+                until = time.time() + run.length
+                if db.execute(
+                    "UPDATE packs SET lease_until = ? WHERE id = ? AND state = 'pending' AND lease_until = ?",
+                    (until, run.pack, run.until),
+                ).rowcount:
+                    run.until, run.renewed = until, time.monotonic()
+                    continue
+                log.warning("%s: a pack of %d passed to another claim (this process stalled past its lease)",
+                            run.destination, len(run.entries))  # fmt: skip
+                with self._runs_lock:
+                    if self._runs.get(run.pack) is run:
+                        del self._runs[run.pack]
+
+    def current(self, batch: list[Row]) -> bool:
+        """Whether a claimed batch is still this process's to send: a row's claim is checked when its outcome
+        is recorded; a packed one's pack must still be out under the claim that returned it."""
+        first = batch[0]
+        if not first.pack:
+            return True
+        with self._runs_lock:
+            run = self._runs.get(first.pack)
+            return run is not None and run.claim == first.lease
 
     def _finish_ready(self, db: sqlite3.Connection, destination: str, now: float) -> list[int]:
         """Write the outcomes of this process's packs of an instance whose outcomes are all in, in pack order,

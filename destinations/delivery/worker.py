@@ -76,6 +76,11 @@ class InstanceWorker(threading.Thread):
         inflight: set[Future[None]] = set()
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"send-{self.instance}") as pool:
             while not self.stopping.is_set():
+                if inflight:
+                    try:
+                        self.outbox.renew_packs()  # a slow vendor never lets a pack's lease end while it is sent
+                    except Exception:
+                        log.exception("%s: renewing the leases of packs out failed; trying again", self.instance)
                 free = cfg.concurrency - len(inflight)
                 if free > 0 and time.time() >= self.paused_until:
                     try:
@@ -112,6 +117,8 @@ class InstanceWorker(threading.Thread):
         self.wake.clear()
 
     def _deliver(self, batch: list[Row]) -> None:
+        if not self.outbox.current(batch):
+            return  # its pack passed to another claim while it waited: that claim sends it
         if self.stopping.is_set() or time.time() < self.paused_until:
             # A pack's batches wait in the pool: after a 429 the whole instance waits, and a stop sends no
             # more. Given back unsent, they go again as rows once the pause is over (or by the next process).
