@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from .errors import InvalidMessage, MappingWarning
 from .spec import (
     LONE_SURROGATE,
+    Alias,
     Group,
     Identify,
     Message,
@@ -438,6 +439,14 @@ _PRODUCT_KEYS = tuple(s.keys[0] for s in (_compile(p) for p in spellings(*PRODUC
 _TIME_SOURCES = ("timestamp", "originalTimestamp", "receivedAt", "sentAt")
 
 
+# (track, has properties, has traits) of each message model: `Call` asks for every message.
+_SHAPES: dict[type, tuple[bool, bool, bool]] = {
+    Track: (True, True, False), Page: (False, True, False), Screen: (False, True, False),
+    Identify: (False, False, True), Group: (False, False, True), Alias: (False, False, False),
+    Message: (False, False, False),
+}  # fmt: skip
+
+
 class Call:
     """One message as a vendor mapper sees it: the parsed model, the options, and the readers.
 
@@ -450,19 +459,31 @@ class Call:
         "settings", "traits", "vendor", "warnings",
     )  # fmt: skip
 
-    def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
+    def __init__(
+        self, message: Message, options: dict[str, Any], settings: Any, vendor: str,
+        overrides: dict[Any, Field] | None = None,
+    ) -> None:  # fmt: skip
         self.message = message
         self.options = options if isinstance(options, dict) else {}
         self.settings = settings
         self.vendor = vendor
-        self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
+        kind = type(message)
+        shape = _SHAPES.get(kind)
+        if shape is None:  # a subclass of a message model: found the slow way
+            shape = (
+                issubclass(kind, Track),
+                issubclass(kind, Track | Page | Screen),
+                issubclass(kind, Identify | Group),
+            )
+        track, has_properties, has_traits = shape
+        self.event = canonical_event(message.event) if track else message.type  # type: ignore[attr-defined]
         #: The call's properties ({} for identify, group and alias).
-        self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
+        self.properties: dict[str, Any] = message.properties if has_properties else {}  # type: ignore[attr-defined]
         # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
-        own = message.traits if isinstance(message, Identify | Group) else {}
+        own = message.traits if has_traits else {}  # type: ignore[attr-defined]
         context_traits = message.context.get("traits")
-        if not isinstance(context_traits, dict):
-            context_traits = {}
+        if type(context_traits) is not dict:
+            context_traits = context_traits if isinstance(context_traits, dict) else {}
         #: `traits` over `context.traits` (MAPPINGS "Real traffic"), for values passed through as they are.
         self.traits: dict[str, Any] = (
             {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
@@ -473,7 +494,7 @@ class Call:
         self.warnings: list[MappingWarning] = []
         #: The destination instance's field mappings, to read instead of a declared field: by id(field) for a
         #: field name, by (id(table), id(field)) for a stable name (shaping.field_overrides).
-        self.overrides: dict[Any, Field] = {}
+        self.overrides: dict[Any, Field] = overrides if overrides is not None else {}
         #: The vendor event name a user gave this custom event (customEventNames), if any.
         self.custom_name: str | None = None
         # In ROOTS order; the product's slot is filled for each read that uses it.
