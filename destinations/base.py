@@ -73,6 +73,11 @@ class Handled(NamedTuple):
     warnings: list[MappingWarning]
 
 
+# A named tuple's own __new__ is a Python function; tuple.__new__ with every field, in order, skips that frame on
+# the path every event takes.
+_new_tuple = tuple.__new__
+
+
 class Mapped(NamedTuple):
     """What a vendor mapper returns: the API path (appended to the instance's base URL), the JSON
     body, headers of this message's own (Segmentify's `Origin`) and the HTTP method."""
@@ -200,6 +205,8 @@ class Destination:
         self._secret_params, self._secret_headers = params, headers
         self._secret_names = frozenset(k.lower() for k in (*params, *headers))
         self._base_url = str(getattr(self.settings, self.url_setting, "") or "")
+        #: Every request's headers before its own: the credentials', then the destination's.
+        self._request_headers = {**headers, **self.headers}
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -263,15 +270,17 @@ class Destination:
     def _gate(self, message: Mapping[str, Any] | Message) -> tuple[Message, dict[str, Any]]:
         """The parsed message and this instance's options, or Filtered/InvalidMessage when it does not take it."""
         if isinstance(message, Message):
+            parsed: Message | None = message
             kind, integrations = message.type, message.integrations
         else:
-            kind, integrations = check_envelope(message), message.get("integrations")
+            parsed, kind, integrations = None, check_envelope(message), message.get("integrations")
         enabled, options, key = integration_setting(integrations, self.display_name)
         if not enabled:
             raise Filtered(f"integrations.{key} turns {self.display_name} off for this message")
         if kind != "track" and kind not in self.calls:
             raise Filtered(f"{self.display_name} does not take {kind} calls")
-        parsed = parse_message(message)
+        if parsed is None:
+            parsed = parse_message(message)
         if parsed.userId is None and parsed.anonymousId is None:
             raise InvalidMessage(parsed.event_label, "userId", "or anonymousId is required by the Segment spec")
         if self.shaping.active:
@@ -281,9 +290,8 @@ class Destination:
     def _handle(self, message: Mapping[str, Any] | Message) -> Handled:
         parsed, options = self._gate(message)
         shaping = self.shaping
-        call = Call(parsed, options, self.settings, self.display_name)
-        call.overrides = shaping.overrides
-        if isinstance(parsed, Track) and shaping.active:
+        call = Call(parsed, options, self.settings, self.display_name, shaping.overrides)
+        if shaping.active and isinstance(parsed, Track):
             call.event = shaping.spec_event(parsed.event) or call.event
             call.custom_name = shaping.custom_name(parsed.event)
         if parsed.type == "track":
@@ -293,7 +301,11 @@ class Destination:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
             mapper = self.calls[parsed.type]
-        return Handled(self.build(call, mapper(call)), call.warnings)
+        mapped = mapper(call)
+        # The common case, one Mapped, without `build`'s list and checks (unless a plugin overrides `build`).
+        if type(mapped) is Mapped and type(self).build is Destination.build:
+            return _new_tuple(Handled, ([self.request(mapped)], call.warnings))
+        return _new_tuple(Handled, (self.build(call, mapped), call.warnings))
 
     def build(self, call: Call, mapped: Any) -> list[HttpRequest]:
         """The requests a mapper's result means: each Mapped through `request`, HttpRequests as they are.
@@ -315,11 +327,12 @@ class Destination:
 
     def request(self, mapped: Mapped) -> HttpRequest:
         """The one typed form of a vendor request: the base URL and path, credentials and headers added."""
-        headers = {**self._secret_headers, **self.headers, **mapped.headers}
-        return HttpRequest(
+        own = mapped.headers
+        headers = {**self._request_headers, **own} if own else dict(self._request_headers)
+        return _new_tuple(HttpRequest, (
             mapped.method, self._base_url + mapped.path, dict(self._secret_params), headers, mapped.json,
             self.batchable, self._secret_names,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     # -- delivery hooks (used by destinations.delivery, never by handle)
 

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from .errors import InvalidMessage, MappingWarning
 from .spec import (
     LONE_SURROGATE,
+    Alias,
     Group,
     Identify,
     Message,
@@ -240,15 +241,18 @@ def F(  # noqa: N802 - reads as a table row
 FAST_PATHS = True
 
 
-def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], *, take: list[str]) -> list[str]:
+Take = Callable[[str, bool], list[str]]
+
+
+def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], *, take: Take) -> list[str]:
     """Straight-line code for one field: its sources looked up in order with exact type checks; a plain
     value of its kind (ASCII text, a valid URL, a finite number) taken as `Call.read` takes it, anything
-    else handed to `Call.read` (`read`). `take` are the lines that use the value, `v`."""
+    else handed to `Call._read`. `take(value, may_be_none)` gives the lines that use a value."""
     ns[f"F{i}"], ns[f"T{i}"], ns[f"TO{i}"] = f, target, f.to
-    general = [f"v = read(F{i}, item, T{i})", *take]
+    general = ["v = call._read(F" + str(i) + ", item, T" + str(i) + ")", *take("v", True)]
     if f.reader not in (read_text, read_url, read_number):
         if probe is not None:
-            test = " or ".join(f"R[{index}].get({key!r}) is not None" for index, key in probe)
+            test = " or ".join(f"R{index}.get({key!r}) is not None" for index, key in probe)
             general = [f"if {test}:", *("    " + line for line in general)]
         return general
     lines: list[str] = []
@@ -257,14 +261,14 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
         if depth:
             lines.append(f"{pad[4:]}if x is None:")
         if source.index == _MESSAGE_ROOT:  # the parsed message model: its fields are attributes
-            lines.append(f"{pad}x = getattr(R[{source.index}], {source.key!r}, None)")
+            lines.append(f"{pad}x = getattr(R{source.index}, {source.key!r}, None)")
         else:
-            lines.append(f"{pad}x = R[{source.index}].get({source.key!r})")
+            lines.append(f"{pad}x = R{source.index}.get({source.key!r})")
         for key in source.rest:
             lines.append(f"{pad}if x is not None:")
             lines.append(f"{pad}    x = x.get({key!r}) if type(x) is dict else None")
     if f.reader is read_number:
-        fast = "(type(x) is int and -LIMIT < x < LIMIT) or (type(x) is float and isfinite(x))"
+        fast = "(type(x) is int and NEG_LIMIT < x < LIMIT) or (type(x) is float and isfinite(x))"
     elif f.reader is read_url:
         fast = "type(x) is str and x and x.isascii() and valid_url(x)"
     else:
@@ -272,34 +276,43 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
     # Absent everywhere: the general path decides when it has a default or is required; else nothing.
     absent = general if f.required or f.default is not None else ["pass"]
     lines += ["if x is None:", *("    " + line for line in absent)]
-    lines += [f"elif {fast}:", f"    v = TO{i}(x)" if f.to is not None else "    v = x", *("    " + t for t in take)]
+    plain = [f"v = TO{i}(x)", *take("v", True)] if f.to is not None else take("x", False)
+    lines += [f"elif {fast}:", *("    " + line for line in plain)]
     lines += ["else:", *("    " + line for line in general)]
     return lines
 
 
+# The roots (ROOTS order) as locals: the generated code reads them without indexing a list.
+_UNPACK_ROOTS = "    " + ", ".join(f"R{i}" for i in range(len(ROOTS))) + " = R"
+
+
 def _compiled(name: str, lines: list[str], ns: dict[str, Any]) -> Callable[..., Any]:
-    ns.update(isfinite=math.isfinite, valid_url=_valid_url, LIMIT=10**300)
+    ns.update(isfinite=math.isfinite, valid_url=_valid_url, LIMIT=10**300, NEG_LIMIT=-(10**300))
     exec(compile("\n".join(lines), f"<fields of {name}>", "exec"), ns)  # noqa: S102 - made from our declarations
     return ns["fast"]  # type: ignore[no-any-return]
 
 
-def _straight_line(table: Table) -> Callable[[Callable[..., Any], list[Any], Item | None], dict[str, Any]]:
+def _straight_line(table: Table) -> Callable[[Call, list[Any], Item | None], dict[str, Any]]:
     """`Call.map` for `table` as straight-line code, made from its declarations once (`_field_lines`):
-    the result is always the general path's, since whatever is not plain goes to `Call.read`."""
+    the result is always the general path's, since whatever is not plain goes to `Call._read`."""
     ns: dict[str, Any] = {}
-    lines = ["def fast(read, R, item):", "    out = {}"]
+    lines = ["def fast(call, R, item):", _UNPACK_ROOTS, "    out = {}"]
     for i, (f, target, probe) in enumerate(table.targets):
-        take = ["if v is not None:", f"    out[{f.name!r}] = v"]
+
+        def take(value: str, may_be_none: bool, name: str = f.name) -> list[str]:
+            put = f"out[{name!r}] = {value}"
+            return [f"if {value} is not None:", f"    {put}"] if may_be_none else [put]
+
         lines += ["    " + line for line in _field_lines(f, i, target, probe, ns, take=take)]
     lines.append("    return out")
     return _compiled(table.event, lines, ns)
 
 
-def _straight_read(f: Field) -> Callable[[Callable[..., Any], list[Any], Item | None, str], Any]:
+def _straight_read(f: Field) -> Callable[[Call, list[Any], Item | None, str], Any]:
     """`Call.read` of one field as straight-line code (see `_straight_line`)."""
     ns: dict[str, Any] = {}
-    lines = ["def fast(read, R, item, T0):"]
-    lines += ["    " + line for line in _field_lines(f, 0, "", None, ns, take=["return v"])]
+    lines = ["def fast(call, R, item, T0):", _UNPACK_ROOTS]
+    lines += ["    " + line for line in _field_lines(f, 0, "", None, ns, take=lambda value, _: [f"return {value}"])]
     lines.append("    return None")
     del ns["T0"]  # the caller's target, an argument
     return _compiled(f.name, lines, ns)
@@ -434,8 +447,30 @@ class Item(NamedTuple):
     path: str
 
 
+# Item's own __new__ is a Python function; tuple.__new__ with both fields skips that frame.
+_new_tuple = tuple.__new__
+
+
+def _item_paths(at: str, key: str, count: int) -> tuple[str, ...]:
+    """The Segment paths of the items of a list: `properties.products[0]`, ..."""
+    return _short_item_paths(at, key, count) if count <= 64 else tuple(f"{at}.{key}[{i}]" for i in range(count))
+
+
+@lru_cache(maxsize=256)  # the same few short lists (properties.products) in every message
+def _short_item_paths(at: str, key: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{at}.{key}[{i}]" for i in range(count))
+
+
 _PRODUCT_KEYS = tuple(s.keys[0] for s in (_compile(p) for p in spellings(*PRODUCT_ID)))
 _TIME_SOURCES = ("timestamp", "originalTimestamp", "receivedAt", "sentAt")
+
+
+# (track, has properties, has traits) of each message model: `Call` asks for every message.
+_SHAPES: dict[type, tuple[bool, bool, bool]] = {
+    Track: (True, True, False), Page: (False, True, False), Screen: (False, True, False),
+    Identify: (False, False, True), Group: (False, False, True), Alias: (False, False, False),
+    Message: (False, False, False),
+}  # fmt: skip
 
 
 class Call:
@@ -450,19 +485,31 @@ class Call:
         "settings", "traits", "vendor", "warnings",
     )  # fmt: skip
 
-    def __init__(self, message: Message, options: dict[str, Any], settings: Any, vendor: str) -> None:
+    def __init__(
+        self, message: Message, options: dict[str, Any], settings: Any, vendor: str,
+        overrides: dict[Any, Field] | None = None,
+    ) -> None:  # fmt: skip
         self.message = message
         self.options = options if isinstance(options, dict) else {}
         self.settings = settings
         self.vendor = vendor
-        self.event = canonical_event(message.event) if isinstance(message, Track) else message.type
+        kind = type(message)
+        shape = _SHAPES.get(kind)
+        if shape is None:  # a subclass of a message model: found the slow way
+            shape = (
+                issubclass(kind, Track),
+                issubclass(kind, Track | Page | Screen),
+                issubclass(kind, Identify | Group),
+            )
+        track, has_properties, has_traits = shape
+        self.event = canonical_event(message.event) if track else message.type  # type: ignore[attr-defined]
         #: The call's properties ({} for identify, group and alias).
-        self.properties: dict[str, Any] = message.properties if isinstance(message, Track | Page | Screen) else {}
+        self.properties: dict[str, Any] = message.properties if has_properties else {}  # type: ignore[attr-defined]
         # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
-        own = message.traits if isinstance(message, Identify | Group) else {}
+        own = message.traits if has_traits else {}  # type: ignore[attr-defined]
         context_traits = message.context.get("traits")
-        if not isinstance(context_traits, dict):
-            context_traits = {}
+        if type(context_traits) is not dict:
+            context_traits = context_traits if isinstance(context_traits, dict) else {}
         #: `traits` over `context.traits` (MAPPINGS "Real traffic"), for values passed through as they are.
         self.traits: dict[str, Any] = (
             {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
@@ -473,7 +520,7 @@ class Call:
         self.warnings: list[MappingWarning] = []
         #: The destination instance's field mappings, to read instead of a declared field: by id(field) for a
         #: field name, by (id(table), id(field)) for a stable name (shaping.field_overrides).
-        self.overrides: dict[Any, Field] = {}
+        self.overrides: dict[Any, Field] = overrides if overrides is not None else {}
         #: The vendor event name a user gave this custom event (customEventNames), if any.
         self.custom_name: str | None = None
         # In ROOTS order; the product's slot is filled for each read that uses it.
@@ -537,7 +584,7 @@ class Call:
         roots = self._roots
         if f.uses_product:
             roots[_PRODUCT_ROOT] = (item or self.product()).raw
-        return fast(self._read, roots, item, target)
+        return fast(self, roots, item, target)
 
     def _read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
         """The value of a declared field: the first of its sources that is present.
@@ -640,12 +687,13 @@ class Call:
 
     def map(self, table: Table, item: Item | None = None) -> dict[str, Any]:
         """Every field of `table` that has a value, in declared order, by vendor field name."""
-        read, roots, overrides = self._read, self._roots, self.overrides
+        roots, overrides = self._roots, self.overrides
         if table.uses_product:
             item = item or self.product()
             roots[_PRODUCT_ROOT] = item.raw
         if not overrides and FAST_PATHS:
-            return table.fast_map(read, roots, item)
+            return table.fast_map(self, roots, item)
+        read = self._read
         out: dict[str, Any] = {}
         table_id = id(table)
         for f, target, probe in table.targets:
@@ -674,8 +722,11 @@ class Call:
         `properties.products` holds exactly one item, which is then the product (MAPPINGS "Real traffic")."""
         if self._item is None:
             props = self.properties
-            item = Item(props, "properties")
-            if not any(props.get(k) is not None for k in _PRODUCT_KEYS):
+            item = _new_tuple(Item, (props, "properties"))
+            for key in _PRODUCT_KEYS:
+                if props.get(key) is not None:
+                    break
+            else:
                 count = self._products_count()
                 if count == 1:
                     item = self.products[0]
@@ -696,26 +747,25 @@ class Call:
     def products(self) -> list[Item]:
         """`properties.products` as items; one object counts as a list of one; [] when absent."""
         if self._products is None:
-            self._products = list(self.objects("products"))
+            self._products = self.objects("products")
         return self._products
 
     def objects(self, key: str, within: Item | None = None) -> list[Item]:
         """`properties.<key>` (or `<key>` of another item) as a list of objects with their paths; one
         object counts as a list of one; an error when it is neither."""
-        within = within or Item(self.properties, "properties")
-        items = within.raw.get(key)
+        raw, at = (self.properties, "properties") if within is None else within
+        items = raw.get(key)
         if items is None:
             return []
         if isinstance(items, dict):
-            return [Item(items, f"{within.path}.{key}")]
+            return [_new_tuple(Item, (items, f"{at}.{key}"))]
         if not isinstance(items, list):
-            raise self.fail(f"{within.path}.{key}", "must be a list of objects")
+            raise self.fail(f"{at}.{key}", "must be a list of objects")
         out = []
-        for i, obj in enumerate(items):
-            path = f"{within.path}.{key}[{i}]"
+        for obj, path in zip(items, _item_paths(at, key, len(items)), strict=True):
             if not isinstance(obj, dict):
                 raise self.fail(path, "must be an object")
-            out.append(Item(obj, path))
+            out.append(_new_tuple(Item, (obj, path)))
         return out
 
     # -- values passed through as they are

@@ -113,7 +113,7 @@ class ShapingSettings(BaseModel):
 class Shaping:
     """One destination instance's shaping settings, ready to apply to messages."""
 
-    __slots__ = ("allowed", "blocked", "consent", "custom_names", "event_mappings", "overrides")
+    __slots__ = ("active", "allowed", "blocked", "consent", "custom_names", "event_mappings", "overrides")
 
     def __init__(self, settings: ShapingSettings, tables: Iterable[Table], vendor_events: Iterable[str]) -> None:
         self.event_mappings = {name_key(k): canonical_event(v) for k, v in settings.eventMappings.items()}
@@ -130,10 +130,8 @@ class Shaping:
         self.consent = tuple(settings.consentCategories)
         #: id(declared field) -> the field reading the one path the user gave.
         self.overrides = field_overrides(settings.fieldMappings, list(tables))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.event_mappings or self.custom_names or self.allowed or self.blocked or self.consent)
+        #: Whether any setting here filters or renames events (asked for every message, so worked out once).
+        self.active = bool(self.event_mappings or self.custom_names or self.allowed or self.blocked or self.consent)
 
     def check(self, message: Message, event: str | None, display_name: str) -> None:
         """Consent, then allowed/blocked events: Filtered, naming the setting, when the message must not go."""

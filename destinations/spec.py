@@ -559,6 +559,7 @@ def _inside(step: str, exc: ValueError) -> str:
     return f"{step}{text}" if text.startswith((".", "[")) else f"{step}: {text}"
 
 
+@lru_cache(maxsize=1024)  # a shop's visitors send a few dozen locales
 def language(locale: str | None) -> str | None:
     """'en-US' -> 'en'; None when there is no usable locale."""
     if not locale:

@@ -191,13 +191,15 @@ def _payload(request: HttpRequest, user_id: str | None = None) -> dict[str, Any]
         json_body = body
     elif body is not None:  # an array (or any other JSON value) goes out verbatim as a string
         json_array = {"batch": dumps(body).decode()}
+    headers, params = request.headers, request.params
     payload = {
         "version": "1",
         "type": "REST",
         "method": request.method,
         "endpoint": request.url,
-        "headers": dict(request.headers),
-        "params": dict(request.params),
+        # Written out at once: the request's own dicts need no copy (`Destination.request` made them for it).
+        "headers": headers if type(headers) is dict else dict(headers),
+        "params": params if type(params) is dict else dict(params),
         "body": {"JSON": json_body, "JSON_ARRAY": json_array, "XML": {}, "FORM": {}},
         "files": {},
     }
