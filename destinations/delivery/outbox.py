@@ -1205,9 +1205,13 @@ class Outbox:
         """Per instance: pending, retrying (pending with an attempt made), delivered, dead, oldest pending age."""
         now = time.time() if now is None else now
         out: dict[str, dict[str, Any]] = {}
+        # Rows by state, and packs: pending ones count their requests, done ones those they delivered.
         for destination, state, retrying, count, oldest in self._db().execute(
             "SELECT destination, state, attempts > 0, COUNT(*), MIN(created_at) FROM requests"
             " GROUP BY destination, state, attempts > 0"
+            " UNION ALL SELECT destination, CASE WHEN state = 'pending' THEN 'pending' ELSE 'delivered' END, 0,"
+            " SUM(CASE WHEN state = 'pending' THEN count ELSE delivered END), MIN(created_at) FROM packs"
+            " GROUP BY destination, state"
         ):
             d = out.setdefault(
                 destination, {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0.0}
@@ -1219,18 +1223,6 @@ class Outbox:
                 d["oldest_pending_age"] = max(d["oldest_pending_age"], now - oldest)
             else:
                 d[state] += count
-        for destination, state, count, oldest in self._db().execute(
-            "SELECT destination, state, SUM(CASE WHEN state = 'pending' THEN count ELSE delivered END),"
-            " MIN(created_at) FROM packs GROUP BY destination, state"
-        ):
-            d = out.setdefault(
-                destination, {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0.0}
-            )
-            if state == "pending":
-                d["pending"] += count
-                d["oldest_pending_age"] = max(d["oldest_pending_age"], now - oldest)
-            else:
-                d["delivered"] += count
         return out
 
     def pending_count(self, destination: str | None = None) -> int:
