@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..spec import json_text
+from .packing import entries_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS debug_messages (
@@ -182,7 +183,7 @@ def _in_packs(
             f" WHERE pack IN ({marks})",
             part,
         ):
-            for entry in json.loads(text):
+            for entry in entries_of(text):
                 if (name, entry[0]) in keys:
                     entries.setdefault((name, entry[0]), {})[entry[1]] = entry
     return {

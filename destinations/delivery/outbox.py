@@ -45,6 +45,7 @@ from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import json_text
 from . import debugger
+from .packing import entries_of, entries_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -280,6 +281,18 @@ def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
         yield ids[i : i + size]
 
 
+def _runs_of(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted ids as (first, last) runs of consecutive integers: a round's inbox events are mostly one run, so
+    they go in one range delete instead of one delete each."""
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
 def _public(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k.lower() not in secret}
 
@@ -415,28 +428,6 @@ def _stored_keys(db: sqlite3.Connection, runs: list[tuple[str, str, list[tuple[A
             sql = f"SELECT message_id FROM request_keys WHERE destination = ? AND message_id IN ({marks})"
             found.update((destination, mid) for (mid,) in db.execute(sql, (destination, *part)))
     return found
-
-
-# A pack entry is a `requests` row as `_rows` makes it, from messageId to size (row[1:12]): messageId, index,
-# user key, method, url, params, headers, body, batchable, batch key, size.
-
-try:
-    import orjson
-
-    def _entries_text(entries: list[tuple[Any, ...]]) -> str:
-        """A pack's entries as JSON text; TypeError for text no UTF-8 can carry (a lone surrogate), as SQLite
-        refuses it in a row, so the message it came from is set aside the same way."""
-        return orjson.dumps(entries).decode("utf-8")
-
-    _entries_of = orjson.loads
-except ImportError:  # pragma: no cover - orjson comes with the server extra
-
-    def _entries_text(entries: list[tuple[Any, ...]]) -> str:
-        text = json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
-        text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
-        return text
-
-    _entries_of = json.loads
 
 
 class Outbox:
@@ -657,7 +648,7 @@ class Outbox:
                 size += len(rows)
                 if i + 1 < len(messages) and size + len(messages[i + 1][1]) <= self.pack_size:
                     continue
-                text = _entries_text([row[1:12] for _, rows_ in part for row in rows_])
+                text = entries_text([row[1:12] for _, rows_ in part for row in rows_])
                 pack = db.execute(
                     "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, size, now)
                 ).lastrowid
@@ -670,9 +661,9 @@ class Outbox:
             " VALUES (?, ?, ?, ?, ?)",
             keys,
         )
-        done = [(e.inbox_id,) for e, _, reason in units if reason is None and e.inbox_id is not None]
+        done = sorted(e.inbox_id for e, _, reason in units if reason is None and e.inbox_id is not None)
         dead = [(reason, now, e.inbox_id) for e, _, reason in units if reason is not None and e.inbox_id is not None]
-        db.executemany("DELETE FROM inbox WHERE id = ?", done)
+        db.executemany("DELETE FROM inbox WHERE id BETWEEN ? AND ?", _runs_of(done))
         db.executemany("UPDATE inbox SET dead_reason = ?, dead_at = ? WHERE id = ?", dead)
         return accepted
 
@@ -922,7 +913,7 @@ class Outbox:
         user has a pending row, a request in `busy` (this process's packs out), or an earlier request in the
         pack that it cannot join. With none to send, the pack is done as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
-        entries = _entries_of(text)
+        entries = entries_of(text)
         held = busy | {user for (user,) in db.execute(
             "SELECT DISTINCT user_key FROM requests WHERE destination = ? AND state = 'pending'", (destination,)
         )}  # fmt: skip
@@ -1264,7 +1255,7 @@ class Outbox:
             args,
         ):
             out.extend({"destination": name, "message_id": e[0], "index": e[1], "user_key": e[2], "url": e[4],
-                        "body": e[7], "attempts": 0} for e in _entries_of(text))  # fmt: skip
+                        "body": e[7], "attempts": 0} for e in entries_of(text))  # fmt: skip
         return out
 
     def dead_rows(self, destination: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

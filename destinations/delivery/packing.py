@@ -1,0 +1,51 @@
+"""How a pack's requests are written as one text (outbox.py stores it in `pack_entries`; debugger.py reads it).
+
+An entry is a `requests` row as the outbox makes it, from messageId to size: messageId, index, user key,
+method, url, params, headers, body, batchable, batch key, size. The requests of one instance share a handful
+of envelopes (method, url, params, headers, batchable, batch key), so the text holds each envelope once and
+each entry names its envelope: about a third less to write, and to read back, than the rows in full.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+try:
+    import orjson
+
+    def _text(value: Any) -> str:
+        return orjson.dumps(value).decode("utf-8")
+
+    _value = orjson.loads
+except ImportError:  # pragma: no cover - orjson comes with the server extra
+
+    def _text(value: Any) -> str:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        return text
+
+    _value = json.loads
+
+
+def entries_text(entries: list[tuple[Any, ...]]) -> str:
+    """A pack's entries (each 11 fields, above) as JSON text: `[envelopes, [[messageId, index, user key, body,
+    size, envelope number], …]]`. TypeError for text no UTF-8 can carry (a lone surrogate), as SQLite refuses it
+    in a row, so the message it came from is set aside the same way."""
+    envelopes: dict[tuple[Any, ...], int] = {}
+    own = []
+    for e in entries:
+        envelope = (e[3], e[4], e[5], e[6], e[8], e[9])
+        number = envelopes.get(envelope)
+        if number is None:
+            number = envelopes[envelope] = len(envelopes)
+        own.append((e[0], e[1], e[2], e[7], e[10], number))
+    return _text([list(envelopes), own])
+
+
+def entries_of(text: str) -> list[list[Any]]:
+    """A pack's entries, each its 11 fields (above), from `entries_text`'s text."""
+    envelopes, own = _value(text)
+    return [[mid, idx, user, m, url, params, headers, body, batchable, key, size]
+            for mid, idx, user, body, size, number in own
+            for m, url, params, headers, batchable, key in (envelopes[number],)]  # fmt: skip
