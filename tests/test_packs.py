@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_reliability import gone_pid
 
 from destinations.base import HttpRequest
 from destinations.delivery import Outbox
@@ -221,19 +222,139 @@ def test_a_file_from_before_packs_keeps_deduping_what_it_stored(tmp_path: Path) 
     assert again.pending_count() == 3
 
 
-def test_a_pack_out_is_renewed_while_its_process_sends_it_and_given_up_once_taken(tmp_path: Path) -> None:
+def test_a_pack_out_is_renewed_while_its_process_sends_it_and_given_up_once_lapsed(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     mine, theirs = Outbox(path, pack_size=4), Outbox(path, pack_size=4)
+    now = time.time()
     mine.enqueue([message(1, "a")])
-    (batch,) = mine.claim("shop", max_batches=4, batch_size=100, batch_bytes=10**6, lease=1.0)
-    time.sleep(0.4)  # past a third of the lease: the delivery loop renews it
-    mine.renew_packs()
-    time.sleep(0.7)  # past the lease as claimed, not as renewed
-    assert claim(theirs, time.time()) == []
+    (batch,) = claim(mine, now)  # out until now + 30
+    mine.renew_packs(now=now + 5)  # not a third of the lease yet: nothing to do
+    mine.renew_packs(now=now + 11)  # past a third: out until now + 41
+    assert claim(theirs, now + 35) == []  # past the lease as claimed, not as renewed
     assert mine.current(batch)
-    (taken,) = claim(theirs, time.time() + 60)  # as if this process had stalled past its lease
-    time.sleep(0.4)
-    mine.renew_packs()
-    assert not mine.current(batch)  # not sent: the other claim sends it
+    mine.renew_packs(now=now + 50)  # this process stalled past its lease: it is not brought back
+    assert not mine.current(batch)  # so its batches are not sent: the next claim sends them
     assert mine.delivered(batch, "200") == 0
+    (taken,) = claim(theirs, now + 51)
     assert theirs.delivered(taken, "200") == 1
+
+
+def test_a_process_that_stalled_past_its_packs_writes_none_of_them(tmp_path: Path) -> None:
+    """A had packs P1 (a's m1) and P2 (a's m2, held behind P1, and b's m3) out and stalled past both leases; B took
+    P1. Writing P2 now would put a's m2 as a row before m1's outcome: a's order would be lost."""
+    path = tmp_path / "outbox.sqlite3"
+    a_process, b_process = Outbox(path, pack_size=4), Outbox(path, pack_size=4)
+    now = time.time()
+    a_process.enqueue([message(1, "a", batchable=False)])
+    a_process.enqueue([message(2, "a", batchable=False), message(3, "b", batchable=False)])
+    (p1,) = claim(a_process, now)
+    (p2,) = claim(a_process, now)
+    assert (ids(p1), ids(p2)) == ([("m1", 0)], [("m3", 0)])  # m2 held: a is out in P1
+    (b1,) = claim(b_process, now + LEASE + 1)  # both of A's leases ended; B takes the oldest
+    assert ids(b1) == [("m1", 0)]
+    a_process.renew_packs(now=now + LEASE + 2)
+    assert not a_process.current(p1)
+    assert not a_process.current(p2)  # given up with the pack before it
+    assert a_process.delivered(p2, "200") == 0
+    assert rows(a_process) == []  # nothing of P2 written
+    b_process.retry(b1, "503", "busy", delay=600, retry_window=3600, min_attempts=3, backoff_base=1,
+                    backoff_cap=1, now=now + LEASE + 3)  # fmt: skip
+    assert rows(b_process) == [("m1", 0, "a", "pending", 1, 0)]
+    # P2 goes again, whole, after its lease: a's m2 held behind m1's retry row, b's m3 sent.
+    (again,) = claim(b_process, now + 2 * LEASE + 1)
+    assert ids(again) == [("m3", 0)]
+    b_process.delivered(again, "200")
+    assert rows(b_process) == [("m1", 0, "a", "pending", 1, 0), ("m2", 0, "a", "pending", 0, 0)]
+
+
+def test_rows_go_out_beside_this_process_packs_and_wait_only_for_their_own_users(outbox: Outbox) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a")])
+    (first,) = claim(outbox, now)
+    outbox.retry(first, "503", "busy", delay=1, retry_window=3600, min_attempts=3, backoff_base=1, backoff_cap=1,
+                 now=now)  # fmt: skip
+    outbox.enqueue([message(2, "b"), message(3, "a")])  # a's m3 is held behind its row
+    outbox.enqueue([message(4, "c")])
+    (p2,) = claim(outbox, now + 0.5)  # a's row is not due yet: the next pack goes
+    assert ids(p2) == [("m2", 0)]
+    (row,) = claim(outbox, now + 2)  # due now, and a has nothing out: a's row goes beside the pack
+    assert ids(row) == [("m1", 0)]
+    assert row[0].pack == 0
+
+
+def test_a_user_out_in_a_pack_keeps_its_rows_waiting(outbox: Outbox) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a", batchable=False), message(2, "a", batchable=False)])  # m2 held behind m1
+    outbox.enqueue([message(3, "b", batchable=False)])
+    (m1,) = claim(outbox, now)
+    (m3,) = claim(outbox, now)  # the next pack; a is out, and has no row yet
+    assert (ids(m1), ids(m3)) == ([("m1", 0)], [("m3", 0)])
+    outbox.delivered(m3, "200")
+    assert rows(outbox) == []  # the second pack waits for the first
+    outbox.delivered(m1, "200")
+    assert rows(outbox) == [("m2", 0, "a", "pending", 0, 0)]
+    (m2,) = claim(outbox, time.time() + 1)
+    assert ids(m2) == [("m2", 0)]
+
+
+def test_a_pack_whose_every_request_is_held_waits_for_the_packs_before_it(outbox: Outbox) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a", requests=4, batchable=False)])
+    outbox.enqueue([message(2, "a", batchable=False)])
+    batches = claim(outbox, now)
+    assert [ids(b) for b in batches] == [[("m1", 0)]]  # the rest of a's m1 held behind its first request
+    assert claim(outbox, now) == []  # the second pack: all of it held (a is out), done once the first is
+    outbox.delivered(batches[0], "200")
+    assert rows(outbox) == [("m1", i, "a", "pending", 0, 0) for i in (1, 2, 3)] + [("m2", 0, "a", "pending", 0, 0)]
+    assert outbox._db().execute("SELECT state FROM packs ORDER BY id").fetchall() == [("done",), ("done",)]
+
+
+def test_a_pack_of_a_process_gone_is_taken_over_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    mine, gone = Outbox(path, pack_size=4), Outbox(path, pack_size=4)
+    gone._holder = gone._holder._replace(pid=gone_pid())  # as if its process had been SIGKILLed
+    now = time.time()
+    mine.enqueue([message(1, "a")])
+    claim(gone, now)
+    (taken,) = claim(mine, now + 1)  # its lease runs for 29 s more, but nobody will renew it
+    assert ids(taken) == [("m1", 0)]
+
+
+def test_a_message_sent_again_after_its_key_is_pruned_is_not_lost_to_an_old_row(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, pack_size=4, dedupe_window=60)
+    now = time.time()
+    outbox.enqueue([message(1, "a")], now=now)
+    (batch,) = claim(outbox, now)
+    outbox.dead(batch, "400", "bad", now=now)  # a dead letter: kept until replayed, its key with it
+    outbox.prune(now=now + 3600)
+    assert outbox.stored_count("shop", "m1") == 1
+    assert outbox.enqueue([message(1, "a")], now=now + 3600).duplicates == 1
+    # A delivered message's key goes with the window; the same messageId later is a new message, delivered.
+    outbox.enqueue([message(2, "b")], now=now)
+    (batch,) = claim(outbox, now)
+    outbox.delivered(batch, "200", now=now)
+    outbox.prune(now=now + 3600)
+    assert outbox.stored_count("shop", "m2") == 0
+    assert outbox.enqueue([message(2, "b")], now=now + 3600).accepted == {"shop": 1}
+
+
+def test_keys_of_a_pack_still_waiting_outlive_the_window(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", pack_size=4, dedupe_window=60)
+    now = time.time()
+    outbox.enqueue([message(1, "a")], now=now)
+    outbox.prune(now=now + 3600)  # the instance's workers were down all along
+    assert outbox.enqueue([message(1, "a")], now=now + 3600).duplicates == 1
+    assert outbox.pending_count() == 1
+
+
+def test_a_pruned_pack_takes_its_entries_with_it(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", pack_size=4, dedupe_window=60, debug_keep=10)  # entries kept
+    now = time.time()
+    outbox.enqueue([message(1, "a")], now=now)
+    (batch,) = claim(outbox, now)
+    outbox.delivered(batch, "200", now=now)
+    assert outbox._db().execute("SELECT COUNT(*) FROM pack_entries").fetchone() == (1,)
+    outbox.prune(now=now + 3600)
+    assert outbox._db().execute("SELECT COUNT(*) FROM packs").fetchone() == (0,)
+    assert outbox._db().execute("SELECT COUNT(*) FROM pack_entries").fetchone() == (0,)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..spec import json_text
-from .packing import entries_of
+from .packing import PackEntry, entries_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS debug_messages (
@@ -152,7 +152,7 @@ def prune(db: sqlite3.Connection, chunk: int = 5000) -> int:
 
 def _in_packs(
     db: sqlite3.Connection, pairs: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], list[tuple[int, str, int, list[Any] | None]]]:
+) -> dict[tuple[str, str], list[tuple[int, str, int, PackEntry | None]]]:
     """(instance, messageId) -> [(index, state, attempts, entry)] of the requests a pack holds: pending while
     the pack is, else delivered (a request that was not is a row of its own since, and the row says more);
     the entry (a pack entry: messageId, index, user key, method, url, params, headers, body, ...) while kept."""
@@ -171,7 +171,7 @@ def _in_packs(
                 keys[(name, mid)] = (count, pack)
     packs = sorted({pack for _, pack in keys.values()})
     pending: set[int] = set()
-    entries: dict[tuple[str, str], dict[int, list[Any]]] = {}
+    entries: dict[tuple[str, str], dict[int, PackEntry]] = {}
     for i in range(0, len(packs), 500):
         part = packs[i : i + 500]
         marks = ",".join("?" * len(part))
@@ -184,8 +184,8 @@ def _in_packs(
             part,
         ):
             for entry in entries_of(text):
-                if (name, entry[0]) in keys:
-                    entries.setdefault((name, entry[0]), {})[entry[1]] = entry
+                if (name, entry.message_id) in keys:
+                    entries.setdefault((name, entry.message_id), {})[entry.index] = entry
     return {
         pair: [(idx, "pending" if pack in pending else "delivered", 0 if pack in pending else 1,
                 entries.get(pair, {}).get(idx)) for idx in range(count)]
@@ -323,7 +323,7 @@ def detail(
         own = {row[0] for row in found}
         for idx, state, n, entry in packed.get((name, mid), []):
             if idx not in own and entry is not None:  # as the pack holds it
-                found.append((idx, state, n, entry[3], entry[4], entry[5], entry[6], entry[7]))
+                found.append((idx, state, n, entry.method, entry.url, entry.params, entry.headers, entry.body))
             elif idx not in own:  # its text is gone: its state is still known
                 states.append((idx, state, n))
         for idx, state, n, method, url, params, headers, text in sorted(found, key=lambda r: r[0]):

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ..base import HttpRequest, under_base
 from ..carts import DEFAULT_TTL, CartBook, applied_before, load_cart, prune_carts, save_carts
@@ -45,7 +45,7 @@ from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import json_text
 from . import debugger
-from .packing import entries_of, entries_text
+from .packing import PackEntry, entries_of, entries_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -84,6 +84,8 @@ CREATE INDEX IF NOT EXISTS requests_finished ON requests (state, finished_at);
 -- Users that cannot be claimed now (a request in flight or waiting to retry): few rows, found without a scan.
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (destination, user_key)
     WHERE state = 'pending' AND (attempts > 0 OR lease_until > 0);
+-- Which of a pack's users have rows pending (their requests in it are held), without a scan of the rows.
+CREATE INDEX IF NOT EXISTS requests_pending_users ON requests (destination, user_key) WHERE state = 'pending';
 -- Packs: the requests of one instance from one stored round (up to `pack_size`), as one row, claimed and
 -- recorded whole while everything goes well; a request that is not delivered at once becomes a `requests`
 -- row (see `Outbox.claim`), so retries, splits and dead letters work per request.
@@ -96,7 +98,9 @@ CREATE TABLE IF NOT EXISTS packs (
     lease_until REAL    NOT NULL DEFAULT 0,
     delivered   INTEGER NOT NULL DEFAULT 0,
     finished_at REAL,
-    last_status TEXT  -- the answer its delivered requests had
+    last_status TEXT,  -- the answer its delivered requests had
+    host        TEXT,  -- where the process that has it out runs (`this_host`), and its pid: a pack of a
+    pid         INTEGER  -- process gone from this host is taken over at once, as the mapper lease is
 );
 CREATE INDEX IF NOT EXISTS packs_pending ON packs (destination, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS packs_finished ON packs (finished_at) WHERE state = 'done';
@@ -135,14 +139,19 @@ MIGRATIONS = (
 )
 # The events waiting to be mapped, without the dead ones that stay at the front of the inbox.
 LIVE_INBOX_INDEX = "CREATE INDEX IF NOT EXISTS inbox_live ON inbox (id) WHERE dead_reason IS NULL"
-DEFAULT_PACK_SIZE = 400  # the default `concurrency` x `batch_size`: what a crash could send twice before packs
+# Requests of one instance a pack holds at most, unless `[outbox]` says otherwise (`Outbox.configured`): what
+# one worker has in flight with the default `concurrency` x `batch_size`.
+DEFAULT_PACK_SIZE = OutboxConfig().concurrency * OutboxConfig().batch_size
 # Packs of one instance a process has out at once: the next goes out while the last batches of one finish. Their
 # outcomes are written in pack order, so a crash may send again up to this many packs.
 PACKS_OUT = 2
+# Packs whose every request is held that one claim turns into rows before it gives up for now.
+HELD_PACKS_A_CLAIM = 10
 MAPPER = "mapper"  # the name of the lease one mapping process holds at a time
 MAX_MAPPING_ATTEMPTS = 5  # claims of one inbox event whose process died before committing: then it is dead
 
 log = logging.getLogger("destinations.delivery")
+_T = TypeVar("_T")
 
 
 class Row(NamedTuple):
@@ -197,7 +206,7 @@ class Enqueued:
     """What `Outbox.enqueue` stored."""
 
     accepted: dict[str, int]  # requests committed, per instance
-    duplicates: int  # requests already in the outbox (same instance, messageId and index)
+    duplicates: int  # requests of messages the instance has stored before (same instance and messageId)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (position among the events, reason)
 
     @property
@@ -275,7 +284,7 @@ def _write_lock(path: Path) -> threading.Lock:
         return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
-def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
+def _chunks(ids: list[_T], size: int = 500) -> Iterator[list[_T]]:
     """Id lists short enough for one statement's parameters."""
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
@@ -341,8 +350,10 @@ _Unit = tuple[MessageRequests, list[tuple[Any, ...]], str | None]
 _Outcome = tuple[str, str | None, str | None, float | None, float]
 _HELD: _Outcome = ("held", None, None, None, 0.0)
 
+# A row the key of whose message was pruned since (dead rows stay) gives way to the request just taken, which
+# would else be neither pending, delivered nor dead.
 _EXPLODE = (
-    "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
+    "INSERT OR REPLACE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
     " batchable, batch_key, size, state, solo, attempts, created_at, next_at, finished_at, last_status, last_error)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -354,18 +365,23 @@ class _PackRun:
 
     pack: int
     destination: str
-    entries: list[list[Any]]
+    entries: list[PackEntry]
     created: float
     claim: float  # the lease its claim set: which claim a row belongs to (rows carry it as `Row.lease`)
     expected: int  # requests sent; the others are held
     length: float = 0.0  # the lease's length, for renewals
     until: float = 0.0  # the lease's end now
-    renewed: float = field(default_factory=time.monotonic)
+    renewed: float = 0.0  # when it was claimed or last renewed
+    sent_users: frozenset[str] = frozenset()  # the users of its requests sent: their rows wait for it
     outcomes: dict[int, _Outcome] = field(default_factory=dict)
     done: bool = False  # every sent request has its outcome (written once the packs before it are)
 
     def __post_init__(self) -> None:
         self.until = self.until or self.claim
+
+
+def _by_pack(run: _PackRun) -> int:
+    return run.pack
 
 
 def _decoded(cache: dict[str, Any], text: str) -> Any:
@@ -423,7 +439,7 @@ def _stored_keys(db: sqlite3.Connection, runs: list[tuple[str, str, list[tuple[A
         wanted.setdefault(destination, []).append(message_id)
     found: set[tuple[str, str]] = set()
     for destination, ids in wanted.items():
-        for part in _chunks(ids):  # type: ignore[arg-type]
+        for part in _chunks(ids):
             marks = ",".join("?" * len(part))
             sql = f"SELECT message_id FROM request_keys WHERE destination = ? AND message_id IN ({marks})"
             found.update((destination, mid) for (mid,) in db.execute(sql, (destination, *part)))
@@ -450,6 +466,7 @@ class Outbox:
         self._lock = _write_lock(self.path)
         self._runs: dict[int, _PackRun] = {}  # packs this process has claimed, until their outcomes are recorded
         self._runs_lock = threading.Lock()
+        self._holder = Holder.new()  # who has this process's packs out
         db = self._db()
         keyed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'request_keys'").fetchone() is not None
         db.executescript(SCHEMA + CARTS_SCHEMA + debugger.SCHEMA)  # executescript commits on its own
@@ -809,69 +826,68 @@ class Outbox:
         now: float | None = None,
         scan: int = 5000,
     ) -> list[list[Row]]:
-        """Lease up to `max_batches` batches of due requests for `destination`, or, when no row is due or out,
-        the oldest pack whole (as many batches as it makes).
+        """Lease up to `max_batches` batches of due rows for `destination`; when none is due, the oldest pack not
+        out, whole (as many batches as it makes), while this process has fewer than PACKS_OUT of them out.
 
         Per-user order: a user's request is claimable only when every earlier pending request of
         that user is claimed in this same round into the same batch (concatenated in order), so no
         request overtakes an earlier one that is in flight or waiting to retry. Users with such a
-        request are left out before the scan, so however many rows they hold, others go on. Packs are
-        claimed in order, one at a time per instance and never beside rows in flight; a pack's request
-        whose user has an earlier one pending (or in the same pack, not in the same batch) is held, and
-        becomes a row after the pack's outcome, behind the user's earlier requests.
+        request are left out before the scan, so however many rows they hold, others go on. Rows of users
+        with a request out in this process's packs wait for those. Packs are claimed and written in stored
+        order, and nothing is claimed while another live process has a pack of the instance out (its users
+        are unknown here); a pack's request whose user has a pending row, a request out in this process's
+        packs, or an earlier request in the pack it cannot share a batch with, is held: it becomes a row
+        behind that user's earlier requests when the pack's outcome is written.
         """
         now = time.time() if now is None else now
         until = now + lease
         with self._write() as db:
-            out = db.execute(
-                "SELECT id, lease_until FROM packs INDEXED BY packs_pending WHERE destination = ? AND state = 'pending'"
-                " AND lease_until > ?",
-                (destination, now),
-            ).fetchall()
             with self._runs_lock:
                 for run in [r for r in self._runs.values() if r.destination == destination and r.until <= now]:
-                    del self._runs[run.pack]  # its lease ended: the pack is anyone's again, and its outcomes void
-                ours = [self._runs[pack] for pack, end in out if pack in self._runs and self._runs[pack].until == end]
-            if len(ours) < len(out):
-                return []  # another process's pack is out: its users' later requests wait for its outcome
-            if not ours:
-                batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
-                if (
-                    batches
-                    or db.execute(
-                        "SELECT 1 FROM requests INDEXED BY requests_waiting WHERE destination = ? AND state = 'pending'"
-                        " AND (attempts > 0 OR lease_until > 0) AND lease_until > ? LIMIT 1",
-                        (destination, now),
-                    ).fetchone()
-                ):
+                    self._void(run)  # its lease ended: the pack is anyone's again
+                mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
+            if self._foreign_pack_out(db, destination, mine, now):
+                return []
+            busy = {user for run in mine for user in run.sent_users}
+            batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan, busy)
+            for _ in range(HELD_PACKS_A_CLAIM):
+                if batches or len(mine) >= PACKS_OUT:
                     return batches
-            # The next pack; beside this process's packs out, their users' requests in it are held.
-            for _ in range(10):  # packs whose every request is held become rows; then the next pack
-                with self._runs_lock:
-                    mine = [r for r in self._runs.values() if r.destination == destination]
-                if len(mine) >= PACKS_OUT:
-                    return []
-                taken = [r.pack for r in mine]
                 pack = db.execute(
                     "SELECT id, created_at FROM packs INDEXED BY packs_pending WHERE destination = ?"
-                    f" AND state = 'pending' AND id NOT IN ({','.join('?' * len(taken))}) ORDER BY id LIMIT 1",
-                    (destination, *taken),
+                    f" AND state = 'pending' AND id NOT IN ({','.join('?' * len(mine))}) ORDER BY id LIMIT 1",
+                    (destination, *(run.pack for run in mine)),
                 ).fetchone()
                 if pack is None:
                     return []
-                busy = {e[2] for r in mine for e in r.entries}
                 batches = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until, now,
                                            busy)  # fmt: skip
-                if batches or mine:
-                    return batches
-                batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan)
-                if batches:
-                    return batches
-        return []
+                if not batches:  # every request held: the pack is rows now (or once the packs before it are)
+                    with self._runs_lock:
+                        mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
+                    batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
+                                               scan, busy)  # fmt: skip
+            return batches
+
+    def _foreign_pack_out(self, db: sqlite3.Connection, destination: str, mine: list[_PackRun], now: float) -> bool:
+        """Whether another claim has a pack of the instance out: under a lease not ended, by a process that is
+        not gone from this host (a SIGKILLed worker's pack is taken over at once, as the mapper lease is)."""
+        ours = {(run.pack, run.until) for run in mine}
+        for pack, end, host, pid in db.execute(
+            "SELECT id, lease_until, host, pid FROM packs INDEXED BY packs_pending WHERE destination = ?"
+            " AND state = 'pending' AND lease_until > ?",
+            (destination, now),
+        ):
+            if (pack, end) in ours:
+                continue
+            if host == self._holder.host and pid is not None and pid != self._holder.pid and not _alive(pid):
+                continue
+            return True
+        return False
 
     def _claim_rows(  # noqa: PLR0917 - the claim's own parameters, passed on
         self, db: sqlite3.Connection, destination: str, max_batches: int, batch_size: int, batch_bytes: int,
-        until: float, now: float, scan: int,
+        until: float, now: float, scan: int, busy: set[str],
     ) -> list[list[Row]]:  # fmt: skip
         scan = min(scan, max(2 * max_batches * batch_size, 200))
         candidates = db.execute(
@@ -882,7 +898,7 @@ class Outbox:
             " ORDER BY id LIMIT ?",
             (destination, destination, now, now, scan),
         ).fetchall()
-        chosen = _group(candidates, now, max_batches, batch_size, batch_bytes, set())
+        chosen = _group(candidates, now, max_batches, batch_size, batch_bytes, busy)
         ids = [rid for batch in chosen for rid in batch]
         if not ids:
             return []
@@ -909,28 +925,34 @@ class Outbox:
         self, db: sqlite3.Connection, destination: str, pack: int, created: float, batch_size: int,
         batch_bytes: int, until: float, now: float, busy: set[str],
     ) -> list[list[Row]]:  # fmt: skip
-        """Lease one pack and make its batches. A request is held (a row after the pack's outcome) when its
-        user has a pending row, a request in `busy` (this process's packs out), or an earlier request in the
-        pack that it cannot join. With none to send, the pack is done as soon as the packs before it are."""
+        """Lease one pack and make its batches; the requests held (see `claim`) become rows with its outcome.
+        With none to send, the pack is done at once, or as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
         entries = entries_of(text)
-        held = busy | {user for (user,) in db.execute(
-            "SELECT DISTINCT user_key FROM requests WHERE destination = ? AND state = 'pending'", (destination,)
-        )}  # fmt: skip
-        candidates = [(i, e[2], e[8], e[9], 0, 0.0, 0.0, e[10]) for i, e in enumerate(entries)]
+        users = list({e.user_key for e in entries})
+        held = set(busy)
+        for part in _chunks(users):  # through requests_pending_users: a few lookups, however many rows wait
+            held.update(user for (user,) in db.execute(
+                "SELECT DISTINCT user_key FROM requests INDEXED BY requests_pending_users WHERE destination = ?"
+                f" AND state = 'pending' AND user_key IN ({','.join('?' * len(part))})", (destination, *part),
+            ))  # fmt: skip
+        candidates = [(i, e.user_key, e.batchable, e.batch_key, 0, 0.0, 0.0, e.size) for i, e in enumerate(entries)]
         chosen = _group(candidates, now, len(entries), batch_size, batch_bytes, held)
-        run = _PackRun(pack, destination, entries, created, until, sum(map(len, chosen)), length=until - now)
-        db.execute("UPDATE packs SET lease_until = ? WHERE id = ?", (until, pack))
+        sent = frozenset(entries[i].user_key for batch in chosen for i in batch)
+        run = _PackRun(pack, destination, entries, created, until, sum(map(len, chosen)), length=until - now,
+                       renewed=now, sent_users=sent)  # fmt: skip
+        db.execute("UPDATE packs SET lease_until = ?, host = ?, pid = ? WHERE id = ?",
+                   (until, self._holder.host, self._holder.pid, pack))  # fmt: skip
         with self._runs_lock:
             self._runs[pack] = run
         if not run.expected:
             run.done = True
-            self._finish_ready(db, destination, now)  # under this claim's own lease: it is written
+            self._finish_ready(db, destination, now)
             return []
         decoded: dict[str, Any] = {}
         return [
-            [Row(0, destination, e[0], e[2], e[3], e[4], _decoded(decoded, e[5]), _decoded(decoded, e[6]), e[7],
-                 bool(e[8]), 0, created, until, e[1], pack, i)
+            [Row(0, destination, e.message_id, e.user_key, e.method, e.url, _decoded(decoded, e.params),
+                 _decoded(decoded, e.headers), e.body, bool(e.batchable), 0, created, until, e.index, pack, i)
              for i in batch for e in (entries[i],)]
             for batch in chosen
         ]  # fmt: skip
@@ -1111,30 +1133,40 @@ class Outbox:
                         noted.pop(pack, None)  # another claim has that pack now: these outcomes are void
         return rows, sum(noted.values())
 
-    def renew_packs(self) -> None:
+    def renew_packs(self, now: float | None = None) -> None:
         """Keep this process's packs out under their leases: each is renewed once a third of its lease has gone
         by (the delivery loop calls this every fraction of a second while it has work out), so a pack is never
-        anyone else's while this process is alive and sending it, however slow its vendor's answers. A pack whose
-        lease another claim has taken meanwhile (this process stalled past it) is given up: its batches are not
-        sent (`current`) and its outcomes are void."""
+        anyone else's while this process is alive and sending it, however slow its vendor's answers. A lease
+        that ended is not brought back: that pack, and this process's later packs of the instance, are given
+        up (their batches are not sent, `current`; their outcomes are void), as another claim may have it."""
+        now = time.time() if now is None else now
         with self._runs_lock:
-            due = [r for r in self._runs.values() if time.monotonic() - r.renewed > r.length / 3]
+            due = [r for r in self._runs.values() if now - r.renewed > r.length / 3]
         if not due:
             return
         with self._write() as db:
-            for run in due:
-                until = time.time() + run.length
-                if db.execute(
-                    "UPDATE packs SET lease_until = ? WHERE id = ? AND state = 'pending' AND lease_until = ?",
-                    (until, run.pack, run.until),
-                ).rowcount:
-                    run.until, run.renewed = until, time.monotonic()
-                    continue
-                log.warning("%s: a pack of %d passed to another claim (this process stalled past its lease)",
-                            run.destination, len(run.entries))  # fmt: skip
+            for run in sorted(due, key=_by_pack):
                 with self._runs_lock:
-                    if self._runs.get(run.pack) is run:
-                        del self._runs[run.pack]
+                    if self._runs.get(run.pack) is not run:
+                        continue  # written or given up meanwhile
+                until = now + run.length
+                if db.execute(
+                    "UPDATE packs SET lease_until = ? WHERE id = ? AND state = 'pending' AND lease_until = ?"
+                    " AND lease_until > ?",
+                    (until, run.pack, run.until, now),
+                ).rowcount:
+                    run.until, run.renewed = until, now
+                    continue
+                log.warning("%s: a pack of %d was given up: its lease ended before it was renewed (this process"
+                            " stalled past it)", run.destination, len(run.entries))  # fmt: skip
+                with self._runs_lock:
+                    self._void(run)
+
+    def _void(self, run: _PackRun) -> None:
+        """Forget a pack this process had out, and its later packs of the same instance (their held rows must
+        not be written before the outcome of the one given up). Called under `_runs_lock`."""
+        for later in [r for r in self._runs.values() if r.destination == run.destination and r.pack >= run.pack]:
+            del self._runs[later.pack]
 
     def current(self, batch: list[Row]) -> bool:
         """Whether a claimed batch is still this process's to send: a row's claim is checked when its outcome
@@ -1149,10 +1181,10 @@ class Outbox:
     def _finish_ready(self, db: sqlite3.Connection, destination: str, now: float) -> list[int]:
         """Write the outcomes of this process's packs of an instance whose outcomes are all in, in pack order,
         up to the first one still out: a pack's new rows then follow those of the packs before it. Returns the
-        packs whose outcomes could not be written (another claim has them now)."""
+        packs whose outcomes could not be written (void: another claim has them, or a pack before them)."""
         with self._runs_lock:
             ready: list[_PackRun] = []
-            for run in sorted((r for r in self._runs.values() if r.destination == destination), key=lambda r: r.pack):
+            for run in sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack):
                 if not run.done:
                     break
                 ready.append(self._runs.pop(run.pack))
@@ -1160,16 +1192,29 @@ class Outbox:
 
     def _finish(self, db: sqlite3.Connection, run: _PackRun, now: float) -> bool:
         """Write a pack's outcomes: the pack is done, and each request not delivered becomes a row in its
-        state (in the pack's order, so behind its user's earlier rows). Only under the run's own lease, when
-        it has one; False (nothing written) when another claim has the pack now."""
+        state (in the pack's order, so behind its user's earlier rows). Only while the pack is under the run's
+        own lease and no earlier pack of the instance is pending (packs are written in stored order, whoever
+        sends them); else False, nothing is written, and the pack goes again when its lease ends."""
         statuses = [o[1] for o in run.outcomes.values() if o[0] == "delivered"]
-        sql = ("UPDATE packs SET state = 'done', delivered = ?, last_status = ?, finished_at = ?, lease_until = 0"
-               " WHERE id = ?")  # fmt: skip
-        args: tuple[Any, ...] = (len(statuses), statuses[-1] if statuses else None, now, run.pack)
-        sql, args = sql + " AND state = 'pending' AND lease_until = ?", (*args, run.until)
-        if db.execute(sql, args).rowcount != 1:
-            log.warning("%s: the outcomes of a pack of %d were not recorded: its lease had passed to another claim",
-                        run.destination, len(run.entries))  # fmt: skip
+        if (
+            db.execute(
+                "UPDATE packs SET state = 'done', delivered = ?, last_status = ?, finished_at = ?, lease_until = 0"
+                " WHERE id = ? AND state = 'pending' AND lease_until = ? AND NOT EXISTS (SELECT 1 FROM packs AS p"
+                " INDEXED BY packs_pending WHERE p.destination = ? AND p.state = 'pending' AND p.id < ?)",
+                (
+                    len(statuses),
+                    statuses[-1] if statuses else None,
+                    now,
+                    run.pack,
+                    run.until,
+                    run.destination,
+                    run.pack,
+                ),
+            ).rowcount
+            != 1
+        ):
+            log.warning("%s: the outcomes of a pack of %d were not recorded: another claim has it, or a pack before"
+                        " it, now", run.destination, len(run.entries))  # fmt: skip
             return False
         rows: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
@@ -1177,7 +1222,7 @@ class Outbox:
         for i, entry in enumerate(run.entries):
             kind, status, detail, next_at, at = outcomes.get(i, _HELD)
             if kind != "held" and self.debug_keep:
-                attempts.append((run.destination, entry[0], entry[1], at, status, detail, next_at))
+                attempts.append((run.destination, entry.message_id, entry.index, at, status, detail, next_at))
             if kind == "delivered":
                 continue
             rows.append((run.destination, *entry, "dead" if kind == "dead" else "pending", int(kind == "split"),
@@ -1254,8 +1299,8 @@ class Outbox:
             f" WHERE state = 'pending' {where} ORDER BY id",
             args,
         ):
-            out.extend({"destination": name, "message_id": e[0], "index": e[1], "user_key": e[2], "url": e[4],
-                        "body": e[7], "attempts": 0} for e in entries_of(text))  # fmt: skip
+            out.extend({"destination": name, "message_id": e.message_id, "index": e.index, "user_key": e.user_key,
+                        "url": e.url, "body": e.body, "attempts": 0} for e in entries_of(text))  # fmt: skip
         return out
 
     def dead_rows(self, destination: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -1292,8 +1337,9 @@ class Outbox:
             return db.execute(sql, args).rowcount
 
     def prune(self, now: float | None = None) -> int:
-        """Forget delivered requests older than the dedupe window (returns how many), carts untouched for
-        `cart_ttl`, and with the debugger on, its attempts and kept bodies of messages it no longer shows."""
+        """Forget delivered requests and packs older than the dedupe window (returns how many requests), the
+        dedupe keys of messages none of whose requests is left, carts untouched for `cart_ttl`, and with the
+        debugger on, its attempts and kept bodies of messages it no longer shows."""
         now = time.time() if now is None else now
         with self._write() as db:
             prune_carts(db, self.cart_ttl, now)
@@ -1304,8 +1350,21 @@ class Outbox:
             pruned += db.execute(
                 "SELECT IFNULL(SUM(delivered), 0) FROM packs WHERE state = 'done' AND finished_at < ?", (horizon,)
             ).fetchone()[0]
+            db.execute(
+                "DELETE FROM pack_entries WHERE pack IN (SELECT id FROM packs INDEXED BY packs_finished"
+                " WHERE state = 'done' AND finished_at < ?)",
+                (horizon,),
+            )
             db.execute("DELETE FROM packs WHERE state = 'done' AND finished_at < ?", (horizon,))
-            db.execute("DELETE FROM request_keys WHERE stored_at < ?", (horizon,))
+            # A key goes with the last of its message's requests: while a row of it stays (a dead letter stays
+            # until replayed) or its pack waits, a resend is still the duplicate it is.
+            db.execute(
+                "DELETE FROM request_keys WHERE stored_at < ? AND (pack IS NULL OR pack NOT IN (SELECT id FROM packs"
+                " INDEXED BY packs_pending WHERE state = 'pending')) AND NOT EXISTS (SELECT 1 FROM requests"
+                " WHERE requests.destination = request_keys.destination"
+                " AND requests.message_id = request_keys.message_id)",
+                (horizon,),
+            )
         while self.debug_keep:  # in short transactions: intake and delivery write in between
             with self._write() as db:
                 if debugger.prune(db) < 5000:
