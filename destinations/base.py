@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
-from .fields import Call, Table
+from .fields import Call, Table, _new_tuple
 from .redaction import mask_headers, mask_params
 from .shaping import Shaping, ShapingSettings
 from .spec import Message, Track, check_envelope, format_path, integration_setting, parse_message, raw_label
@@ -71,11 +71,6 @@ class Handled(NamedTuple):
 
     requests: list[HttpRequest]
     warnings: list[MappingWarning]
-
-
-# A named tuple's own __new__ is a Python function; tuple.__new__ with every field, in order, skips that frame on
-# the path every event takes.
-_new_tuple = tuple.__new__
 
 
 class Mapped(NamedTuple):

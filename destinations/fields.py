@@ -447,7 +447,9 @@ class Item(NamedTuple):
     path: str
 
 
-# Item's own __new__ is a Python function; tuple.__new__ with both fields skips that frame.
+# A named tuple's own __new__ is a Python function; tuple.__new__ given every field, in order, skips that frame on
+# the path every event takes (Item here, HttpRequest and Handled in base.py). tests/test_api.py checks that the
+# field counts are still the ones these calls pass.
 _new_tuple = tuple.__new__
 
 

@@ -173,3 +173,18 @@ def test_requests_of_every_destination_own_their_params_and_headers() -> None:
         second = dest.handle(message)[0]
         assert "leak" not in second.params, name
         assert "X-Leak" not in second.headers, name
+
+
+def test_named_tuples_built_without_their_constructors_get_every_field() -> None:
+    # base.py and fields.py build these with tuple.__new__ and every field in order (a frame less per event):
+    # a field added to one of them must be added to those calls too, which this count makes someone look at.
+    from destinations.base import Handled
+    from destinations.fields import Item
+
+    assert (len(HttpRequest._fields), len(Handled._fields), len(Item._fields)) == (7, 2, 2)
+    dest = get_destination("segmentify", {"apiKey": "k-api-1", "dataCenterUrl": "https://dce1.segmentify.com"})
+    handled = dest.handle_with_warnings({"type": "identify", "userId": "u1", "traits": {"email": "a@shop.example"}})
+    (request,) = handled.requests
+    assert request == HttpRequest(*request)
+    assert request.secret_names == frozenset({"apikey"})
+    assert type(handled) is Handled

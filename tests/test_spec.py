@@ -412,7 +412,7 @@ def test_numeric_ids_become_text_and_blank_ids_are_absent() -> None:
     [
         ('{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),  # past 64 bits
         ('{"n": -9223372036854775809}', {"n": -9223372036854775809}),  # below -2**63
-        ('{"n": 18446744073709551615}', {"n": 18446744073709551615}),  # the largest orjson keeps
+        ('{"n": 9223372036854775807}', {"n": 9223372036854775807}),  # 19 digits: read by the stdlib all the same
         ('{"s": "1234567890123456789012"}', {"s": "1234567890123456789012"}),  # digits in text stay text
         ('{"s": "\\ud800"}', {"s": "\ud800"}),  # a lone surrogate, which orjson refuses
         ("[1.5, 2]", [1.5, 2]),
