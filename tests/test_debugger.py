@@ -312,6 +312,26 @@ def test_housekeeping_keeps_what_the_debugger_shows_and_clears_the_rest(tmp_path
     assert db.execute("SELECT COUNT(*) FROM debug_attempts").fetchone()[0] == 0  # nothing kept: none kept
 
 
+def test_housekeeping_clears_packs_stored_before_the_oldest_kept_message_however_late_delivered(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("segmentify",))
+    outbox = Outbox(config.outbox.path, debug_keep=1)
+    holder = Holder.new()
+    for n in range(2):  # two rounds, two packs; the debugger keeps the second message only
+        outbox.accept_events([{**events()[0], "messageId": f"late{n}"}], source="tracking")
+        map_inbox(outbox, config.destinations, holder)
+        time.sleep(0.01)
+    for _ in range(2):  # both delivered after the second was mapped (a backlog drained, say)
+        (batch,) = outbox.claim("shop-segmentify", max_batches=1, batch_size=10, batch_bytes=10**6, lease=30)
+        outbox.delivered(batch, "200")
+    db = outbox._db()
+    kept = "SELECT message_id FROM request_keys JOIN pack_entries USING (pack) ORDER BY message_id"
+    assert [m for (m,) in db.execute(kept)] == ["late0", "late1"]
+    outbox.prune()
+    assert [m for (m,) in db.execute(kept)] == ["late1"]  # what the debugger shows keeps its text
+
+
 @pytest.mark.parametrize(
     ("host", "status"),
     [("127.0.0.1:8080", 200), ("localhost", 200), ("[::1]:8080", 200), ("LOCALHOST:1", 200),

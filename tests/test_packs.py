@@ -358,3 +358,24 @@ def test_a_pruned_pack_takes_its_entries_with_it(tmp_path: Path) -> None:
     outbox.prune(now=now + 3600)
     assert outbox._db().execute("SELECT COUNT(*) FROM packs").fetchone() == (0,)
     assert outbox._db().execute("SELECT COUNT(*) FROM pack_entries").fetchone() == (0,)
+
+
+def test_a_user_held_in_a_pack_out_is_held_in_the_next_one_too(outbox: Outbox) -> None:
+    """a has a row out when pack P1 goes: a's request in P1 is held (a row once P1 is written). The next pack, sent
+    beside P1, must hold a's later request as well, or it would reach the vendor before the one P1 holds."""
+    now = time.time()
+    outbox.enqueue([message(1, "a", batchable=False)])
+    (first,) = claim(outbox, now)
+    outbox.release(first)  # a's m1 is a row now
+    (row,) = claim(outbox, now + 1)  # and out
+    assert ids(row) == [("m1", 0)]
+    outbox.enqueue([message(2, "a", batchable=False), message(3, "b", batchable=False)])  # P1
+    outbox.enqueue([message(4, "a", batchable=False), message(5, "c", batchable=False)])  # P2
+    (p1,) = claim(outbox, now + 1)
+    assert ids(p1) == [("m3", 0)]  # a's m2 held: a has a row out
+    outbox.delivered(row, "200")  # a has no row left; P1 still holds a's m2
+    (p2,) = claim(outbox, now + 1)
+    assert ids(p2) == [("m5", 0)]  # so a's m4 is held too
+    outbox.delivered(p2, "200")
+    outbox.delivered(p1, "200")
+    assert [r[:2] for r in rows(outbox) if r[3] == "pending"] == [("m2", 0), ("m4", 0)]

@@ -848,8 +848,11 @@ class Outbox:
                 mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
             if self._foreign_pack_out(db, destination, mine, now):
                 return []
+            # A row waits for its user's requests sent in this process's packs; a pack's request also for those
+            # they hold, which become rows when their pack is written.
             busy = {user for run in mine for user in run.sent_users}
             batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan, busy)
+            busy = {e.user_key for run in mine for e in run.entries}
             for _ in range(HELD_PACKS_A_CLAIM):
                 if batches or len(mine) >= PACKS_OUT:
                     return batches
@@ -865,8 +868,10 @@ class Outbox:
                 if not batches:  # every request held: the pack is rows now (or once the packs before it are)
                     with self._runs_lock:
                         mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
+                    sent = {user for run in mine for user in run.sent_users}
                     batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
-                                               scan, busy)  # fmt: skip
+                                               scan, sent)  # fmt: skip
+                    busy = {e.user_key for run in mine for e in run.entries}
             return batches
 
     def _foreign_pack_out(self, db: sqlite3.Connection, destination: str, mine: list[_PackRun], now: float) -> bool:
