@@ -367,6 +367,12 @@ def words(name: str) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)  # a shop has few event names; each is looked at once
+def has_words(name: str) -> bool:
+    """Whether a name has a letter or digit (`words` finds any): what a vendor event name is made of."""
+    return bool(words(name))
+
+
 @lru_cache(maxsize=4096)  # a shop has few event names; each is derived once
 def snake_case(name: str) -> str:
     """'Coupon Applied' -> 'coupon_applied'; 'Sipariş Tamamlandı' -> 'sipariş_tamamlandı' (every letter kept)."""
@@ -436,9 +442,13 @@ def as_number(value: Any) -> Number | None:
     return None
 
 
+# json.dumps with these arguments builds the same encoder on every call; one made once encodes the same.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+
+
 def compact_json(value: Any) -> str:
     """Compact JSON text of a value that `sendable` has passed."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+    return _COMPACT.encode(value)
 
 
 def _json_text_stdlib(value: Any) -> str:
