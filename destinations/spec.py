@@ -398,7 +398,7 @@ def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dic
     off, `true` or an object turns it on (an object also carries options). Other values are absent.
     The key is "" when nothing in `integrations` decided.
     """
-    if not isinstance(integrations, dict):
+    if not isinstance(integrations, dict) or not integrations:  # most messages: nothing to look through
         return True, {}, ""
     own = integrations.get(display_name)
     if own is True:
@@ -577,7 +577,14 @@ def language(locale: str | None) -> str | None:
     return locale.strip().replace("_", "-").partition("-")[0] or None
 
 
+_EXACT_TERM = 10**18  # a price x quantity below it sums exactly in 28-digit Decimal too
+
+
 def money_sum(terms: list[tuple[Number, Number]]) -> Number:
     """Sum of price x quantity without binary-float noise (349.99 * 2 + 249.99 == 949.97)."""
-    total = sum((Decimal(str(p)) * Decimal(str(q)) for p, q in terms), Decimal(0))
+    # Integers are exact as they are: Decimal(q) is Decimal(str(q)), and while every term stays below 10**18 the
+    # Decimal sum (28 digits) is exact too, so it is the integer sum.
+    if all(type(p) is int and type(q) is int and -_EXACT_TERM < p * q < _EXACT_TERM for p, q in terms):
+        return sum(p * q for p, q in terms)
+    total = sum((Decimal(str(p)) * (Decimal(q) if type(q) is int else Decimal(str(q))) for p, q in terms), Decimal(0))
     return int(total) if total == total.to_integral_value() else float(total)
