@@ -146,6 +146,7 @@ class CartBook:
         #: The cart events this round applied, (instance, messageId): written with the changes.
         self.applied: list[tuple[str, str]] = []
         self._handled: set[tuple[str, str]] = set()
+        self._answers: dict[tuple[str, str], bool] = {}
 
     def resent(self, instance: str, destination: Destination, parsed: Any, message_id: str | None) -> int:
         """For a cart event the instance's carts took in an earlier round: how many of its requests the outbox
@@ -157,9 +158,18 @@ class CartBook:
             or CHANGES.get(destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event)) is None
         ):
             return 0  # only cart events are recorded: no lookup for the others
-        if self._seen is None or not self._seen(instance, message_id):
+        if not self._was_seen(instance, message_id):
             return 0
         return self._stored(instance, message_id)
+
+    def _was_seen(self, instance: str, message_id: str) -> bool:
+        """`seen`, asked once a message and instance: the round stores nothing before its commit, so the
+        answer `resent` got holds for `hand` (a query less for every cart event)."""
+        key = (instance, message_id)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._seen is not None and self._seen(instance, message_id)
+        return answer
 
     def get(self, instance: str, key: str) -> Cart | None:
         """The cart under `key` as this round has it: None when there is none or it expired."""
@@ -182,7 +192,7 @@ class CartBook:
         if kind is None or not destination.admits(parsed):
             return parsed
         resend = message_id is not None and (
-            (instance, message_id) in self._handled or (self._seen is not None and self._seen(instance, message_id))
+            (instance, message_id) in self._handled or self._was_seen(instance, message_id)
         )
         if message_id is not None and not resend:
             self._handled.add((instance, message_id))
