@@ -508,6 +508,7 @@ _SHAPES: dict[type, tuple[bool, bool, bool]] = {
 
 
 _UNREAD: Any = object()
+_NESTED = (dict, list)
 
 
 class _Parts:
@@ -854,9 +855,12 @@ class Call:
 
     # -- values passed through as they are
 
-    def passthrough(self, values: Mapping[str, Any], root: str, target: str, skip: Any = ()) -> dict[str, Any]:
+    def passthrough(
+        self, values: Mapping[str, Any], root: str, target: str, skip: Any = (), *, flat: bool = False
+    ) -> dict[str, Any]:
         """The entries of `values` not in `skip`, nulls left out, each made sendable; an entry that
-        cannot be sent (lone surrogate, nesting too deep) is left out with a warning."""
+        cannot be sent (lone surrogate, nesting too deep) is left out with a warning. `flat`: objects and
+        lists as compact JSON text (`flat`)."""
         out: dict[str, Any] = {}
         if self.overrides and root in ("traits", "properties"):
             # A value a user's field mapping (by field name) reads is sent in that field, not again as its own key.
@@ -888,15 +892,13 @@ class Call:
                 self.warn(*self._place(path, str(exc)), target)
                 continue
             if clean is not None:
-                out[key] = clean
+                # `sendable` gives objects and lists as plain dicts and lists.
+                out[key] = compact_json(clean) if flat and type(clean) in _NESTED else clean
         return out
 
     def flat(self, values: Mapping[str, Any], root: str, target: str, skip: Any = ()) -> dict[str, Any]:
         """`passthrough` with objects and lists as compact JSON text: a flat map of scalars."""
-        return {
-            k: compact_json(v) if isinstance(v, dict | list) else v
-            for k, v in self.passthrough(values, root, target, skip).items()
-        }
+        return self.passthrough(values, root, target, skip, flat=True)
 
     # -- identity, time and context
 
