@@ -467,7 +467,7 @@ try:  # several times faster; the stdlib takes over for what orjson refuses (hug
         """Compact JSON text of any JSON-like value, for storing: orjson, or the stdlib where orjson refuses
         (huge integers, lone surrogates escaped); NaN and infinities become null."""
         try:
-            return orjson.dumps(value).decode("utf-8")
+            return orjson.dumps(value).decode()  # UTF-8
         except (TypeError, orjson.JSONEncodeError):
             return _json_text_stdlib(value)
 
