@@ -38,8 +38,10 @@ def user_key(message: Any) -> str:
     if isinstance(message, dict):
         for key in ("userId", "anonymousId"):
             value = message.get(key)
-            if value is not None and not isinstance(value, bool) and str(value).strip():
-                return str(value).strip()
+            if value is None or isinstance(value, bool):
+                continue
+            if text := (value if type(value) is str else str(value)).strip():
+                return text
     return ""
 
 
