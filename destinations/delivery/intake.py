@@ -15,7 +15,7 @@ from ..base import CART, Destination, HttpRequest
 from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..fields import sharing
-from ..spec import json_value, parse_message
+from ..spec import json_text, json_value, parse_message
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
@@ -111,7 +111,11 @@ def _map(
     record = None
     if origin is not None:
         record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
-    return MessageRequests(items, inbox_id, None, mid, record)
+    try:  # while the bodies are at hand; one that cannot be made is left to the outbox, which sets it aside
+        texts = [[json_text(r.json) for r in requests_] for *_, requests_ in items]
+    except (ValueError, TypeError, RecursionError, OverflowError):
+        texts = None
+    return MessageRequests(items, inbox_id, None, mid, record, texts)
 
 
 def _hand(

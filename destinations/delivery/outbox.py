@@ -180,6 +180,9 @@ class MessageRequests(NamedTuple):
     dead: str | None = None
     message_id: str | None = None  # for what a set-aside message is called in logs and reports
     debug: tuple[Any, ...] | None = None  # its debugger record (delivery/debugger.py `record`), when kept
+    #: Each request's body as `json_text` made it, per item, when the mapper made it while the body was at hand
+    #: (a round's bodies are long out of the CPU's caches by the time they are stored); else made by `_rows`.
+    texts: list[list[str]] | None = None
 
 
 class StoredForm(NamedTuple):
@@ -615,7 +618,9 @@ class Outbox:
     ) -> list[tuple[Any, ...]]:
         """One message's `requests` rows, in its instances' stored forms."""
         rows: list[tuple[Any, ...]] = []
-        for destination, message_id, user_key, requests_ in message.items:
+        texts = message.texts
+        for i, (destination, message_id, user_key, requests_) in enumerate(message.items):
+            bodies = texts[i] if texts is not None else None
             for idx, r in enumerate(requests_):
                 method, url, params, headers, value, batchable, _ = r
                 # Requests of one instance share params and headers: encode each distinct envelope once.
@@ -623,7 +628,7 @@ class Outbox:
                 e = envelopes.get(envelope_key)
                 if e is None:
                     e = envelopes[envelope_key] = _envelope(r, forms.get(destination, _KNOWN))
-                body = json_text(value)
+                body = bodies[idx] if bodies is not None else json_text(value)
                 rows.append(
                     (destination, message_id, idx, user_key, method, e[0], e[1], e[2], body, e[3], e[4], len(body),
                      now, now)
