@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from destinations.base import Credential, Destination, HttpRequest, Mapped, SettingsModel
+from destinations.base import HttpRequest
 from destinations.delivery import Outbox
-from destinations.delivery.intake import route
 from destinations.delivery.outbox import PACKS_OUT, MessageRequests, Row
 
 BATCHED = "https://vendor.example/batch"
@@ -239,35 +237,3 @@ def test_a_pack_out_is_renewed_while_its_process_sends_it_and_given_up_once_take
     assert not mine.current(batch)  # not sent: the other claim sends it
     assert mine.delivered(batch, "200") == 0
     assert theirs.delivered(taken, "200") == 1
-
-
-class PluginSettings(SettingsModel):
-    apiKey: SecretStr
-
-
-def odd_body(call: Any) -> Mapped:
-    """A body only JSON cannot carry (a set) for the event "Odd"."""
-    return Mapped("/e", {"event": call.event, "odd": {1} if call.event == "Odd" else 1})
-
-
-class Plugin(Destination):
-    name = "plugin"
-    display_name = "Plugin"
-    Settings = PluginSettings
-    credentials_declared = (Credential("apiKey", param="apiKey"),)
-    other_event = odd_body
-
-
-def test_bodies_made_while_mapping_are_stored_as_made_and_one_that_cannot_be_made_is_set_aside(
-    outbox: Outbox,
-) -> None:
-    """The intake makes each body's JSON text while it maps (MessageRequests.texts); a body it cannot make is
-    left to the outbox, which sets its message aside as before, and the round's others are stored."""
-    messages = [{"type": "track", "event": "Fine", "userId": "u", "messageId": "m1"},
-                {"type": "track", "event": "Odd", "userId": "u", "messageId": "m2"}]  # fmt: skip
-    report = route(messages, {"plugin": Plugin({"apiKey": "k"})}, outbox)
-    assert report.accepted == {"plugin": 1}
-    assert report.dead_events == 1
-    assert [m for m, _, _ in report.errors] == ["m2"]
-    (entries,) = outbox._db().execute("SELECT entries FROM pack_entries").fetchone()
-    assert '{\\"event\\":\\"Fine\\",\\"odd\\":1}' in entries
