@@ -25,6 +25,9 @@ CART = "cart"
 #: the package hands on, and open to clients that send whole carts themselves.
 WHOLE_CART = "wholeCart"
 
+#: How many of an instance's request paths keep their joined URL (`Destination.request`).
+_PATHS_KEPT = 64
+
 # Immutable, so no request can change another's through a shared default.
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -202,6 +205,7 @@ class Destination:
         self._base_url = str(getattr(self.settings, self.url_setting, "") or "")
         #: Every request's headers before its own: the credentials', then the destination's.
         self._request_headers = {**headers, **self.headers}
+        self._urls: dict[str, str] = {}  # path -> base URL + path
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -322,11 +326,17 @@ class Destination:
 
     def request(self, mapped: Mapped) -> HttpRequest:
         """The one typed form of a vendor request: the base URL and path, credentials and headers added."""
-        own = mapped.headers
-        headers = {**self._request_headers, **own} if own else dict(self._request_headers)
+        path, json, own, method = mapped
+        headers = self._request_headers.copy()  # each request its own dicts, as a caller may change them
+        if own:
+            headers.update(own)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._base_url + path
+            if len(self._urls) < _PATHS_KEPT:  # a destination has a few paths (a plugin's may hold ids: not all)
+                self._urls[path] = url
         return _new_tuple(HttpRequest, (
-            mapped.method, self._base_url + mapped.path, dict(self._secret_params), headers, mapped.json,
-            self.batchable, self._secret_names,
+            method, url, self._secret_params.copy(), headers, json, self.batchable, self._secret_names
         ))  # fmt: skip
 
     # -- delivery hooks (used by destinations.delivery, never by handle)

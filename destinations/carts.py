@@ -107,6 +107,8 @@ class Cart(NamedTuple):
     updated_at: float
 
 
+_UNKNOWN: Any = object()
+
 # (instance, cart key) -> the cart after the round, or None: forgotten (an order completed it).
 Changes = dict[tuple[str, str], Cart | None]
 
@@ -146,20 +148,37 @@ class CartBook:
         #: The cart events this round applied, (instance, messageId): written with the changes.
         self.applied: list[tuple[str, str]] = []
         self._handled: set[tuple[str, str]] = set()
+        self._answers: dict[tuple[str, str], bool] = {}
+        self._kinds: dict[tuple[str, str], str | None] = {}
 
     def resent(self, instance: str, destination: Destination, parsed: Any, message_id: str | None) -> int:
         """For a cart event the instance's carts took in an earlier round: how many of its requests the outbox
         holds (they make the resend a duplicate, as any message sent twice); 0 otherwise."""
         if message_id is None or self._stored is None or (instance, message_id) in self._handled:
             return 0
-        if (
-            not isinstance(parsed, Track)
-            or CHANGES.get(destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event)) is None
-        ):
+        if not isinstance(parsed, Track) or self._change(instance, destination, parsed.event) is None:
             return 0  # only cart events are recorded: no lookup for the others
-        if self._seen is None or not self._seen(instance, message_id):
+        if not self._was_seen(instance, message_id):
             return 0
         return self._stored(instance, message_id)
+
+    def _change(self, instance: str, destination: Destination, event: str) -> str | None:
+        """What an event does to the instance's carts (CHANGES: by the spec event its shaping maps it onto),
+        worked out once a round for each (instance, event name): every message asks, twice."""
+        key = (instance, event)
+        kind = self._kinds.get(key, _UNKNOWN)
+        if kind is _UNKNOWN:
+            kind = self._kinds[key] = CHANGES.get(destination.shaping.spec_event(event) or canonical_event(event))
+        return kind  # type: ignore[no-any-return]
+
+    def _was_seen(self, instance: str, message_id: str) -> bool:
+        """`seen`, asked once a message and instance: the round stores nothing before its commit, so the
+        answer `resent` got holds for `hand` (a query less for every cart event)."""
+        key = (instance, message_id)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._seen is not None and self._seen(instance, message_id)
+        return answer
 
     def get(self, instance: str, key: str) -> Cart | None:
         """The cart under `key` as this round has it: None when there is none or it expired."""
@@ -176,13 +195,13 @@ class CartBook:
         else `parsed` as it is, and the stateless rules apply (also when no cart is known and the event brings
         none: an empty cart would clear the shopper's cart at the vendor). Raises nothing of its own: a message
         the cart cannot read is handed on unchanged, to be refused with its path."""
-        if not isinstance(parsed, Track) or not isinstance(raw, Mapping):
+        if not isinstance(parsed, Track):
             return parsed
-        kind = CHANGES.get(destination.shaping.spec_event(parsed.event) or canonical_event(parsed.event))
-        if kind is None or not destination.admits(parsed):
+        kind = self._change(instance, destination, parsed.event)
+        if kind is None or not isinstance(raw, Mapping) or not destination.admits(parsed):
             return parsed
         resend = message_id is not None and (
-            (instance, message_id) in self._handled or (self._seen is not None and self._seen(instance, message_id))
+            (instance, message_id) in self._handled or self._was_seen(instance, message_id)
         )
         if message_id is not None and not resend:
             self._handled.add((instance, message_id))
@@ -406,6 +425,15 @@ class CartTracker:
         and not expired."""
         with self._lock:
             return CartBook(self._load, ttl=self.ttl).get(instance, key)
+
+    def _change(self, instance: str, destination: Destination, event: str) -> str | None:
+        """What an event does to the instance's carts (CHANGES: by the spec event its shaping maps it onto),
+        worked out once a round for each (instance, event name): every message asks, twice."""
+        key = (instance, event)
+        kind = self._kinds.get(key, _UNKNOWN)
+        if kind is _UNKNOWN:
+            kind = self._kinds[key] = CHANGES.get(destination.shaping.spec_event(event) or canonical_event(event))
+        return kind  # type: ignore[no-any-return]
 
     def _was_seen(self, instance: str, message_id: str) -> bool:
         if self._db is not None:  # the file's own record, shared by the processes using it

@@ -49,7 +49,7 @@ from .fields import (
     Table,
     present,
 )
-from .spec import compact_json, has_surrogate, lower_camel, words
+from .spec import compact_json, has_surrogate, has_words, lower_camel
 
 BASIC_USER = "destinations"
 EVENT_PATH = "/api/v2/event"
@@ -238,7 +238,7 @@ def custom_event(call: Call) -> Mapped:
     key = (call.read(EVENT_TYPE_KEY, target="event (eventTypeKey)") or "").strip() or call.custom_name or ""
     if not key:
         # Letters and digits of the name as sent: an emoji or a currency sign transliterates to words.
-        key = lower_camel(call.event) if words(call.event) else ""
+        key = lower_camel(call.event) if has_words(call.event) else ""
         if not key:
             raise call.fail(
                 "event",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -71,6 +71,11 @@ def read_text(value: Any) -> str:
     if kind is int or (kind is float and math.isfinite(value)):
         return str(value)
     raise ValueError("must be text")
+
+
+# The largest integer a number field takes, past it "too large" (spec.as_number); a name, so it is not computed
+# at each use (10**300 is not folded into a constant).
+_LIMIT = 10**300
 
 
 def read_number(value: Any) -> Number:
@@ -244,13 +249,36 @@ FAST_PATHS = True
 Take = Callable[[str, bool], list[str]]
 
 
+def _plain_day(text: str) -> date | None:
+    """`parse_date` of YYYY-MM-DD text without spaces around it (its own first step); None otherwise."""
+    if len(text) != 10 or text[0].isspace() or text[-1].isspace():
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+# Per reader: the test that a value `x` is plain (what `Call._read` would take without a warning) and the value
+# then read from it, for the straight-line code; another reader's values all go to `Call._read`.
+_PLAIN: dict[Callable[[Any], Any], tuple[str, str]] = {
+    read_text: ("type(x) is str and x and x.isascii()", "x"),
+    read_url: ("type(x) is str and x and x.isascii() and valid_url(x)", "x"),
+    read_number: ("(type(x) is int and NEG_LIMIT < x < LIMIT) or (type(x) is float and isfinite(x))", "x"),
+    read_bool: ("type(x) is bool", "x"),
+    read_flag: ("type(x) is bool", "int(x)"),
+    parse_date: ("type(x) is str and (d := plain_day(x)) is not None", "d"),
+}
+
+
 def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], *, take: Take) -> list[str]:
     """Straight-line code for one field: its sources looked up in order with exact type checks; a plain
-    value of its kind (ASCII text, a valid URL, a finite number) taken as `Call.read` takes it, anything
-    else handed to `Call._read`. `take(value, may_be_none)` gives the lines that use a value."""
-    ns[f"F{i}"], ns[f"T{i}"], ns[f"TO{i}"] = f, target, f.to
+    value of its kind (`_PLAIN`: ASCII text, a valid URL, a finite number, a boolean, an ISO day) taken as
+    `Call.read` takes it, and a constant default when no source is present; anything else handed to
+    `Call._read`. `take(value, may_be_none)` gives the lines that use a value."""
+    ns[f"F{i}"], ns[f"T{i}"], ns[f"TO{i}"], ns[f"D{i}"] = f, target, f.to, f.default
     general = ["v = call._read(F" + str(i) + ", item, T" + str(i) + ")", *take("v", True)]
-    if f.reader not in (read_text, read_url, read_number):
+    if f.reader not in _PLAIN:
         if probe is not None:
             test = " or ".join(f"R{index}.get({key!r}) is not None" for index, key in probe)
             general = [f"if {test}:", *("    " + line for line in general)]
@@ -267,16 +295,22 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
         for key in source.rest:
             lines.append(f"{pad}if x is not None:")
             lines.append(f"{pad}    x = x.get({key!r}) if type(x) is dict else None")
-    if f.reader is read_number:
-        fast = "(type(x) is int and NEG_LIMIT < x < LIMIT) or (type(x) is float and isfinite(x))"
-    elif f.reader is read_url:
-        fast = "type(x) is str and x and x.isascii() and valid_url(x)"
+    fast, value = _PLAIN[f.reader]
+    # Absent everywhere: a constant default is the value; else the general path decides when there is a
+    # default (a function of the call) or the field is required; else nothing.
+    if f.default is not None and not callable(f.default):
+        absent = [f"v = TO{i}(D{i})" if f.to is not None else f"v = D{i}", *take("v", True)]
+    elif f.required or f.default is not None:
+        absent = general
     else:
-        fast = "type(x) is str and x and x.isascii()"
-    # Absent everywhere: the general path decides when it has a default or is required; else nothing.
-    absent = general if f.required or f.default is not None else ["pass"]
+        absent = ["pass"]
     lines += ["if x is None:", *("    " + line for line in absent)]
-    plain = [f"v = TO{i}(x)", *take("v", True)] if f.to is not None else take("x", False)
+    if f.to is not None:
+        plain = [f"v = TO{i}({value})", *take("v", True)]
+    elif value == "x":
+        plain = take("x", False)
+    else:
+        plain = [f"v = {value}", *take("v", False)]
     lines += [f"elif {fast}:", *("    " + line for line in plain)]
     lines += ["else:", *("    " + line for line in general)]
     return lines
@@ -287,7 +321,7 @@ _UNPACK_ROOTS = "    " + ", ".join(f"R{i}" for i in range(len(ROOTS))) + " = R"
 
 
 def _compiled(name: str, lines: list[str], ns: dict[str, Any]) -> Callable[..., Any]:
-    ns.update(isfinite=math.isfinite, valid_url=_valid_url, LIMIT=10**300, NEG_LIMIT=-(10**300))
+    ns.update(isfinite=math.isfinite, valid_url=_valid_url, plain_day=_plain_day, LIMIT=_LIMIT, NEG_LIMIT=-_LIMIT)
     exec(compile("\n".join(lines), f"<fields of {name}>", "exec"), ns)  # noqa: S102 - made from our declarations
     return ns["fast"]  # type: ignore[no-any-return]
 
@@ -475,6 +509,64 @@ _SHAPES: dict[type, tuple[bool, bool, bool]] = {
 }  # fmt: skip
 
 
+_UNREAD: Any = object()
+_NESTED = (dict, list)
+
+
+class _Parts:
+    """What every destination's `Call` derives alike from one message: its canonical event, properties, traits
+    and the roots they are read from; its products as items and its time once read (`Call.products`, `time`)."""
+
+    __slots__ = ("context_traits", "event", "moment", "own", "products", "properties", "traits")
+
+    def __init__(self, message: Message) -> None:
+        kind = type(message)
+        shape = _SHAPES.get(kind)
+        if shape is None:  # a subclass of a message model: found the slow way
+            shape = (
+                issubclass(kind, Track),
+                issubclass(kind, Track | Page | Screen),
+                issubclass(kind, Identify | Group),
+            )
+        track, has_properties, has_traits = shape
+        self.event: str = canonical_event(message.event) if track else message.type  # type: ignore[attr-defined]
+        self.properties: dict[str, Any] = message.properties if has_properties else {}  # type: ignore[attr-defined]
+        # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
+        own = message.traits if has_traits else {}  # type: ignore[attr-defined]
+        context_traits = message.context.get("traits")
+        if type(context_traits) is not dict:
+            context_traits = context_traits if isinstance(context_traits, dict) else {}
+        self.own: dict[str, Any] = own
+        self.context_traits: dict[str, Any] = context_traits
+        self.traits: dict[str, Any] = (
+            {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
+            else own or context_traits
+        )  # fmt: skip
+        self.products: list[Item] | None = None
+        self.moment: datetime | None = _UNREAD
+
+
+# The message the intake is mapping for each destination in turn (`sharing`), with its parts once a Call has
+# derived them: (None, None) outside that loop. Rebound whole, so a thread never sees one message's parts
+# beside another message.
+_SHARED: tuple[Any, _Parts | None] = (None, None)
+
+
+def sharing(message: Any) -> None:
+    """Map `message` for several destinations in turn with its parts derived once (`_Parts`), until `sharing`
+    names another message or None. Only for a message its caller does not change meanwhile: the parts are
+    taken from it once."""
+    global _SHARED  # noqa: PLW0603 - one slot, rebound whole
+    _SHARED = (message, None) if message is not None else (None, None)
+
+
+def _share(message: Message) -> _Parts:
+    global _SHARED  # noqa: PLW0603
+    parts = _Parts(message)
+    _SHARED = (message, parts)
+    return parts
+
+
 class Call:
     """One message as a vendor mapper sees it: the parsed model, the options, and the readers.
 
@@ -483,8 +575,8 @@ class Call:
     """
 
     __slots__ = (
-        "_item", "_products", "_roots", "custom_name", "event", "message", "options", "overrides", "properties",
-        "settings", "traits", "vendor", "warnings",
+        "_item", "_parts", "_roots", "custom_name", "event", "message", "options", "overrides",
+        "properties", "settings", "traits", "vendor", "warnings",
     )  # fmt: skip
 
     def __init__(
@@ -495,29 +587,15 @@ class Call:
         self.options = options if isinstance(options, dict) else {}
         self.settings = settings
         self.vendor = vendor
-        kind = type(message)
-        shape = _SHAPES.get(kind)
-        if shape is None:  # a subclass of a message model: found the slow way
-            shape = (
-                issubclass(kind, Track),
-                issubclass(kind, Track | Page | Screen),
-                issubclass(kind, Identify | Group),
-            )
-        track, has_properties, has_traits = shape
-        self.event = canonical_event(message.event) if track else message.type  # type: ignore[attr-defined]
+        shared = _SHARED
+        # One of several destinations mapping this message (`sharing`): its parts are derived once for all.
+        parts = (shared[1] or _share(message)) if shared[0] is message else _Parts(message)
+        self._parts = parts
+        self.event = parts.event
         #: The call's properties ({} for identify, group and alias).
-        self.properties: dict[str, Any] = message.properties if has_properties else {}  # type: ignore[attr-defined]
-        # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
-        own = message.traits if has_traits else {}  # type: ignore[attr-defined]
-        context_traits = message.context.get("traits")
-        if type(context_traits) is not dict:
-            context_traits = context_traits if isinstance(context_traits, dict) else {}
+        self.properties: dict[str, Any] = parts.properties
         #: `traits` over `context.traits` (MAPPINGS "Real traffic"), for values passed through as they are.
-        self.traits: dict[str, Any] = (
-            {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
-            else own or context_traits
-        )  # fmt: skip
-        self._products: list[Item] | None = None
+        self.traits: dict[str, Any] = parts.traits
         self._item: Item | None = None
         self.warnings: list[MappingWarning] = []
         #: The destination instance's field mappings, to read instead of a declared field: by id(field) for a
@@ -527,7 +605,7 @@ class Call:
         self.custom_name: str | None = None
         # In ROOTS order; the product's slot is filled for each read that uses it.
         self._roots: list[Any] = [
-            self.properties, own, context_traits, self.options, None, message.context, message
+            parts.properties, parts.own, parts.context_traits, self.options, None, message.context, message
         ]  # fmt: skip
 
     # -- errors
@@ -620,7 +698,7 @@ class Call:
                 if value.isascii() and (reader is read_text or (reader is read_url and _valid_url(value))):
                     return value if f.to is None else f.to(value)  # the common cases, without a call
             elif (kind is int or (kind is float and math.isfinite(value))) and reader is read_number:
-                if kind is float or -(10**300) < value < 10**300:
+                if kind is float or -_LIMIT < value < _LIMIT:
                     return value if f.to is None else f.to(value)
             elif value is None or (kind is list and not value):
                 continue
@@ -654,6 +732,11 @@ class Call:
             f = self.overrides.get(id(f), f)
         for source in f.compiled:
             value = self._value(source, item)
+            kind = type(value)
+            if f.reader is read_number and (
+                (kind is float and math.isfinite(value)) or (kind is int and -_LIMIT < value < _LIMIT)
+            ):
+                return value if f.to is None else f.to(value)  # a plain number (a price), without a call
             if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
                 continue
             try:
@@ -747,10 +830,12 @@ class Call:
 
     @property
     def products(self) -> list[Item]:
-        """`properties.products` as items; one object counts as a list of one; [] when absent."""
-        if self._products is None:
-            self._products = self.objects("products")
-        return self._products
+        """`properties.products` as items; one object counts as a list of one; [] when absent. Not to be
+        changed: every destination of a shared message (`sharing`) reads the same list."""
+        parts = self._parts
+        if parts.products is None:
+            parts.products = self.objects("products")
+        return parts.products
 
     def objects(self, key: str, within: Item | None = None) -> list[Item]:
         """`properties.<key>` (or `<key>` of another item) as a list of objects with their paths; one
@@ -772,9 +857,12 @@ class Call:
 
     # -- values passed through as they are
 
-    def passthrough(self, values: Mapping[str, Any], root: str, target: str, skip: Any = ()) -> dict[str, Any]:
+    def passthrough(
+        self, values: Mapping[str, Any], root: str, target: str, skip: Any = (), *, flat: bool = False
+    ) -> dict[str, Any]:
         """The entries of `values` not in `skip`, nulls left out, each made sendable; an entry that
-        cannot be sent (lone surrogate, nesting too deep) is left out with a warning."""
+        cannot be sent (lone surrogate, nesting too deep) is left out with a warning. `flat`: objects and
+        lists as compact JSON text (`flat`)."""
         out: dict[str, Any] = {}
         if self.overrides and root in ("traits", "properties"):
             # A value a user's field mapping (by field name) reads is sent in that field, not again as its own key.
@@ -792,25 +880,27 @@ class Call:
         for key, value in values.items():
             if value is None or key in skip:
                 continue
-            if type(key) is str and has_surrogate(key):
+            if type(key) is str and not key.isascii() and has_surrogate(key):
                 self.warn(root, f"has a key that {LONE_SURROGATE}", target)
                 continue
-            path = self.trait_path(key) if values is self.traits else f"{root}.{key}"
+            kind = type(value)
+            if (kind is str and value.isascii()) or kind is bool:
+                out[key] = value  # sendable as it is: the common case, without a call
+                continue
             try:
                 clean = sendable(value, 1)
             except ValueError as exc:
+                path = self.trait_path(key) if values is self.traits else f"{root}.{key}"
                 self.warn(*self._place(path, str(exc)), target)
                 continue
             if clean is not None:
-                out[key] = clean
+                # `sendable` gives objects and lists as plain dicts and lists.
+                out[key] = compact_json(clean) if flat and type(clean) in _NESTED else clean
         return out
 
     def flat(self, values: Mapping[str, Any], root: str, target: str, skip: Any = ()) -> dict[str, Any]:
         """`passthrough` with objects and lists as compact JSON text: a flat map of scalars."""
-        return {
-            k: compact_json(v) if isinstance(v, dict | list) else v
-            for k, v in self.passthrough(values, root, target, skip).items()
-        }
+        return self.passthrough(values, root, target, skip, flat=True)
 
     # -- identity, time and context
 
@@ -828,19 +918,24 @@ class Call:
         """The message time in UTC: the first present of timestamp, originalTimestamp, receivedAt and
         sentAt, and only that one is checked (MAPPINGS "Real traffic"). None when none is present; when
         it cannot be read, None with a warning, or an InvalidMessage when `required`."""
+        parts = self._parts
+        if parts.moment is not _UNREAD:  # read for an earlier destination of a shared message
+            return parts.moment
         for key in _TIME_SOURCES:
             value = getattr(self.message, key, None)
             if value is None or value == "":
                 continue
             try:
                 moment = value if isinstance(value, datetime) else parse_iso_datetime(value)
-                return utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
-            except ValueError as exc:
+                parts.moment = utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+                return parts.moment
+            except ValueError as exc:  # not kept: each destination warns, or fails, on its own
                 rule = str(exc)
                 if required:
                     raise self.fail(key, f"{rule}, and {self.vendor} {target} needs it") from None
                 self.warn(key, rule, target)
                 return None
+        parts.moment = None
         return None
 
     @property

@@ -53,7 +53,7 @@ from .fields import (
     line_item_sum,
     present,
 )  # fmt: skip
-from .spec import Number, words
+from .spec import Number, has_words
 
 Device = Literal["PC", "TABLET", "MOBILE", "ANDROID", "IOS"]
 DEVICES = ("PC", "TABLET", "MOBILE", "ANDROID", "IOS")
@@ -229,7 +229,7 @@ def user_update(call: Call) -> dict[str, Any]:
 
 def custom_event(call: Call) -> dict[str, Any]:
     """Any other track: `type` is the event name as sent, `params` the properties as a flat map."""
-    if not call.custom_name and not words(call.label):
+    if not call.custom_name and not has_words(call.label):
         raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} CUSTOM_EVENT (type)")
     return {
         "name": "CUSTOM_EVENT",

@@ -79,7 +79,7 @@ def parse_iso_datetime(value: str) -> datetime:
         raise ValueError(TIME_RULE)
     text = value.strip()
     try:
-        parsed = _DATETIME.validate_python(text)
+        parsed = _DATETIME.validator.validate_python(text)  # what TypeAdapter.validate_python calls
     except ValidationError:
         try:  # forms pydantic leaves out and the stdlib takes: "2024-01-01 00:00:00+00", a bare hour
             parsed = datetime.fromisoformat(text)
@@ -276,7 +276,8 @@ def parse_message(raw: Mapping[str, Any] | Message) -> Message:
     if raw["type"] != kind:
         raw = {**raw, "type": kind}
     try:
-        return MESSAGE_TYPES[kind].model_validate(raw)
+        # The model's validator itself: what model_validate calls, without its frame and checks of arguments.
+        return MESSAGE_TYPES[kind].__pydantic_validator__.validate_python(raw)  # type: ignore[no-any-return]
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
         path = format_path(err["loc"])
@@ -367,6 +368,12 @@ def words(name: str) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)  # a shop has few event names; each is looked at once
+def has_words(name: str) -> bool:
+    """Whether a name has a letter or digit (`words` finds any): what a vendor event name is made of."""
+    return bool(words(name))
+
+
 @lru_cache(maxsize=4096)  # a shop has few event names; each is derived once
 def snake_case(name: str) -> str:
     """'Coupon Applied' -> 'coupon_applied'; 'Sipariş Tamamlandı' -> 'sipariş_tamamlandı' (every letter kept)."""
@@ -392,7 +399,7 @@ def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dic
     off, `true` or an object turns it on (an object also carries options). Other values are absent.
     The key is "" when nothing in `integrations` decided.
     """
-    if not isinstance(integrations, dict):
+    if not isinstance(integrations, dict) or not integrations:  # most messages: nothing to look through
         return True, {}, ""
     own = integrations.get(display_name)
     if own is True:
@@ -436,9 +443,13 @@ def as_number(value: Any) -> Number | None:
     return None
 
 
+# json.dumps with these arguments builds the same encoder on every call; one made once encodes the same.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+
+
 def compact_json(value: Any) -> str:
     """Compact JSON text of a value that `sendable` has passed."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+    return _COMPACT.encode(value)
 
 
 def _json_text_stdlib(value: Any) -> str:
@@ -456,7 +467,7 @@ try:  # several times faster; the stdlib takes over for what orjson refuses (hug
         """Compact JSON text of any JSON-like value, for storing: orjson, or the stdlib where orjson refuses
         (huge integers, lone surrogates escaped); NaN and infinities become null."""
         try:
-            return orjson.dumps(value).decode("utf-8")
+            return orjson.dumps(value).decode()  # UTF-8
         except (TypeError, orjson.JSONEncodeError):
             return _json_text_stdlib(value)
 
@@ -567,7 +578,14 @@ def language(locale: str | None) -> str | None:
     return locale.strip().replace("_", "-").partition("-")[0] or None
 
 
+_EXACT_TERM = 10**18  # a price x quantity below it sums exactly in 28-digit Decimal too
+
+
 def money_sum(terms: list[tuple[Number, Number]]) -> Number:
     """Sum of price x quantity without binary-float noise (349.99 * 2 + 249.99 == 949.97)."""
-    total = sum((Decimal(str(p)) * Decimal(str(q)) for p, q in terms), Decimal(0))
+    # Integers are exact as they are: Decimal(q) is Decimal(str(q)), and while every term stays below 10**18 the
+    # Decimal sum (28 digits) is exact too, so it is the integer sum.
+    if all(type(p) is int and type(q) is int and -_EXACT_TERM < p * q < _EXACT_TERM for p, q in terms):
+        return sum(p * q for p, q in terms)
+    total = sum((Decimal(str(p)) * (Decimal(q) if type(q) is int else Decimal(str(q))) for p, q in terms), Decimal(0))
     return int(total) if total == total.to_integral_value() else float(total)

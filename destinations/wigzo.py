@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -111,6 +111,11 @@ def decimal_text(value: Number) -> str:
 def iso_date(day: date) -> str:
     """YYYY-MM-DD, zero-padded for every year (strftime does not pad years before 1000)."""
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
+
+
+def iso_time(moment: datetime) -> str:
+    """HH:MM:SS, as strftime("%H:%M:%S") writes it, without strftime's cost on every order."""
+    return f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
 
 
 def _language(call: Call, _: Any = None) -> str | None:
@@ -317,7 +322,7 @@ def order_completed(call: Call) -> Mapped:
     fields = call.map(ORDER_COMPLETED)
     products = call.require(call.products, "properties.products", "order_completed (line_items)")
     moment = call.time("order_completed (created_at)")
-    created_at = {"created_at": f"{iso_date(moment)}T{moment:%H:%M:%S}Z"} if moment else {}
+    created_at = {"created_at": f"{iso_date(moment)}T{iso_time(moment)}Z"} if moment else {}
     line_items = [call.map(LINE_ITEM, item) for item in products]
     return _event(call, "order_completed", {**fields, **created_at, "line_items": line_items})
 

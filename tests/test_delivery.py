@@ -401,3 +401,37 @@ def test_delivered_rows_keep_only_what_dedupe_needs(tmp_path: Path) -> None:
         # The same messages again: still delivered once.
         deliver(config, [message(1, note="x" * 5000), message(2)])
         assert sum(len(r.json) for r in sink.delivered()) == 2
+
+
+def test_bodies_made_while_mapping_are_stored_as_made_and_one_that_cannot_be_made_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """The intake makes each body's JSON text while it maps (MessageRequests.texts); a body it cannot make is
+    left to the outbox, which sets its message aside as before, and the round's others are stored."""
+    from pydantic import SecretStr
+
+    from destinations.base import Credential, Destination, Mapped, SettingsModel
+
+    class PluginSettings(SettingsModel):
+        apiKey: SecretStr
+
+    def odd_body(call: Any) -> Mapped:  # a body only JSON cannot carry (a set) for the event "Odd"
+        return Mapped("/e", {"event": call.event, "odd": {1} if call.event == "Odd" else 1})
+
+    class Plugin(Destination):
+        name = "plugin"
+        display_name = "Plugin"
+        Settings = PluginSettings
+        credentials_declared = (Credential("apiKey", param="apiKey"),)
+        other_event = odd_body
+
+    outbox = Outbox(tmp_path / "outbox.sqlite3", pack_size=0)
+    messages = [{"type": "track", "event": "Fine", "userId": "u", "messageId": "m1"},
+                {"type": "track", "event": "Odd", "userId": "u", "messageId": "m2"}]  # fmt: skip
+    report = route(messages, {"plugin": Plugin({"apiKey": "k"})}, outbox)
+    assert report.accepted == {"plugin": 1}
+    assert report.dead_events == 1
+    assert [m for m, _, _ in report.errors] == ["m2"]
+    stored = outbox._db().execute("SELECT message_id, body FROM requests").fetchall()
+    assert stored == [("m1", '{"event":"Fine","odd":1}')]
+    outbox.close()

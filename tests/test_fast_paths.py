@@ -88,3 +88,25 @@ def test_generated_messages_map_the_same_on_both_paths(message: Any, name: str) 
     destination = get_destination(name, SAMPLE_SETTINGS[name])
     fast, general = both(destination, message)
     assert fast == general
+
+
+# Values at the edges of the plain forms the straight-line code takes itself (booleans, flags, ISO days,
+# constant defaults); anything past them must reach the general reader and come out the same.
+EDGES = [True, False, 0, 1, "true", " 2024-02-29", "2024-02-29 ", "2024-02-30", "2021-W01-1", "2024-02-29",
+         "20240229", "", None, [], 1700000000, "2024-02-29T10:00:00Z"]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", EDGES, ids=repr)
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_plain_kinds_at_their_edges_map_the_same_on_both_paths(name: str, value: Any) -> None:
+    destination = get_destination(name, SAMPLE_SETTINGS[name])
+    context = {"traits": {"email": "a@example.com"}}
+    traits = {"birthday": value, "created_at": value, "updated_at": value, "is_active": value}
+    identify = {"type": "identify", "userId": "u1", "context": context, "traits": traits}
+    product = {"type": "track", "event": "Product Viewed", "userId": "u1", "context": context,
+               "properties": {"product_id": "p1", "name": "Shoe", "price": 10, "url": "https://shop.example/p1",
+                              "image_url": "https://shop.example/p1.png", "category": "Shoes", "in_stock": value,
+                              "quantity": value}}  # fmt: skip
+    for message in (identify, product):
+        fast, general = both(destination, message)
+        assert fast == general

@@ -14,7 +14,8 @@ from typing import Any
 from ..base import CART, Destination, HttpRequest
 from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
-from ..spec import json_value, parse_message
+from ..fields import sharing
+from ..spec import json_text, json_value, parse_message
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
@@ -37,8 +38,10 @@ def user_key(message: Any) -> str:
     if isinstance(message, dict):
         for key in ("userId", "anonymousId"):
             value = message.get(key)
-            if value is not None and not isinstance(value, bool) and str(value).strip():
-                return str(value).strip()
+            if value is None or isinstance(value, bool):
+                continue
+            if text := (value if type(value) is str else str(value)).strip():
+                return text
     return ""
 
 
@@ -92,13 +95,43 @@ def _map(
     ids = _identity(message, inbox_id)
     if isinstance(ids, MessageRequests):
         return ids
-    mid, user = ids
+    mid = ids[0]
     try:  # parsed once for every instance; a message that fails is handed to each as it came
         parsed: Any = parse_message(message)
     except InvalidMessage:
         parsed = message
     except RecursionError:
         return MessageRequests([], inbox_id, "it is nested too deep to read", mid)
+    sharing(parsed)  # every destination's Call derives the message's parts once; nothing here changes it
+    try:
+        items, outcomes = _hand(message, parsed, ids, destinations, report, keep_errors=keep_errors, carts=carts,
+                                origin=origin)  # fmt: skip
+    finally:
+        sharing(None)
+    record = None
+    if origin is not None:
+        record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
+    try:  # while the bodies are at hand; one that cannot be made is left to the outbox, which sets it aside
+        texts = [[json_text(r.json) for r in requests_] for *_, requests_ in items]
+    except (ValueError, TypeError, RecursionError, OverflowError):
+        texts = None
+    return MessageRequests(items, inbox_id, None, mid, record, texts)
+
+
+def _hand(
+    message: Any,
+    parsed: Any,
+    ids: tuple[str, str],
+    destinations: Mapping[str, Destination],
+    report: IntakeReport,
+    *,
+    keep_errors: int,
+    carts: CartBook | None,
+    origin: tuple[str | None, float | None, str | None] | None,
+) -> tuple[list[tuple[str, str, str, list[HttpRequest]]], dict[str, Any]]:
+    """`_map`'s requests for every instance (instance, messageId, user key, requests) and, with `origin`, the
+    outcome of each for the debugger; counted in `report`."""
+    mid, user = ids
     items: list[tuple[str, str, str, list[HttpRequest]]] = []
     outcomes: dict[str, Any] = {}
     for name, destination in destinations.items():
@@ -134,11 +167,12 @@ def _map(
             items.append((name, mid, user, requests_))
         if origin is not None:
             # The requests themselves are the outbox's rows (kept while the debugger shows their message).
-            outcomes[name] = {"outcome": "requests", "count": len(requests_), "warnings": [str(w) for w in warnings]}
-    record = None
-    if origin is not None:
-        record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
-    return MessageRequests(items, inbox_id, None, mid, record)
+            outcomes[name] = {
+                "outcome": "requests",
+                "count": len(requests_),
+                "warnings": [str(w) for w in warnings],
+            }
+    return items, outcomes
 
 
 def _identity(message: Any, inbox_id: int | None) -> tuple[str, str] | MessageRequests:

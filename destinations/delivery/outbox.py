@@ -190,6 +190,9 @@ class MessageRequests(NamedTuple):
     dead: str | None = None
     message_id: str | None = None  # for what a set-aside message is called in logs and reports
     debug: tuple[Any, ...] | None = None  # its debugger record (delivery/debugger.py `record`), when kept
+    #: Each request's body as `json_text` made it, per item, when the mapper made it while the body was at hand
+    #: (a round's bodies are long out of the CPU's caches by the time they are stored); else made by `_rows`.
+    texts: list[list[str]] | None = None
 
 
 class StoredForm(NamedTuple):
@@ -304,6 +307,15 @@ def _runs_of(ids: list[int]) -> list[tuple[int, int]]:
 
 def _public(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k.lower() not in secret}
+
+
+def _envelope(request: HttpRequest, form: StoredForm) -> tuple[str, str, str, int, str]:
+    """What a request's row stores of its envelope: url, params, headers, batchable and batch key."""
+    url = stored_url(request.url, form.base_url)
+    params = _public(request.params, form.secret_params)
+    headers = _public(request.headers, form.secret_headers)
+    key = json.dumps([request.method, url, params, headers], sort_keys=True) if request.batchable else ""
+    return url, json.dumps(params), json.dumps(headers), int(request.batchable), key
 
 
 # Where an instance's form is not given: the credential names the built-in destinations use, URLs kept whole.
@@ -548,7 +560,7 @@ class Outbox:
         the round's cart changes (carts.py), written in the same transaction as the requests they caused."""
         forms = forms or {}
         now = time.time() if now is None else now
-        envelopes: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+        envelopes: dict[tuple[Any, ...], tuple[str, str, str, int, str]] = {}
         units: list[_Unit] = []
         for event in events:
             if event.dead is not None:
@@ -609,27 +621,25 @@ class Outbox:
     def _rows(
         message: MessageRequests,
         forms: Mapping[str, StoredForm],
-        envelopes: dict[tuple[Any, ...], tuple[str, str, str, str]],
+        envelopes: dict[tuple[Any, ...], tuple[str, str, str, int, str]],
         now: float,
     ) -> list[tuple[Any, ...]]:
         """One message's `requests` rows, in its instances' stored forms."""
         rows: list[tuple[Any, ...]] = []
-        for destination, message_id, user_key, requests_ in message.items:
+        texts = message.texts
+        for i, (destination, message_id, user_key, requests_) in enumerate(message.items):
+            bodies = texts[i] if texts is not None else None
             for idx, r in enumerate(requests_):
+                method, url, params, headers, value, batchable, _ = r
                 # Requests of one instance share params and headers: encode each distinct envelope once.
-                envelope_key = (destination, r.method, r.url, r.batchable, *r.params.items(), None, *r.headers.items())
-                envelope = envelopes.get(envelope_key)
-                if envelope is None:
-                    form = forms.get(destination, _KNOWN)
-                    url = stored_url(r.url, form.base_url)
-                    params = _public(r.params, form.secret_params)
-                    headers = _public(r.headers, form.secret_headers)
-                    key = json.dumps([r.method, url, params, headers], sort_keys=True) if r.batchable else ""
-                    envelope = envelopes[envelope_key] = (url, json.dumps(params), json.dumps(headers), key)
-                body = json_text(r.json)
+                envelope_key = (destination, method, url, batchable, *params.items(), None, *headers.items())
+                e = envelopes.get(envelope_key)
+                if e is None:
+                    e = envelopes[envelope_key] = _envelope(r, forms.get(destination, _KNOWN))
+                body = bodies[idx] if bodies is not None else json_text(value)
                 rows.append(
-                    (destination, message_id, idx, user_key, r.method, envelope[0], envelope[1], envelope[2], body,
-                     int(r.batchable), envelope[3], len(body), now, now)
+                    (destination, message_id, idx, user_key, method, e[0], e[1], e[2], body, e[3], e[4], len(body),
+                     now, now)
                 )  # fmt: skip
         return rows
 
