@@ -177,9 +177,14 @@ def sequence(*answers: Answer, then: Answer | None = None) -> Script:
 
 def main() -> None:
     """`python -m destinations.sink [PORT]`: a 200-answering sink in the foreground; prints its URL."""
-    import sys
+    import argparse
 
-    sink = RecordingServer(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0).start()
+    parser = argparse.ArgumentParser(
+        prog="python -m destinations.sink",
+        description="A local stand-in vendor on 127.0.0.1: answers 200 to every call and records it; prints its URL.",
+    )
+    parser.add_argument("port", nargs="?", type=int, default=0, help="the port to listen on (default: any free one)")
+    sink = RecordingServer(port=parser.parse_args().port).start()
     print(sink.url, flush=True)
     try:
         threading.Event().wait()
