@@ -12,10 +12,19 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
-from .fields import Call, Table, _new_tuple
+from .fields import Call, Table
 from .redaction import mask_headers, mask_params
 from .shaping import Shaping, ShapingSettings
-from .spec import Message, Track, check_envelope, format_path, integration_setting, parse_message, raw_label
+from .spec import (
+    Message,
+    Track,
+    check_envelope,
+    format_path,
+    integration_setting,
+    new_tuple,
+    parse_message,
+    raw_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +312,8 @@ class Destination:
         mapped = mapper(call)
         # The common case, one Mapped, without `build`'s list and checks (unless a plugin overrides `build`).
         if type(mapped) is Mapped and type(self).build is Destination.build:
-            return _new_tuple(Handled, ([self.request(mapped)], call.warnings))
-        return _new_tuple(Handled, (self.build(call, mapped), call.warnings))
+            return new_tuple(Handled, ([self.request(mapped)], call.warnings))
+        return new_tuple(Handled, (self.build(call, mapped), call.warnings))
 
     def build(self, call: Call, mapped: Any) -> list[HttpRequest]:
         """The requests a mapper's result means: each Mapped through `request`, HttpRequests as they are.
@@ -335,7 +344,7 @@ class Destination:
             url = self._base_url + path
             if len(self._urls) < _PATHS_KEPT:  # a destination has a few paths (a plugin's may hold ids: not all)
                 self._urls[path] = url
-        return _new_tuple(HttpRequest, (
+        return new_tuple(HttpRequest, (
             method, url, self._secret_params.copy(), headers, json, self.batchable, self._secret_names
         ))  # fmt: skip
 

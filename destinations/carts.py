@@ -426,15 +426,6 @@ class CartTracker:
         with self._lock:
             return CartBook(self._load, ttl=self.ttl).get(instance, key)
 
-    def _change(self, instance: str, destination: Destination, event: str) -> str | None:
-        """What an event does to the instance's carts (CHANGES: by the spec event its shaping maps it onto),
-        worked out once a round for each (instance, event name): every message asks, twice."""
-        key = (instance, event)
-        kind = self._kinds.get(key, _UNKNOWN)
-        if kind is _UNKNOWN:
-            kind = self._kinds[key] = CHANGES.get(destination.shaping.spec_event(event) or canonical_event(event))
-        return kind  # type: ignore[no-any-return]
-
     def _was_seen(self, instance: str, message_id: str) -> bool:
         if self._db is not None:  # the file's own record, shared by the processes using it
             return applied_before(self._db, instance, message_id)

@@ -22,6 +22,7 @@ snake_case first (`order_id`, then `orderId`), so no declaration types a path tw
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 from .errors import InvalidMessage, MappingWarning
 from .spec import (
     LONE_SURROGATE,
+    NUMBER_LIMIT,
     Alias,
     Group,
     Identify,
@@ -46,6 +48,7 @@ from .spec import (
     has_surrogate,
     language,
     money_sum,
+    new_tuple,
     parse_date,
     parse_iso_datetime,
     sendable,
@@ -71,11 +74,6 @@ def read_text(value: Any) -> str:
     if kind is int or (kind is float and math.isfinite(value)):
         return str(value)
     raise ValueError("must be text")
-
-
-# The largest integer a number field takes, past it "too large" (spec.as_number); a name, so it is not computed
-# at each use (10**300 is not folded into a constant).
-_LIMIT = 10**300
 
 
 def read_number(value: Any) -> Number:
@@ -321,7 +319,9 @@ _UNPACK_ROOTS = "    " + ", ".join(f"R{i}" for i in range(len(ROOTS))) + " = R"
 
 
 def _compiled(name: str, lines: list[str], ns: dict[str, Any]) -> Callable[..., Any]:
-    ns.update(isfinite=math.isfinite, valid_url=_valid_url, plain_day=_plain_day, LIMIT=_LIMIT, NEG_LIMIT=-_LIMIT)
+    ns.update(
+        isfinite=math.isfinite, valid_url=_valid_url, plain_day=_plain_day, LIMIT=NUMBER_LIMIT, NEG_LIMIT=-NUMBER_LIMIT
+    )
     exec(compile("\n".join(lines), f"<fields of {name}>", "exec"), ns)  # noqa: S102 - made from our declarations
     return ns["fast"]  # type: ignore[no-any-return]
 
@@ -481,12 +481,6 @@ class Item(NamedTuple):
     path: str
 
 
-# A named tuple's own __new__ is a Python function; tuple.__new__ given every field, in order, skips that frame on
-# the path every event takes (Item here, HttpRequest and Handled in base.py). tests/test_api.py checks that the
-# field counts are still the ones these calls pass.
-_new_tuple = tuple.__new__
-
-
 def _item_paths(at: str, key: str, count: int) -> tuple[str, ...]:
     """The Segment paths of the items of a list: `properties.products[0]`, ..."""
     return _short_item_paths(at, key, count) if count <= 64 else tuple(f"{at}.{key}[{i}]" for i in range(count))
@@ -542,28 +536,26 @@ class _Parts:
             {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
             else own or context_traits
         )  # fmt: skip
-        self.products: list[Item] | None = None
+        self.products: tuple[Item, ...] | None = None
         self.moment: datetime | None = _UNREAD
 
 
-# The message the intake is mapping for each destination in turn (`sharing`), with its parts once a Call has
-# derived them: (None, None) outside that loop. Rebound whole, so a thread never sees one message's parts
-# beside another message.
-_SHARED: tuple[Any, _Parts | None] = (None, None)
+# Per thread, the message the intake is mapping for each destination in turn (`sharing`), with its parts once a
+# Call has derived them: (None, None) outside that loop. Each Call checks the message is the very one shared.
+_SHARED = threading.local()
+_NOT_SHARED: tuple[Any, _Parts | None] = (None, None)
 
 
 def sharing(message: Any) -> None:
-    """Map `message` for several destinations in turn with its parts derived once (`_Parts`), until `sharing`
-    names another message or None. Only for a message its caller does not change meanwhile: the parts are
-    taken from it once."""
-    global _SHARED  # noqa: PLW0603 - one slot, rebound whole
-    _SHARED = (message, None) if message is not None else (None, None)
+    """Map `message` for several destinations in turn, in this thread, with its parts derived once (`_Parts`),
+    until `sharing` names another message or None. Only for a message its caller does not change meanwhile: the
+    parts are taken from it once."""
+    _SHARED.slot = (message, None) if message is not None else (None, None)
 
 
 def _share(message: Message) -> _Parts:
-    global _SHARED  # noqa: PLW0603
     parts = _Parts(message)
-    _SHARED = (message, parts)
+    _SHARED.slot = (message, parts)
     return parts
 
 
@@ -587,7 +579,7 @@ class Call:
         self.options = options if isinstance(options, dict) else {}
         self.settings = settings
         self.vendor = vendor
-        shared = _SHARED
+        shared = getattr(_SHARED, "slot", _NOT_SHARED)
         # One of several destinations mapping this message (`sharing`): its parts are derived once for all.
         parts = (shared[1] or _share(message)) if shared[0] is message else _Parts(message)
         self._parts = parts
@@ -698,7 +690,7 @@ class Call:
                 if value.isascii() and (reader is read_text or (reader is read_url and _valid_url(value))):
                     return value if f.to is None else f.to(value)  # the common cases, without a call
             elif (kind is int or (kind is float and math.isfinite(value))) and reader is read_number:
-                if kind is float or -_LIMIT < value < _LIMIT:
+                if kind is float or -NUMBER_LIMIT < value < NUMBER_LIMIT:
                     return value if f.to is None else f.to(value)
             elif value is None or (kind is list and not value):
                 continue
@@ -734,7 +726,7 @@ class Call:
             value = self._value(source, item)
             kind = type(value)
             if f.reader is read_number and (
-                (kind is float and math.isfinite(value)) or (kind is int and -_LIMIT < value < _LIMIT)
+                (kind is float and math.isfinite(value)) or (kind is int and -NUMBER_LIMIT < value < NUMBER_LIMIT)
             ):
                 return value if f.to is None else f.to(value)  # a plain number (a price), without a call
             if value is None or value == "" or value == []:  # noqa: PLR1714 - a list is unhashable
@@ -807,7 +799,7 @@ class Call:
         `properties.products` holds exactly one item, which is then the product (MAPPINGS "Real traffic")."""
         if self._item is None:
             props = self.properties
-            item = _new_tuple(Item, (props, "properties"))
+            item = new_tuple(Item, (props, "properties"))
             for key in _PRODUCT_KEYS:
                 if props.get(key) is not None:
                     break
@@ -830,12 +822,12 @@ class Call:
 
     @property
     def products(self) -> list[Item]:
-        """`properties.products` as items; one object counts as a list of one; [] when absent. Not to be
-        changed: every destination of a shared message (`sharing`) reads the same list."""
+        """`properties.products` as items; one object counts as a list of one; [] when absent. A list of this
+        call's own: the items are read once per message (`sharing`), and a mapper may change its list."""
         parts = self._parts
         if parts.products is None:
-            parts.products = self.objects("products")
-        return parts.products
+            parts.products = tuple(self.objects("products"))
+        return list(parts.products)
 
     def objects(self, key: str, within: Item | None = None) -> list[Item]:
         """`properties.<key>` (or `<key>` of another item) as a list of objects with their paths; one
@@ -845,14 +837,14 @@ class Call:
         if items is None:
             return []
         if isinstance(items, dict):
-            return [_new_tuple(Item, (items, f"{at}.{key}"))]
+            return [new_tuple(Item, (items, f"{at}.{key}"))]
         if not isinstance(items, list):
             raise self.fail(f"{at}.{key}", "must be a list of objects")
         out = []
         for obj, path in zip(items, _item_paths(at, key, len(items)), strict=True):
             if not isinstance(obj, dict):
                 raise self.fail(path, "must be an object")
-            out.append(_new_tuple(Item, (obj, path)))
+            out.append(new_tuple(Item, (obj, path)))
         return out
 
     # -- values passed through as they are

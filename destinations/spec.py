@@ -414,9 +414,17 @@ def integration_setting(integrations: Any, display_name: str) -> tuple[bool, dic
     return True, {}, ""
 
 
+# A named tuple's own __new__ is a Python function; tuple.__new__ given every field, in order, skips that frame on
+# the path every event takes (fields.Item, base.HttpRequest and base.Handled). tests/test_api.py checks that the
+# field counts are still the ones those calls pass.
+new_tuple = tuple.__new__
+
+
 # --- values -------------------------------------------------------------------------------------
 
-_BIG = 10**300
+# The largest integer a number field takes, past it "too large" (as_number); a name, so it is not computed
+# at each use (10**300 is not folded into a constant).
+NUMBER_LIMIT = 10**300
 _INT_TEXT = re.compile(r"^[+-]?\d+$")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -427,7 +435,7 @@ def as_number(value: Any) -> Number | None:
         return None
     if isinstance(value, int):
         # Past 4,300 digits Python will not even print it; 300 leaves room for any real amount.
-        return value if -_BIG < value < _BIG else None
+        return value if -NUMBER_LIMIT < value < NUMBER_LIMIT else None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
@@ -534,7 +542,7 @@ def sendable(value: Any, depth: int = 0) -> Any:
     if value is None or kind is bool:
         return value
     if kind is int:
-        if -_BIG < value < _BIG:
+        if -NUMBER_LIMIT < value < NUMBER_LIMIT:
             return value
         raise ValueError("is a number too large to send (300 digits or more)")
     if depth >= MAX_DEPTH:

@@ -110,3 +110,34 @@ def test_plain_kinds_at_their_edges_map_the_same_on_both_paths(name: str, value:
     for message in (identify, product):
         fast, general = both(destination, message)
         assert fast == general
+
+
+def test_a_mapper_that_changes_its_products_leaves_the_next_destinations_alone() -> None:
+    # A message mapped for several instances reads its products once (fields.sharing); each Call still gets a list
+    # of its own, so a plugin that trims its list does not trim what the next destination sends.
+    from destinations.base import Destination, Mapped, SettingsModel
+    from destinations.delivery.intake import IntakeReport, _map
+
+    def first_line_only(call: fields.Call) -> Mapped:
+        products = call.products
+        del products[1:]
+        return Mapped("/orders", {"lines": [item.raw["product_id"] for item in products]})
+
+    class PluginSettings(SettingsModel):
+        baseUrl: str = "https://plugin.example"
+
+    class Plugin(Destination):
+        Settings = PluginSettings
+        name = "plugin"
+        display_name = "Plugin"
+        other_event = first_line_only
+
+    message = {"type": "track", "event": "Order Completed", "userId": "u", "messageId": "m1",
+               "properties": {"order_id": "o1", "currency": "USD", "total": 30,
+                              "products": [{"product_id": "a", "price": 10, "quantity": 1},
+                                           {"product_id": "b", "price": 20, "quantity": 1}]}}  # fmt: skip
+    instances = {"plugin": Plugin(), "wigzo": get_destination("wigzo", {"orgToken": "o", "token": "t"})}
+    mapped = {name: requests[0].json for name, _, _, requests in _map(message, instances, IntakeReport()).items}
+    assert mapped["plugin"] == {"lines": ["a"]}
+    lines = mapped["wigzo"]["eventval"]["line_items"]
+    assert [line["product_id"] for line in lines] == ["a", "b"]

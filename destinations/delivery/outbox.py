@@ -1022,7 +1022,7 @@ class Outbox:
 
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("delivered", status, None, None, now)) for r in rows])
+        rows, noted = self._packed([(r, ("delivered", status, None, None, now)) for r in rows], now)
         if not rows:
             return noted
         # Only dedupe needs a delivered row (its instance, messageId and index): the body goes, unless the
@@ -1069,10 +1069,10 @@ class Outbox:
             later.append(r)
             waits.append((now + wait, status, detail, r.id))
         _, rescheduled = self._packed([(r, ("retry", status, detail, w[0], now))
-                                       for r, w in zip(later, waits, strict=True)])  # fmt: skip
+                                       for r, w in zip(later, waits, strict=True)], now)  # fmt: skip
         waits = [w for r, w in zip(later, waits, strict=True) if not r.pack]
         later = [r for r in later if not r.pack]
-        dead, died = self._packed([(r, ("dead", status, detail, None, now)) for r in dead])
+        dead, died = self._packed([(r, ("dead", status, detail, None, now)) for r in dead], now)
         if not later and not dead:
             return rescheduled, died
         with self._write() as db:
@@ -1089,7 +1089,7 @@ class Outbox:
 
     def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("dead", status, detail, None, now)) for r in rows])
+        rows, noted = self._packed([(r, ("dead", status, detail, None, now)) for r in rows], now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1099,7 +1099,7 @@ class Outbox:
     def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         """A merged batch was refused as bad input: send each of its requests alone, at once."""
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("split", status, detail, now, now)) for r in rows])
+        rows, noted = self._packed([(r, ("split", status, detail, now, now)) for r in rows], now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1112,9 +1112,10 @@ class Outbox:
                 [(now, status, detail, r.id) for r in rows],
             )
 
-    def release(self, rows: list[Row]) -> int:
+    def release(self, rows: list[Row], now: float | None = None) -> int:
         """Give claimed requests back untouched (a graceful stop): a packed one becomes a row, as if held."""
-        rows, noted = self._packed([(r, _HELD) for r in rows])
+        now = time.time() if now is None else now
+        rows, noted = self._packed([(r, _HELD) for r in rows], now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1122,7 +1123,7 @@ class Outbox:
 
     # -- packs: outcomes noted as batches come back, written once per pack
 
-    def _packed(self, outcomes: list[tuple[Row, _Outcome]]) -> tuple[list[Row], int]:
+    def _packed(self, outcomes: list[tuple[Row, _Outcome]], now: float) -> tuple[list[Row], int]:
         """Note the outcomes of packed requests; returns the rows of their own (to record as rows) and how
         many packed outcomes were noted (none for a claim replaced since). A pack's outcomes are written in
         one transaction once all its sent requests have one; a long pack renews its lease on the way."""
@@ -1144,7 +1145,7 @@ class Outbox:
         if done:
             with self._write() as db:
                 for destination in done:
-                    for pack in self._finish_ready(db, destination, time.time()):
+                    for pack in self._finish_ready(db, destination, now):
                         noted.pop(pack, None)  # another claim has that pack now: these outcomes are void
         return rows, sum(noted.values())
 
