@@ -15,6 +15,7 @@ import pytest
 
 from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
+from destinations.delivery.intake import stored_forms
 from destinations.delivery.outbox import Holder, LeaseLost, MessageRequests, resolve_url
 from destinations.sink import Answer, Received, RecordingServer, sequence
 
@@ -364,7 +365,17 @@ def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> 
         outbox = Outbox(tmp_path / "outbox.sqlite3")
         assert "plugin-token-9f8e7d" not in repr(plugin.handle({"type": "identify", "userId": "u1"}))
         route([{"type": "identify", "userId": "u1", "messageId": "m1"}], {"plug": plugin}, outbox)
-        assert b"plugin-token-9f8e7d" not in (tmp_path / "outbox.sqlite3").read_bytes()
+        # The main file and its WAL (a fresh write is in the WAL), for a caller that gives its forms and one that
+        # does not (the request's own declared names are left out all the same).
+        forms = stored_forms({"plug": plugin})
+        request = plugin.handle({"type": "identify", "userId": "u2"})
+        outbox.enqueue([MessageRequests([("plug", "m2", "u2", request)])])
+        outbox.enqueue([MessageRequests([("plug", "m3", "u3", request)])], forms=forms)
+        on_disk = b"".join(f.read_bytes() for f in tmp_path.glob("outbox.sqlite3*"))
+        assert b"plugin-token-9f8e7d" not in on_disk
+        assert b"access_token" not in b"".join(
+            t.encode() for (t,) in outbox._db().execute("SELECT entries FROM pack_entries")
+        )
         (batch,) = outbox.claim("plug", max_batches=1, batch_size=10, batch_bytes=10**6, lease=30)
         row = batch[0]
         assert "access_token" not in row.params

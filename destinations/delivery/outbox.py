@@ -310,10 +310,12 @@ def _public(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any
 
 
 def _envelope(request: HttpRequest, form: StoredForm) -> tuple[str, str, str, int, str]:
-    """What a request's row stores of its envelope: url, params, headers, batchable and batch key."""
+    """What a request's row stores of its envelope: url, params, headers, batchable and batch key. Left out: the
+    instance's declared credential names, and those the request itself carries (`secret_names`), so a caller
+    that gives no form still stores no secret."""
     url = stored_url(request.url, form.base_url)
-    params = _public(request.params, form.secret_params)
-    headers = _public(request.headers, form.secret_headers)
+    params = _public(request.params, form.secret_params | request.secret_names)
+    headers = _public(request.headers, form.secret_headers | request.secret_names)
     key = json.dumps([request.method, url, params, headers], sort_keys=True) if request.batchable else ""
     return url, json.dumps(params), json.dumps(headers), int(request.batchable), key
 
