@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .base import CART, WHOLE_CART
 from .errors import DestinationError
 from .fields import CART_IDS, CART_PURCHASE_IDS, ITEM_CURRENCY, ITEM_PRICE, PRODUCT_ID, Call, F, Item, Table
-from .spec import Message, Track, canonical_event, json_text, parse_message
+from .spec import Message, Track, canonical_event, json_text, message_id_of, parse_message
 
 if TYPE_CHECKING:
     from .base import Destination, Handled
@@ -366,6 +366,15 @@ def prune_carts(db: sqlite3.Connection, ttl: float, now: float) -> int:
     return db.execute("DELETE FROM carts WHERE updated_at < ?", (now - ttl,)).rowcount
 
 
+def _message_id(raw: Any) -> str | None:
+    """A message's id as the intake knows it (`message_id_of`), so a resend without a messageId changes no cart
+    again either; None for one that has no digest (circular, nested too deep): it is refused by its handler."""
+    try:
+        return message_id_of(raw)
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
 class CartTracker:
     """Carts for a library user: `tracker.handle(destination, message)` is `destination.handle(message)` with
     the whole cart handed to a destination that asks for it (eSputnik), the carts kept in memory or in a
@@ -405,8 +414,7 @@ class CartTracker:
                 try:
                     book = CartBook(self._load, seen=self._was_seen, ttl=self.ttl)
                     book.applied = [] if self._db is None else book.applied
-                    mid = raw.get("messageId") if isinstance(raw, Mapping) else None
-                    handed = book.hand(instance, destination, raw, parsed, mid if isinstance(mid, str) else None)
+                    handed = book.hand(instance, destination, raw, parsed, _message_id(raw))
                     self._save(book.changes, book.applied)
                 except BaseException:
                     if self._db is not None:

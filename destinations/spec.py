@@ -7,6 +7,7 @@ declared vendor field from a message lives in `fields.py`, on top of these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -243,6 +244,18 @@ def message_type(raw: Mapping[str, Any]) -> str | None:
         if kind in MESSAGE_TYPES:
             return kind
     return None
+
+
+def message_id_of(message: Any) -> str:
+    """The message's `messageId`, or `sha256:` and 32 hex digits of its content (keys sorted), so a message sent
+    twice is known as the same either way: the outbox's dedupe, a cart change applied once (carts.py)."""
+    if isinstance(message, dict):
+        mid = message.get("messageId")
+        if isinstance(mid, str) and mid.strip():
+            return mid
+    text = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    # surrogatepass: a lone surrogate in the content is still content, and the digest stays the same each time.
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def raw_label(raw: Mapping[str, Any]) -> str:

@@ -249,6 +249,17 @@ def test_a_resend_changes_no_cart_again() -> None:
     assert carts == [[("p1", 1)], [("p1", 1)], [("p1", 1), ("p2", 1)]]  # the resend gets the cart as it is
 
 
+def test_a_resend_without_a_message_id_changes_no_cart_again(tmp_path: Path) -> None:
+    """A library caller's message without a messageId is known by the digest of its content, as the intake
+    knows it (`message_id_of`): sent twice, it counts its product once, in memory and in a file."""
+    first = {k: v for k, v in session("fay")[0].items() if k != "messageId"}
+    for tracker in (CartTracker(), CartTracker(tmp_path / "carts.sqlite3")):
+        bodies = handled(tracker, [first, first, session("fay")[1]])
+        carts = [[(p["productId"], p["quantity"]) for p in cart_products(b)] for b in bodies]
+        assert carts == [[("p1", 1)], [("p1", 1)], [("p1", 1), ("p2", 1)]]
+        tracker.close()
+
+
 def test_a_session_sent_twice_is_counted_as_duplicates_not_filtered(tmp_path: Path) -> None:
     config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
     outbox = Outbox(config.outbox.path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -15,22 +13,11 @@ from ..base import CART, Destination, HttpRequest
 from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..fields import sharing
-from ..spec import json_text, json_value, parse_message
+from ..spec import json_text, json_value, message_id_of, parse_message
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
 log = logging.getLogger("destinations.mapping")
-
-
-def message_id_of(message: Any) -> str:
-    """The message's `messageId`, or a digest of its content, so a message sent twice dedupes either way."""
-    if isinstance(message, dict):
-        mid = message.get("messageId")
-        if isinstance(mid, str) and mid.strip():
-            return mid
-    text = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    # surrogatepass: a lone surrogate in the content is still content, and the digest stays the same each time.
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def user_key(message: Any) -> str:
@@ -261,7 +248,9 @@ def map_inbox(
             message = json_value(body)
         except (ValueError, RecursionError) as exc:
             report.messages += 1
-            events.append(MessageRequests([], rid, f"it is not readable JSON ({type(exc).__name__})"))
+            # Where it breaks (line, column), never what it holds: the text may carry anything.
+            where = f": {exc}" if isinstance(exc, ValueError) else ": nested too deep"
+            events.append(MessageRequests([], rid, f"it is not readable JSON ({type(exc).__name__}{where})"))
             continue
         if not isinstance(message, dict):  # the server takes only objects: a damaged row, or one put there by hand
             report.messages += 1
