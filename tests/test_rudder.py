@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio.to_thread
 import pytest
 import requests
 import uvicorn
@@ -438,6 +439,23 @@ def test_malformed_events_are_400_items_not_500s(base_url: str, http: requests.S
     assert [item["statusCode"] for item in items] == [400] * 5
     assert [item["metadata"].get("jobId") for item in items] == [None, 2, 3, 4, 5]
     assert all(item["error"] and item["statTags"]["destType"] == "SEGMENTIFY" for item in items)
+
+
+def test_processor_calls_take_no_thread_hop(
+    base_url: str, http: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs a plain-function dependency on its thread pool; the intake lookup is a coroutine instead."""
+    hops: list[Any] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    answer = post(http, f"{base_url}/v0/destinations/segmentify", [processor_event("segmentify", rudder_message())])
+    assert answer.status_code == 200
+    assert hops == []
 
 
 def test_unknown_destination_is_404(base_url: str, http: requests.Session) -> None:
