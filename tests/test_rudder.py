@@ -14,10 +14,12 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio.to_thread
 import pytest
 import requests
 import uvicorn
@@ -438,6 +440,65 @@ def test_malformed_events_are_400_items_not_500s(base_url: str, http: requests.S
     assert [item["statusCode"] for item in items] == [400] * 5
     assert [item["metadata"].get("jobId") for item in items] == [None, 2, 3, 4, 5]
     assert all(item["error"] and item["statTags"]["destType"] == "SEGMENTIFY" for item in items)
+
+
+def test_metadata_too_deep_to_echo_is_a_400_for_the_call(base_url: str, http: requests.Session) -> None:
+    # Parsed by orjson (1024 levels), written back by neither orjson (255) nor the stdlib (its recursion limit).
+    deep = b"[" * 1010 + b'{"jobId": 2}' + b"]" * 1010
+    first = json.dumps(processor_event("segmentify", rudder_message())).encode()
+    second = json.dumps(processor_event("segmentify", rudder_message(), job_id=2)).encode()
+    second = second.replace(b'"metadata": {', b'"metadata": ' + deep + b', "was": {', 1)
+    answer = post(http, f"{base_url}/v0/destinations/segmentify", b"[" + first + b"," + second + b"]")
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "the answer could not be written as JSON: metadata nested too deeply"}
+
+
+class _Watched(dict):  # type: ignore[type-arg]
+    """A parsed event a weak reference can follow (a plain dict cannot have one)."""
+
+
+def test_processor_lets_each_event_go_once_answered(
+    base_url: str, http: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's events and answers held all at once are thousands of objects the cycle collector counts and walks
+    several times per call; each event is let go once its answer is written."""
+    watched: list[weakref.ref[_Watched]] = []
+    alive: list[int] = []
+    read, transform = rudder.loads, rudder.transform_event
+
+    def loads(body: bytes) -> Any:
+        events = [_Watched(item) for item in read(body)]
+        watched.extend(weakref.ref(item) for item in events)
+        return events
+
+    def transform_event(handlers: rudder.Handlers, item: Any, report: Any = None) -> Any:
+        alive.append(sum(ref() is not None for ref in watched))
+        return transform(handlers, item, report)
+
+    monkeypatch.setattr(rudder, "loads", loads)
+    monkeypatch.setattr(rudder, "transform_event", transform_event)
+    events = [processor_event("segmentify", rudder_message(), job_id=job) for job in range(1, 11)]
+    answer = post(http, f"{base_url}/v0/destinations/segmentify", events)
+    assert answer.status_code == 200
+    assert [item["metadata"]["jobId"] for item in answer.json()] == list(range(1, 11))
+    assert alive == list(range(10, 0, -1))  # the event in hand and those after it
+
+
+def test_processor_calls_take_no_thread_hop(
+    base_url: str, http: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs a plain-function dependency on its thread pool; the intake lookup is a coroutine instead."""
+    hops: list[Any] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    answer = post(http, f"{base_url}/v0/destinations/segmentify", [processor_event("segmentify", rudder_message())])
+    assert answer.status_code == 200
+    assert hops == []
 
 
 def test_unknown_destination_is_404(base_url: str, http: requests.Session) -> None:

@@ -166,12 +166,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def get_intake(request: Request) -> Intake:
-    """The FastAPI dependency through which every route reaches the server's state."""
+async def get_intake(request: Request) -> Intake:
+    """The FastAPI dependency through which every route reaches the server's state.
+
+    A coroutine although it never waits: FastAPI runs a plain function dependency on its thread pool,
+    a thread hop per request for an attribute read."""
     return request.app.state.intake  # type: ignore[no-any-return]
 
 
-def find_intake(request: Request) -> Intake | None:
+async def find_intake(request: Request) -> Intake | None:
     """`get_intake` for routes that also serve without it (the RudderStack router mounted alone)."""
     return getattr(request.app.state, "intake", None)
 

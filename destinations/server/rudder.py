@@ -88,8 +88,13 @@ class JSONResponse(Response):
 def _ok(content: Any) -> JSONResponse:
     try:
         return JSONResponse(content, headers=API_VERSION_HEADERS)
-    except (TypeError, ValueError, RecursionError):  # echoed metadata nested too deeply to write back
-        return _error(400, "the answer could not be written as JSON: metadata nested too deeply")
+    except (TypeError, ValueError, RecursionError):
+        return _unwritable()
+
+
+def _unwritable() -> JSONResponse:
+    """The answer to a call whose echoed metadata is nested too deeply to write back."""
+    return _error(400, "the answer could not be written as JSON: metadata nested too deeply")
 
 
 def _error(status: int, text: str) -> JSONResponse:
@@ -379,19 +384,31 @@ async def destination_transform(
     (type_name, cls), events = taken
     dest_type = type_name.upper()
     handlers = Handlers(cls)
-    out: list[dict[str, Any]] = []
-    append = out.append
+    # Each answer item is written as soon as it is made, and its event let go: a body of events
+    # and their answers as objects would keep thousands alive at once, each counted and walked by
+    # the cycle collector, which then runs several times per request.
+    parts: list[bytes] = []
+    append = parts.append
+    writable = True
     report = IntakeReport()
-    for item in events:
+    for index, item in enumerate(events):
+        events[index] = None
         metadata, _, _, result = transform_event(handlers, item, report)
-        if isinstance(result, EventFailure):
-            append(result.item(dest_type, metadata, "processor"))
+        if not writable:  # the answer is a 400 already; the rest is mapped for its warnings only
             continue
-        user_id = _user_id(item.get("message"))
-        for request_ in result:
-            append({"output": _payload(request_, user_id), "metadata": metadata, "statusCode": 200})
+        try:
+            if isinstance(result, EventFailure):
+                append(dumps(result.item(dest_type, metadata, "processor")))
+                continue
+            user_id = _user_id(item.get("message"))
+            for request_ in result:
+                append(dumps({"output": _payload(request_, user_id), "metadata": metadata, "statusCode": 200}))
+        except (TypeError, ValueError, RecursionError):
+            writable = False
     _count(intake, report)
-    return _ok(out)
+    if not writable:
+        return _unwritable()
+    return Response(b"[" + b",".join(parts) + b"]", media_type=JSONResponse.media_type, headers=API_VERSION_HEADERS)
 
 
 class _Batch:
