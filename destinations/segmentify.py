@@ -368,14 +368,18 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
             "userId": call.visitor_id,
             "sessionId": session_id(call),
             "device": device(call, settings.device),
-            "lang": lang.upper() if lang else None,
-            "testMode": True if settings.testMode else None,
-            **own,
         }
+        if lang:
+            body["lang"] = lang.upper()
+        if settings.testMode:
+            body["testMode"] = True
+        body.update(own)
+        if None in own.values():  # a mapper's own null (no gender, no custom traits): left out too
+            body = present(body)
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))
         headers = {"Origin": origin} if origin else {}
-        return Mapped(EVENTS_PATH, [present(body)], headers)
+        return Mapped(EVENTS_PATH, [body], headers)
 
     return mapped
 
