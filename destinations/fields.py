@@ -294,12 +294,12 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
             lines.append(f"{pad}if x is not None:")
             lines.append(f"{pad}    x = x.get({key!r}) if type(x) is dict else None")
     fast, value = _PLAIN[f.reader]
-    # Absent everywhere: a constant default is the value; else the general path decides when there is a
+    # Absent everywhere: a constant default is the value; else `Call._absent` decides when there is a
     # default (a function of the call) or the field is required; else nothing.
     if f.default is not None and not callable(f.default):
         absent = [f"v = TO{i}(D{i})" if f.to is not None else f"v = D{i}", *take("v", True)]
     elif f.required or f.default is not None:
-        absent = general
+        absent = [f"v = call._absent(F{i}, item, T{i})", *take("v", True)]
     else:
         absent = ["pass"]
     lines += ["if x is None:", *("    " + line for line in absent)]
@@ -532,10 +532,13 @@ class _Parts:
             context_traits = context_traits if isinstance(context_traits, dict) else {}
         self.own: dict[str, Any] = own
         self.context_traits: dict[str, Any] = context_traits
-        self.traits: dict[str, Any] = (
-            {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
-            else own or context_traits
-        )  # fmt: skip
+        if own and context_traits:  # a null own trait leaves the context's value
+            self.traits: dict[str, Any] = (
+                {**context_traits, **own} if None not in own.values()
+                else {**context_traits, **{k: v for k, v in own.items() if v is not None}}
+            )  # fmt: skip
+        else:
+            self.traits = own or context_traits
         self.products: tuple[Item, ...] | None = None
         self.moment: datetime | None = _UNREAD
 
@@ -704,7 +707,15 @@ class Call:
                 self.warn(path, rule, target or f.name)
                 continue
             return f.to(out) if f.to is not None else out
-        if f.default is not None and not present:
+        if not present:
+            return self._absent(f, item, target)
+        if f.required:
+            self._missing(f, item, target)
+        return None
+
+    def _absent(self, f: Field, item: Item | None, target: str) -> Any:
+        """The value of a declared field that no source gives: its default, else None (see `_read`)."""
+        if f.default is not None:
             try:
                 out = f.default(self, item) if callable(f.default) else f.default
             except Unreadable as exc:
