@@ -887,8 +887,13 @@ class Call:
                 self.warn(root, f"has a key that {LONE_SURROGATE}", target)
                 continue
             kind = type(value)
-            if (kind is str and value.isascii()) or kind is bool:
-                out[key] = value  # sendable as it is: the common case, without a call
+            if (
+                (kind is str and value.isascii())
+                or kind is bool
+                or (kind is float and math.isfinite(value))
+                or (kind is int and -NUMBER_LIMIT < value < NUMBER_LIMIT)
+            ):
+                out[key] = value  # sendable as it is (text, a flag, a total): the common cases, without a call
                 continue
             try:
                 clean = sendable(value, 1)
