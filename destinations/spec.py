@@ -623,5 +623,7 @@ def money_sum(terms: list[tuple[Number, Number]]) -> Number:
     # Decimal sum (28 digits) is exact too, so it is the integer sum.
     if all(type(p) is int and type(q) is int and -_EXACT_TERM < p * q < _EXACT_TERM for p, q in terms):
         return sum(p * q for p, q in terms)
-    total = sum((Decimal(str(p)) * (Decimal(q) if type(q) is int else Decimal(str(q))) for p, q in terms), Decimal(0))
+    total = Decimal(0)
+    for p, q in terms:  # Decimal times an int takes the int exactly, as Decimal(q) would
+        total += Decimal(str(p)) * (q if type(q) is int else Decimal(str(q)))
     return int(total) if total == total.to_integral_value() else float(total)
