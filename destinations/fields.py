@@ -426,6 +426,8 @@ def present(values: Mapping[str, Any]) -> dict[str, Any]:
 def full_name(call: Call, _: Item | None = None) -> str | None:
     """After `traits.name`: the traits' firstName + " " + lastName (or the one given), then the same
     from `properties` (MAPPINGS "Shared": contact fields come from the traits, then the properties)."""
+    if _TRAITS_NAME_KEYS.isdisjoint(call.traits) and _PROPERTIES_NAME_KEYS.isdisjoint(call.properties):
+        return None  # no part of a name anywhere: nothing to read
     parts = [call.read(_TRAITS_FIRST), call.read(_TRAITS_LAST)]
     if not any(parts):
         name = call.read(_PROPERTIES_NAME)
@@ -457,6 +459,11 @@ _TRAITS_LAST = F("lastName", "traits.last_name")
 _PROPERTIES_NAME = F("name", "properties.name")
 _PROPERTIES_FIRST = F("firstName", "properties.first_name")
 _PROPERTIES_LAST = F("lastName", "properties.last_name")
+# The keys `full_name` reads, in the traits (either root) and the properties.
+_TRAITS_NAME_KEYS = frozenset(s.key for f in (_TRAITS_FIRST, _TRAITS_LAST) for s in f.compiled)
+_PROPERTIES_NAME_KEYS = frozenset(
+    s.key for f in (_PROPERTIES_NAME, _PROPERTIES_FIRST, _PROPERTIES_LAST) for s in f.compiled
+)
 #: Rows that several vendors' tables share.
 ITEM_PRICE = F("price", "product.price", kind="number")
 ITEM_QUANTITY = F("quantity", "product.quantity", kind="number", default=1)
