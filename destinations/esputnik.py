@@ -144,7 +144,7 @@ def event_body(call: Call, key: str, who: Params, params: Params) -> dict[str, A
         "eventTypeKey": key,
         "keyValue": (key_value or "").strip() or who[0][1],
         "params": [
-            {"name": name, "value": compact_json(value) if isinstance(value, dict | list) else value}
+            {"name": name, "value": compact_json(value) if isinstance(value, (dict, list)) else value}
             for name, value in [*who, *params]
             if value is not None
         ],
