@@ -352,6 +352,20 @@ def _straight_read(f: Field) -> Callable[[Call, list[Any], Item | None, str], An
     return _compiled(f.name, lines, ns)
 
 
+def _straight_row(row: Row) -> Callable[[Call, list[Any], None], tuple[Any, ...]]:
+    """`Call.read` of each field of a row, in order, as one piece of straight-line code (see `_straight_line`)."""
+    ns: dict[str, Any] = {}
+    lines = ["def fast(call, R, item):", _UNPACK_ROOTS]
+    for i, (f, target) in enumerate(row.reads):
+        lines.append(f"    v{i} = None")
+        lines += [
+            "    " + line
+            for line in _field_lines(f, i, target, None, ns, take=lambda value, _, i=i: [f"v{i} = {value}"])
+        ]
+    lines.append(f"    return ({''.join(f'v{i}, ' for i in range(len(row.reads)))})")
+    return _compiled(row.name, lines, ns)
+
+
 def _probe(f: Field) -> tuple[tuple[int, str], ...] | None:
     if f.required or f.default is not None or any(s.rest or s.index == _MESSAGE_ROOT for s in f.compiled):
         return None
@@ -403,6 +417,18 @@ class Table:
             }
             for f in self.fields
         ]
+
+
+class Row:
+    """Fields a computed value reads together, each for its own target (`<vendor event> (<field>)`): `Call.row`
+    reads them in order, as `Call.read` reads each, in one piece of straight-line code. No product fields."""
+
+    def __init__(self, name: str, *reads: tuple[Field, str]) -> None:
+        if any(f.uses_product for f, _ in reads):
+            raise ValueError("a row reads no product fields")
+        self.name = name
+        self.reads = reads
+        self.fast = _straight_row(self)
 
 
 # Sources shared by every vendor (MAPPINGS "Shared" and "Real traffic"), declared once.
@@ -667,6 +693,12 @@ class Call:
         if f.uses_product:
             roots[_PRODUCT_ROOT] = (item or self.product()).raw
         return fast(self, roots, item, target)
+
+    def row(self, row: Row) -> tuple[Any, ...]:
+        """The value of each field of `row`, in order (`Call.read` of each)."""
+        if self.overrides or not FAST_PATHS:
+            return tuple([self.read(f, None, target) for f, target in row.reads])
+        return row.fast(self, self._roots, None)
 
     def _read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
         """The value of a declared field: the first of its sources that is present.
