@@ -170,6 +170,7 @@ GENDER = F("gender", "traits.gender")  # M or F when recognisable, else kept in 
 GENDER_TABLE = Table("USER_OPERATIONS.update", GENDER)
 # Traits that `user_update` sends in fields of their own (the name's parts too); the rest go to `custom`.
 _PROFILE_TRAITS = USER_UPDATE.keys_of("traits") | Table("", FIRST_NAME, LAST_NAME).keys_of("traits")
+_PROFILE_TRAITS_AND_GENDER = _PROFILE_TRAITS | {"gender"}
 
 # --- mappers: one per vendor event --------------------------------------------------------------
 
@@ -217,15 +218,15 @@ def user_update(call: Call) -> dict[str, Any]:
     gender_text = call.read(GENDER, target="USER_OPERATIONS.update (gender)")
     gender = _GENDERS.get(gender_text.strip().lower()) if gender_text else None
     # A gender that is not recognisably male or female stays in `custom` rather than being dropped.
-    skip = _PROFILE_TRAITS | ({"gender"} if gender else set())
+    skip = _PROFILE_TRAITS_AND_GENDER if gender else _PROFILE_TRAITS
     custom = call.flat(call.traits, "traits", "USER_OPERATIONS (custom)", skip)
-    return {
-        "name": "USER_OPERATIONS",
-        "step": "update",
-        **call.map(USER_UPDATE),
-        "gender": gender,
-        "custom": custom or None,
-    }
+    update = {"name": "USER_OPERATIONS", "step": "update", **call.map(USER_UPDATE)}
+    # Only when known, so that `event` needs no copy of the body without nulls.
+    if gender:
+        update["gender"] = gender
+    if custom:
+        update["custom"] = custom
+    return update
 
 
 def custom_event(call: Call) -> dict[str, Any]:
@@ -382,7 +383,7 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
         if settings.testMode:
             body["testMode"] = True
         body.update(own)
-        if None in own.values():  # a mapper's own null (no gender, no custom traits): left out too
+        if None in own.values():  # a mapper's own null (a custom event without params): left out too
             body = present(body)
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))
