@@ -774,8 +774,15 @@ class Call:
         """Like `read`, but a present value that cannot be read raises `Unreadable` (for computed values)."""
         if self.overrides:
             f = self.overrides.get(id(f), f)
+        roots = self._roots
         for source in f.compiled:
-            value = self._value(source, item)
+            index = source.index  # the source's value, read here: a price is read for every product
+            value = (item or self.product()).raw if index == _PRODUCT_ROOT else roots[index]
+            value = getattr(value, source.key, None) if index == _MESSAGE_ROOT else value.get(source.key)
+            for key in source.rest:
+                if value is None:
+                    break
+                value = value.get(key) if type(value) is dict else None
             kind = type(value)
             if f.reader is read_number and (
                 (kind is float and math.isfinite(value)) or (kind is int and -NUMBER_LIMIT < value < NUMBER_LIMIT)
@@ -789,15 +796,6 @@ class Call:
                 raise Unreadable(*self._place(self._path(source, item), str(exc))) from None
             return f.to(out) if f.to is not None else out
         return f.default(self, item) if callable(f.default) else f.default
-
-    def _value(self, source: Source, item: Item | None) -> Any:
-        value = (item or self.product()).raw if source.index == _PRODUCT_ROOT else self._roots[source.index]
-        value = getattr(value, source.key, None) if source.index == _MESSAGE_ROOT else value.get(source.key)
-        for key in source.rest:
-            if value is None:
-                return None
-            value = value.get(key) if type(value) is dict else None
-        return value
 
     @staticmethod
     def _place(path: str, rule: str) -> tuple[str, str]:
