@@ -454,7 +454,7 @@ def full_name(call: Call, _: Item | None = None) -> str | None:
     from `properties` (MAPPINGS "Shared": contact fields come from the traits, then the properties)."""
     if _TRAITS_NAME_KEYS.isdisjoint(call.traits) and _PROPERTIES_NAME_KEYS.isdisjoint(call.properties):
         return None  # no part of a name anywhere: nothing to read
-    parts = call.row(_TRAITS_NAME)
+    parts = call.row(_TRAITS_NAME_PARTS)
     if not any(parts):
         name = call.read(_PROPERTIES_NAME)
         if name:
@@ -485,7 +485,7 @@ _TRAITS_LAST = F("lastName", "traits.last_name")
 _PROPERTIES_NAME = F("name", "properties.name")
 _PROPERTIES_FIRST = F("firstName", "properties.first_name")
 _PROPERTIES_LAST = F("lastName", "properties.last_name")
-_TRAITS_NAME = Row("name", (_TRAITS_FIRST, ""), (_TRAITS_LAST, ""))
+_TRAITS_NAME_PARTS = Row("name", (_TRAITS_FIRST, ""), (_TRAITS_LAST, ""))
 _PROPERTIES_NAME_PARTS = Row("name", (_PROPERTIES_FIRST, ""), (_PROPERTIES_LAST, ""))
 # The keys `full_name` reads, in the traits (either root) and the properties.
 _TRAITS_NAME_KEYS = frozenset(s.key for f in (_TRAITS_FIRST, _TRAITS_LAST) for s in f.compiled)
