@@ -169,7 +169,7 @@ def _extended(item: Item, taken: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in item.raw.items()
-        if k not in taken and isinstance(v, list) and v and all(type(x) is str and not has_surrogate(x) for x in v)
+        if isinstance(v, list) and v and k not in taken and all(type(x) is str and not has_surrogate(x) for x in v)
         and not has_surrogate(k)
     }  # fmt: skip
 
