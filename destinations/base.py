@@ -215,6 +215,7 @@ class Destination:
         #: Every request's headers before its own: the credentials', then the destination's.
         self._request_headers = {**headers, **self.headers}
         self._urls: dict[str, str] = {}  # path -> base URL + path
+        self._own_build = type(self).build is Destination.build
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -282,9 +283,11 @@ class Destination:
             kind, integrations = message.type, message.integrations
         else:
             parsed, kind, integrations = None, check_envelope(message), message.get("integrations")
-        enabled, options, key = integration_setting(integrations, self.display_name)
-        if not enabled:
-            raise Filtered(f"integrations.{key} turns {self.display_name} off for this message")
+        options: dict[str, Any] = {}
+        if integrations:  # most messages name no destination: nothing to look through
+            enabled, options, key = integration_setting(integrations, self.display_name)
+            if not enabled:
+                raise Filtered(f"integrations.{key} turns {self.display_name} off for this message")
         if kind != "track" and kind not in self.calls:
             raise Filtered(f"{self.display_name} does not take {kind} calls")
         if parsed is None:
@@ -311,7 +314,7 @@ class Destination:
             mapper = self.calls[parsed.type]
         mapped = mapper(call)
         # The common case, one Mapped, without `build`'s list and checks (unless a plugin overrides `build`).
-        if type(mapped) is Mapped and type(self).build is Destination.build:
+        if type(mapped) is Mapped and self._own_build:
             return new_tuple(Handled, ([self.request(mapped)], call.warnings))
         return new_tuple(Handled, (self.build(call, mapped), call.warnings))
 

@@ -144,7 +144,7 @@ def event_body(call: Call, key: str, who: Params, params: Params) -> dict[str, A
         "eventTypeKey": key,
         "keyValue": (key_value or "").strip() or who[0][1],
         "params": [
-            {"name": name, "value": compact_json(value) if isinstance(value, dict | list) else value}
+            {"name": name, "value": compact_json(value) if isinstance(value, (dict, list)) else value}
             for name, value in [*who, *params]
             if value is not None
         ],
@@ -169,7 +169,7 @@ def _extended(item: Item, taken: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in item.raw.items()
-        if k not in taken and isinstance(v, list) and v and all(type(x) is str and not has_surrogate(x) for x in v)
+        if isinstance(v, list) and v and k not in taken and all(type(x) is str and not has_surrogate(x) for x in v)
         and not has_surrogate(k)
     }  # fmt: skip
 

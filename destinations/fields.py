@@ -294,12 +294,12 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
             lines.append(f"{pad}if x is not None:")
             lines.append(f"{pad}    x = x.get({key!r}) if type(x) is dict else None")
     fast, value = _PLAIN[f.reader]
-    # Absent everywhere: a constant default is the value; else the general path decides when there is a
+    # Absent everywhere: a constant default is the value; else `Call._absent` decides when there is a
     # default (a function of the call) or the field is required; else nothing.
     if f.default is not None and not callable(f.default):
         absent = [f"v = TO{i}(D{i})" if f.to is not None else f"v = D{i}", *take("v", True)]
     elif f.required or f.default is not None:
-        absent = general
+        absent = [f"v = call._absent(F{i}, item, T{i})", *take("v", True)]
     else:
         absent = ["pass"]
     lines += ["if x is None:", *("    " + line for line in absent)]
@@ -350,6 +350,20 @@ def _straight_read(f: Field) -> Callable[[Call, list[Any], Item | None, str], An
     lines.append("    return None")
     del ns["T0"]  # the caller's target, an argument
     return _compiled(f.name, lines, ns)
+
+
+def _straight_row(row: Row) -> Callable[[Call, list[Any], None], tuple[Any, ...]]:
+    """`Call.read` of each field of a row, in order, as one piece of straight-line code (see `_straight_line`)."""
+    ns: dict[str, Any] = {}
+    lines = ["def fast(call, R, item):", _UNPACK_ROOTS]
+    for i, (f, target) in enumerate(row.reads):
+        lines.append(f"    v{i} = None")
+        lines += [
+            "    " + line
+            for line in _field_lines(f, i, target, None, ns, take=lambda value, _, i=i: [f"v{i} = {value}"])
+        ]
+    lines.append(f"    return ({''.join(f'v{i}, ' for i in range(len(row.reads)))})")
+    return _compiled(row.name, lines, ns)
 
 
 def _probe(f: Field) -> tuple[tuple[int, str], ...] | None:
@@ -405,6 +419,18 @@ class Table:
         ]
 
 
+class Row:
+    """Fields a computed value reads together, each for its own target (`<vendor event> (<field>)`): `Call.row`
+    reads them in order, as `Call.read` reads each, in one piece of straight-line code. No product fields."""
+
+    def __init__(self, name: str, *reads: tuple[Field, str]) -> None:
+        if any(f.uses_product for f, _ in reads):
+            raise ValueError("a row reads no product fields")
+        self.name = name
+        self.reads = reads
+        self.fast = _straight_row(self)
+
+
 # Sources shared by every vendor (MAPPINGS "Shared" and "Real traffic"), declared once.
 PRODUCT_ID = ("product.product_id", "product.id", "product.sku")
 VARIANT_ID = ("product.variant_id", *PRODUCT_ID)
@@ -426,12 +452,14 @@ def present(values: Mapping[str, Any]) -> dict[str, Any]:
 def full_name(call: Call, _: Item | None = None) -> str | None:
     """After `traits.name`: the traits' firstName + " " + lastName (or the one given), then the same
     from `properties` (MAPPINGS "Shared": contact fields come from the traits, then the properties)."""
-    parts = [call.read(_TRAITS_FIRST), call.read(_TRAITS_LAST)]
+    if _TRAITS_NAME_KEYS.isdisjoint(call.traits) and _PROPERTIES_NAME_KEYS.isdisjoint(call.properties):
+        return None  # no part of a name anywhere: nothing to read
+    parts = call.row(_TRAITS_NAME_PARTS)
     if not any(parts):
         name = call.read(_PROPERTIES_NAME)
         if name:
             return name
-        parts = [call.read(_PROPERTIES_FIRST), call.read(_PROPERTIES_LAST)]
+        parts = call.row(_PROPERTIES_NAME_PARTS)
     return " ".join(p for p in parts if p) or None
 
 
@@ -457,6 +485,13 @@ _TRAITS_LAST = F("lastName", "traits.last_name")
 _PROPERTIES_NAME = F("name", "properties.name")
 _PROPERTIES_FIRST = F("firstName", "properties.first_name")
 _PROPERTIES_LAST = F("lastName", "properties.last_name")
+_TRAITS_NAME_PARTS = Row("name", (_TRAITS_FIRST, ""), (_TRAITS_LAST, ""))
+_PROPERTIES_NAME_PARTS = Row("name", (_PROPERTIES_FIRST, ""), (_PROPERTIES_LAST, ""))
+# The keys `full_name` reads, in the traits (either root) and the properties.
+_TRAITS_NAME_KEYS = frozenset(s.key for f in (_TRAITS_FIRST, _TRAITS_LAST) for s in f.compiled)
+_PROPERTIES_NAME_KEYS = frozenset(
+    s.key for f in (_PROPERTIES_NAME, _PROPERTIES_FIRST, _PROPERTIES_LAST) for s in f.compiled
+)
 #: Rows that several vendors' tables share.
 ITEM_PRICE = F("price", "product.price", kind="number")
 ITEM_QUANTITY = F("quantity", "product.quantity", kind="number", default=1)
@@ -532,10 +567,13 @@ class _Parts:
             context_traits = context_traits if isinstance(context_traits, dict) else {}
         self.own: dict[str, Any] = own
         self.context_traits: dict[str, Any] = context_traits
-        self.traits: dict[str, Any] = (
-            {**context_traits, **{k: v for k, v in own.items() if v is not None}} if own and context_traits
-            else own or context_traits
-        )  # fmt: skip
+        if own and context_traits:  # a null own trait leaves the context's value
+            self.traits: dict[str, Any] = (
+                {**context_traits, **own} if None not in own.values()
+                else {**context_traits, **{k: v for k, v in own.items() if v is not None}}
+            )  # fmt: skip
+        else:
+            self.traits = own or context_traits
         self.products: tuple[Item, ...] | None = None
         self.moment: datetime | None = _UNREAD
 
@@ -658,6 +696,12 @@ class Call:
             roots[_PRODUCT_ROOT] = (item or self.product()).raw
         return fast(self, roots, item, target)
 
+    def row(self, row: Row) -> tuple[Any, ...]:
+        """The value of each field of `row`, in order (`Call.read` of each)."""
+        if self.overrides or not FAST_PATHS:
+            return tuple([self.read(f, None, target) for f, target in row.reads])
+        return row.fast(self, self._roots, None)
+
     def _read(self, f: Field, item: Item | None = None, target: str = "") -> Any:
         """The value of a declared field: the first of its sources that is present.
 
@@ -704,7 +748,15 @@ class Call:
                 self.warn(path, rule, target or f.name)
                 continue
             return f.to(out) if f.to is not None else out
-        if f.default is not None and not present:
+        if not present:
+            return self._absent(f, item, target)
+        if f.required:
+            self._missing(f, item, target)
+        return None
+
+    def _absent(self, f: Field, item: Item | None, target: str) -> Any:
+        """The value of a declared field that no source gives: its default, else None (see `_read`)."""
+        if f.default is not None:
             try:
                 out = f.default(self, item) if callable(f.default) else f.default
             except Unreadable as exc:
@@ -722,8 +774,15 @@ class Call:
         """Like `read`, but a present value that cannot be read raises `Unreadable` (for computed values)."""
         if self.overrides:
             f = self.overrides.get(id(f), f)
+        roots = self._roots
         for source in f.compiled:
-            value = self._value(source, item)
+            index = source.index  # the source's value, read here: a price is read for every product
+            value = (item or self.product()).raw if index == _PRODUCT_ROOT else roots[index]
+            value = getattr(value, source.key, None) if index == _MESSAGE_ROOT else value.get(source.key)
+            for key in source.rest:
+                if value is None:
+                    break
+                value = value.get(key) if type(value) is dict else None
             kind = type(value)
             if f.reader is read_number and (
                 (kind is float and math.isfinite(value)) or (kind is int and -NUMBER_LIMIT < value < NUMBER_LIMIT)
@@ -737,15 +796,6 @@ class Call:
                 raise Unreadable(*self._place(self._path(source, item), str(exc))) from None
             return f.to(out) if f.to is not None else out
         return f.default(self, item) if callable(f.default) else f.default
-
-    def _value(self, source: Source, item: Item | None) -> Any:
-        value = (item or self.product()).raw if source.index == _PRODUCT_ROOT else self._roots[source.index]
-        value = getattr(value, source.key, None) if source.index == _MESSAGE_ROOT else value.get(source.key)
-        for key in source.rest:
-            if value is None:
-                return None
-            value = value.get(key) if type(value) is dict else None
-        return value
 
     @staticmethod
     def _place(path: str, rule: str) -> tuple[str, str]:
@@ -876,8 +926,13 @@ class Call:
                 self.warn(root, f"has a key that {LONE_SURROGATE}", target)
                 continue
             kind = type(value)
-            if (kind is str and value.isascii()) or kind is bool:
-                out[key] = value  # sendable as it is: the common case, without a call
+            if (
+                (kind is str and value.isascii())
+                or kind is bool
+                or (kind is float and math.isfinite(value))
+                or (kind is int and -NUMBER_LIMIT < value < NUMBER_LIMIT)
+            ):
+                out[key] = value  # sendable as it is (text, a flag, a total): the common cases, without a call
                 continue
             try:
                 clean = sendable(value, 1)

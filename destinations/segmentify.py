@@ -48,12 +48,13 @@ from .fields import (
     PRODUCT_ID,
     Call,
     F,
+    Row,
     Table,
     full_name,
     line_item_sum,
     present,
 )  # fmt: skip
-from .spec import Number, has_words
+from .spec import Number, has_words, language
 
 Device = Literal["PC", "TABLET", "MOBILE", "ANDROID", "IOS"]
 DEVICES = ("PC", "TABLET", "MOBILE", "ANDROID", "IOS")
@@ -169,6 +170,7 @@ GENDER = F("gender", "traits.gender")  # M or F when recognisable, else kept in 
 GENDER_TABLE = Table("USER_OPERATIONS.update", GENDER)
 # Traits that `user_update` sends in fields of their own (the name's parts too); the rest go to `custom`.
 _PROFILE_TRAITS = USER_UPDATE.keys_of("traits") | Table("", FIRST_NAME, LAST_NAME).keys_of("traits")
+_PROFILE_TRAITS_AND_GENDER = _PROFILE_TRAITS | {"gender"}
 
 # --- mappers: one per vendor event --------------------------------------------------------------
 
@@ -216,15 +218,15 @@ def user_update(call: Call) -> dict[str, Any]:
     gender_text = call.read(GENDER, target="USER_OPERATIONS.update (gender)")
     gender = _GENDERS.get(gender_text.strip().lower()) if gender_text else None
     # A gender that is not recognisably male or female stays in `custom` rather than being dropped.
-    skip = _PROFILE_TRAITS | ({"gender"} if gender else set())
+    skip = _PROFILE_TRAITS_AND_GENDER if gender else _PROFILE_TRAITS
     custom = call.flat(call.traits, "traits", "USER_OPERATIONS (custom)", skip)
-    return {
-        "name": "USER_OPERATIONS",
-        "step": "update",
-        **call.map(USER_UPDATE),
-        "gender": gender,
-        "custom": custom or None,
-    }
+    update = {"name": "USER_OPERATIONS", "step": "update", **call.map(USER_UPDATE)}
+    # Only when known, so that `event` needs no copy of the body without nulls.
+    if gender:
+        update["gender"] = gender
+    if custom:
+        update["custom"] = custom
+    return update
 
 
 def custom_event(call: Call) -> dict[str, Any]:
@@ -263,11 +265,19 @@ DEVICE_TYPE = F("deviceType", "context.device.type")
 USER_AGENT = F("userAgent", "context.userAgent")
 # The inputs of the fields every event derives (sessionId, device, lang), for `destinations list`.
 EVENT = Table("event", SESSION_OPTION, DEVICE_OPTION, OS_NAME, DEVICE_TYPE, USER_AGENT, LOCALE)
+# Read together: what every event reads (in `event`'s order), and what tells the device when no option does.
+EVENT_READS = Row(
+    "event", (LOCALE, "event (language)"), (SESSION_OPTION, "event (sessionId)"), (DEVICE_OPTION, "event (device)")
+)
+DEVICE_SIGNS = Row(
+    "device", (OS_NAME, "event (device)"), (DEVICE_TYPE, "event (device)"), (USER_AGENT, "event (device)")
+)
 
 
-def session_id(call: Call) -> str:
-    """options || context.sessionId || context.session_id || one session per visitor per UTC day."""
-    explicit = (call.read(SESSION_OPTION, target="event (sessionId)") or "").strip()
+def session_id(call: Call, option: str | None) -> str:
+    """options || context.sessionId || context.session_id (`option`, as read) || one session per visitor per UTC
+    day."""
+    explicit = (option or "").strip()
     if explicit:
         return explicit
     visitor = call.message.anonymousId or call.message.userId or ""
@@ -285,17 +295,15 @@ _IOS = ("ios", "ipados", "iphone os")
 _MOBILE_TYPES = ("mobile", "phone", "smartphone")
 
 
-def device(call: Call, default: str) -> str:
-    """options || from context.os.name, context.device.type, context.userAgent || settings.device."""
-    option = call.read(DEVICE_OPTION, target="event (device)")
+def device(call: Call, option: str | None, default: str) -> str:
+    """options (`option`, as read) || from context.os.name, context.device.type, context.userAgent ||
+    settings.device."""
     if option is not None:
         if option.strip().upper() not in DEVICES:
             raise call.fail(f"integrations.{call.vendor}.device", f"must be one of {', '.join(DEVICES)}")
         return option.strip().upper()
-    os_name = call.read(OS_NAME, target="event (device)") or ""
-    kind = (call.read(DEVICE_TYPE, target="event (device)") or "").lower()
-    agent = call.read(USER_AGENT, target="event (device)") or ""
-    return _device_of(os_name, kind, agent, default)
+    os_name, kind, agent = call.row(DEVICE_SIGNS)
+    return _device_of(os_name or "", (kind or "").lower(), agent or "", default)
 
 
 @lru_cache(maxsize=2048)  # a shop's traffic has a few hundred user agents: classify each once
@@ -362,20 +370,25 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
     def mapped(call: Call) -> Mapped:
         settings: Settings = call.settings
         own = mapper(call)
-        lang = call.language
+        locale, session_option, device_option = call.row(EVENT_READS)
+        lang = language(locale)
         body = {
             "name": own.pop("name"),
             "userId": call.visitor_id,
-            "sessionId": session_id(call),
-            "device": device(call, settings.device),
-            "lang": lang.upper() if lang else None,
-            "testMode": True if settings.testMode else None,
-            **own,
+            "sessionId": session_id(call, session_option),
+            "device": device(call, device_option, settings.device),
         }
+        if lang:
+            body["lang"] = lang.upper()
+        if settings.testMode:
+            body["testMode"] = True
+        body.update(own)
+        if None in own.values():  # a mapper's own null (a custom event without params): left out too
+            body = present(body)
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))
         headers = {"Origin": origin} if origin else {}
-        return Mapped(EVENTS_PATH, [present(body)], headers)
+        return Mapped(EVENTS_PATH, [body], headers)
 
     return mapped
 

@@ -466,11 +466,20 @@ def as_number(value: Any) -> Number | None:
 
 # json.dumps with these arguments builds the same encoder on every call; one made once encodes the same.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+# Its C encoder, made once too (`encode` makes one on every call), without the check for circular references: a
+# value `sendable` has passed is a fresh tree of bounded depth.
+_COMPACT_C = (
+    json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    if json.encoder.c_make_encoder is not None
+    else None
+)
 
 
 def compact_json(value: Any) -> str:
     """Compact JSON text of a value that `sendable` has passed."""
-    return _COMPACT.encode(value)
+    if _COMPACT_C is not None:
+        return "".join(_COMPACT_C(value, 0))
+    return _COMPACT.encode(value)  # pragma: no cover - CPython has the C encoder
 
 
 def _json_text_stdlib(value: Any) -> str:
@@ -566,8 +575,14 @@ def sendable(value: Any, depth: int = 0) -> Any:
             if type(key) is str and not key.isascii() and has_surrogate(key):
                 raise ValueError(f"has a key that {LONE_SURROGATE}")
             item_kind = type(item)
-            if (item_kind is str and item.isascii()) or item_kind is bool or item is None:
-                out[key] = item  # the common case, without a call
+            if (
+                (item_kind is str and item.isascii())
+                or item_kind is bool
+                or item is None
+                or (item_kind is float and math.isfinite(item))
+                or (item_kind is int and -NUMBER_LIMIT < item < NUMBER_LIMIT)
+            ):
+                out[key] = item  # the common cases (a product's text, price, quantity), without a call
                 continue
             try:
                 out[key] = sendable(item, depth + 1)
@@ -608,5 +623,7 @@ def money_sum(terms: list[tuple[Number, Number]]) -> Number:
     # Decimal sum (28 digits) is exact too, so it is the integer sum.
     if all(type(p) is int and type(q) is int and -_EXACT_TERM < p * q < _EXACT_TERM for p, q in terms):
         return sum(p * q for p, q in terms)
-    total = sum((Decimal(str(p)) * (Decimal(q) if type(q) is int else Decimal(str(q))) for p, q in terms), Decimal(0))
+    total = Decimal(0)
+    for p, q in terms:  # Decimal times an int takes the int exactly, as Decimal(q) would
+        total += Decimal(str(p)) * (q if type(q) is int else Decimal(str(q)))
     return int(total) if total == total.to_integral_value() else float(total)

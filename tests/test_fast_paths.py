@@ -18,6 +18,7 @@ from test_robustness import BASES, SAMPLE_SETTINGS, messages
 from destinations import Filtered, InvalidMessage, fields, get_destination
 from destinations.conformance import find_cases
 from destinations.registry import BUILT_IN
+from destinations.spec import parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -141,3 +142,57 @@ def test_a_mapper_that_changes_its_products_leaves_the_next_destinations_alone()
     assert mapped["plugin"] == {"lines": ["a"]}
     lines = mapped["wigzo"]["eventval"]["line_items"]
     assert [line["product_id"] for line in lines] == ["a", "b"]
+
+
+# Instances that map one message in turn, as the intake does (fields.sharing): alike but for their settings, their
+# options key, their event mappings and their field mappings, so that nothing one call derives from the message for
+# all of them (its event, traits, products, time) may differ from what each derives alone.
+SHARING = {
+    "segmentify": ("segmentify", SAMPLE_SETTINGS["segmentify"]),
+    "dengage": (
+        "dengage",
+        {**SAMPLE_SETTINGS["dengage"], "device": "MOBILE", "testMode": True, "origin": "https://shop.example"},
+    ),
+    "segmentify-events": (
+        "segmentify",
+        {**SAMPLE_SETTINGS["segmentify"], "eventMappings": {"Order Completed": "Cart Viewed"}},
+    ),
+    "segmentify-fields": (
+        "segmentify",
+        {
+            **SAMPLE_SETTINGS["segmentify"],
+            "fieldMappings": {"PRODUCT_VIEW.image": "properties.picture", "locale": "properties.lang"},
+        },
+    ),
+    "wigzo": ("wigzo", SAMPLE_SETTINGS["wigzo"]),
+    "esputnik": ("esputnik", SAMPLE_SETTINGS["esputnik"]),
+}
+
+
+# One instance's own options (Segmentify's image), a locale a field mapping reads elsewhere, an empty cart.
+_VIEWED = {"type": "track", "event": "Product Viewed", "userId": "u1", "context": {"locale": "tr-TR"},
+           "properties": {"product_id": "p1", "name": "Shoe", "price": 10, "url": "https://shop.example/p1",
+                          "category": "Shoes", "lang": "de-DE"},
+           "integrations": {"Segmentify": {"image_url": "https://shop.example/p1.png"}}}  # fmt: skip
+SHARED_MESSAGES = [
+    _VIEWED,
+    {**_VIEWED, "integrations": {"Dengage": {"image_url": "https://shop.example/d.png"}}},
+    {"type": "track", "event": "Order Completed", "userId": "u1", "properties": {"order_id": "o1", "products": []}},
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=st.one_of(messages, st.sampled_from(BASES + SHARED_MESSAGES)))
+def test_a_message_shared_by_several_instances_maps_as_it_does_alone(message: Any) -> None:
+    instances = {label: get_destination(name, values) for label, (name, values) in SHARING.items()}
+    alone = {label: outcome(destination, message) for label, destination in instances.items()}
+    try:
+        parsed: Any = parse_message(message)
+    except InvalidMessage:
+        parsed = message
+    fields.sharing(parsed)
+    try:
+        shared = {label: outcome(destination, parsed) for label, destination in instances.items()}
+    finally:
+        fields.sharing(None)
+    assert shared == alone

@@ -99,7 +99,7 @@ def _map(
     if origin is not None:
         record = debugger.record(message, origin[2], origin[0], origin[1], outcomes, message_id=mid, now=time.time())
     try:  # while the bodies are at hand; one that cannot be made is left to the outbox, which sets it aside
-        texts = [[json_text(r.json) for r in requests_] for *_, requests_ in items]
+        texts = [[json_text(r.json) for r in requests_] for _, _, _, requests_ in items]
     except (ValueError, TypeError, RecursionError, OverflowError):
         texts = None
     return MessageRequests(items, inbox_id, None, mid, record, texts)
