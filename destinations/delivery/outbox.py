@@ -34,7 +34,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import groupby, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -43,7 +44,7 @@ from ..carts import DEFAULT_TTL, CartBook, applied_before, load_cart, prune_cart
 from ..carts import SCHEMA as CARTS_SCHEMA
 from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
-from ..spec import json_text
+from ..spec import json_text, new_tuple
 from . import debugger
 from .packing import PackEntry, entries_of, entries_text
 
@@ -394,6 +395,10 @@ class _PackRun:
         self.until = self.until or self.claim
 
 
+_PACK_CLAIM = attrgetter("pack", "lease")  # a claimed row's pack and claim
+_ENTRY = attrgetter("entry")  # a packed row's place in its pack
+
+
 def _by_pack(run: _PackRun) -> int:
     return run.pack
 
@@ -444,6 +449,24 @@ def _group(  # noqa: PLR0917 - the claim's own parameters, passed on
         sizes[target] += size
         user_batch[user] = target
     return chosen
+
+
+def _pack_rows(run: _PackRun, chosen: list[list[int]]) -> list[list[Row]]:
+    """A claimed pack's batches (places in the pack) as rows. Params and headers are decoded once per distinct
+    text, not per request: a pack's requests share a few envelopes (and their rows the decoded dicts, which
+    nothing changes)."""
+    entries = run.entries
+    texts = {e.params for e in entries} | {e.headers for e in entries}
+    decoded = {text: json.loads(text) for text in texts}
+    destination, created, lease, pack = run.destination, run.created, run.claim, run.pack
+    # tuple.__new__ with every field (spec.new_tuple): a frame less per request on the path every one takes.
+    return [
+        [new_tuple(Row, (0, destination, mid, user, method, url, decoded[params], decoded[headers], body,
+                         bool(batchable), 0, created, lease, index, pack, i))
+         for i in batch
+         for mid, index, user, method, url, params, headers, body, batchable, _, _ in (entries[i],)]
+        for batch in chosen
+    ]  # fmt: skip
 
 
 def _stored_keys(db: sqlite3.Connection, runs: list[tuple[str, str, list[tuple[Any, ...]]]]) -> set[tuple[str, str]]:
@@ -875,16 +898,22 @@ class Outbox:
                 ).fetchone()
                 if pack is None:
                     return []
-                batches = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until, now,
-                                           busy)  # fmt: skip
-                if not batches:  # every request held: the pack is rows now (or once the packs before it are)
-                    with self._runs_lock:
-                        mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
-                    sent = {user for run in mine for user in run.sent_users}
-                    batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
-                                               scan, sent)  # fmt: skip
-                    busy = {e.user_key for run in mine for e in run.entries}
-            return batches
+                run, chosen = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until,
+                                               now, busy)  # fmt: skip
+                if chosen:
+                    break
+                # Every request held: the pack is rows now (or once the packs before it are).
+                with self._runs_lock:
+                    mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
+                sent = {user for run in mine for user in run.sent_users}
+                batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
+                                           scan, sent)  # fmt: skip
+                busy = {e.user_key for run in mine for e in run.entries}
+            else:
+                return batches
+        # Made once the transaction is committed: the pack is this process's under its lease by then, and making
+        # its rows is a pack's worth of Python work the other writers of this file need not wait for.
+        return _pack_rows(run, chosen)
 
     def _foreign_pack_out(self, db: sqlite3.Connection, destination: str, mine: list[_PackRun], now: float) -> bool:
         """Whether another claim has a pack of the instance out: under a lease not ended, by a process that is
@@ -941,9 +970,10 @@ class Outbox:
     def _claim_pack(  # noqa: PLR0917 - the claim's own parameters, passed on
         self, db: sqlite3.Connection, destination: str, pack: int, created: float, batch_size: int,
         batch_bytes: int, until: float, now: float, busy: set[str],
-    ) -> list[list[Row]]:  # fmt: skip
-        """Lease one pack and make its batches; the requests held (see `claim`) become rows with its outcome.
-        With none to send, the pack is done at once, or as soon as the packs before it are."""
+    ) -> tuple[_PackRun, list[list[int]]]:  # fmt: skip
+        """Lease one pack and group its requests into batches (their places in the pack; `_pack_rows` makes
+        them rows); the requests held (see `claim`) become rows with its outcome. With none to send, the pack is
+        done at once, or as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
         entries = entries_of(text)
         users = list({e.user_key for e in entries})
@@ -965,14 +995,7 @@ class Outbox:
         if not run.expected:
             run.done = True
             self._finish_ready(db, destination, now)
-            return []
-        decoded: dict[str, Any] = {}
-        return [
-            [Row(0, destination, e.message_id, e.user_key, e.method, e.url, _decoded(decoded, e.params),
-                 _decoded(decoded, e.headers), e.body, bool(e.batchable), 0, created, until, e.index, pack, i)
-             for i in batch for e in (entries[i],)]
-            for batch in chosen
-        ]  # fmt: skip
+        return run, chosen
 
     def next_due(self, destination: str) -> float | None:
         """When the earliest pending request of `destination` becomes claimable (None: nothing pending)."""
@@ -1024,7 +1047,7 @@ class Outbox:
 
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("delivered", status, None, None, now)) for r in rows], now)
+        rows, noted = self._packed(rows, ("delivered", status, None, None, now), now)
         if not rows:
             return noted
         # Only dedupe needs a delivered row (its instance, messageId and index): the body goes, unless the
@@ -1070,11 +1093,10 @@ class Outbox:
             wait = max(delay, backoff) if delay is not None else backoff
             later.append(r)
             waits.append((now + wait, status, detail, r.id))
-        _, rescheduled = self._packed([(r, ("retry", status, detail, w[0], now))
-                                       for r, w in zip(later, waits, strict=True)], now)  # fmt: skip
+        _, rescheduled = self._packed(later, [("retry", status, detail, w[0], now) for w in waits], now)
         waits = [w for r, w in zip(later, waits, strict=True) if not r.pack]
         later = [r for r in later if not r.pack]
-        dead, died = self._packed([(r, ("dead", status, detail, None, now)) for r in dead], now)
+        dead, died = self._packed(dead, ("dead", status, detail, None, now), now)
         if not later and not dead:
             return rescheduled, died
         with self._write() as db:
@@ -1091,7 +1113,7 @@ class Outbox:
 
     def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("dead", status, detail, None, now)) for r in rows], now)
+        rows, noted = self._packed(rows, ("dead", status, detail, None, now), now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1101,7 +1123,7 @@ class Outbox:
     def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         """A merged batch was refused as bad input: send each of its requests alone, at once."""
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("split", status, detail, now, now)) for r in rows], now)
+        rows, noted = self._packed(rows, ("split", status, detail, now, now), now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1117,7 +1139,7 @@ class Outbox:
     def release(self, rows: list[Row], now: float | None = None) -> int:
         """Give claimed requests back untouched (a graceful stop): a packed one becomes a row, as if held."""
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, _HELD) for r in rows], now)
+        rows, noted = self._packed(rows, _HELD, now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1125,22 +1147,28 @@ class Outbox:
 
     # -- packs: outcomes noted as batches come back, written once per pack
 
-    def _packed(self, outcomes: list[tuple[Row, _Outcome]], now: float) -> tuple[list[Row], int]:
-        """Note the outcomes of packed requests; returns the rows of their own (to record as rows) and how
-        many packed outcomes were noted (none for a claim replaced since). A pack's outcomes are written in
-        one transaction once all its sent requests have one; a long pack renews its lease on the way."""
-        rows = [r for r, _ in outcomes if not r.pack]
-        if len(rows) == len(outcomes):
-            return rows, 0
+    def _packed(self, rows: list[Row], outcomes: _Outcome | list[_Outcome], now: float) -> tuple[list[Row], int]:
+        """Note the outcomes of packed requests (`outcomes`: one for all `rows`, or each row's own); returns the
+        rows of their own (to record as rows) and how many packed outcomes were noted (none for a claim replaced
+        since). A pack's outcomes are written in one transaction once all its sent requests have one."""
+        own = [r for r in rows if not r.pack]
+        if len(own) == len(rows):
+            return own, 0
+        each = outcomes if isinstance(outcomes, list) else repeat(outcomes)
+        # A batch's rows share their pack and claim: noted at once. Anything else, a row at a time.
+        if len(set(map(_PACK_CLAIM, rows))) == 1:
+            parts = [(rows[0], rows, each)]
+        else:
+            parts = [(r, [r], [o]) for r, o in zip(rows, each, strict=False)]  # `each` may repeat
         noted: dict[int, int] = {}  # pack -> outcomes noted now
         done: set[str] = set()  # instances with a pack whose outcomes are all in
         with self._runs_lock:
-            for row, outcome in outcomes:
-                run = self._runs.get(row.pack) if row.pack else None
-                if run is None or run.claim != row.lease or run.done:
+            for first, part, outs in parts:
+                run = self._runs.get(first.pack) if first.pack else None
+                if run is None or run.claim != first.lease or run.done:
                     continue
-                run.outcomes[row.entry] = outcome
-                noted[run.pack] = noted.get(run.pack, 0) + 1
+                run.outcomes.update(zip(map(_ENTRY, part), outs, strict=False))
+                noted[run.pack] = noted.get(run.pack, 0) + len(part)
                 if len(run.outcomes) >= run.expected:
                     run.done = True
                     done.add(run.destination)
@@ -1149,7 +1177,7 @@ class Outbox:
                 for destination in done:
                     for pack in self._finish_ready(db, destination, now):
                         noted.pop(pack, None)  # another claim has that pack now: these outcomes are void
-        return rows, sum(noted.values())
+        return own, sum(noted.values())
 
     def renew_packs(self, now: float | None = None) -> None:
         """Keep this process's packs out under their leases: each is renewed once a third of its lease has gone
@@ -1237,7 +1265,8 @@ class Outbox:
         rows: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
         outcomes = run.outcomes
-        for i, entry in enumerate(run.entries):
+        # Every request delivered and no attempt to log (the usual pack): nothing but the pack to write.
+        for i, entry in enumerate(run.entries if self.debug_keep or len(statuses) < len(run.entries) else ()):
             kind, status, detail, next_at, at = outcomes.get(i, _HELD)
             if kind != "held" and self.debug_keep:
                 attempts.append((run.destination, entry.message_id, entry.index, at, status, detail, next_at))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from ..spec import new_tuple
+
 
 class PackEntry(NamedTuple):
     """One request in a pack: a `requests` row without its instance, times and state."""
@@ -60,8 +62,9 @@ def entries_text(entries: list[tuple[Any, ...]]) -> str:
 
 
 def entries_of(text: str) -> list[PackEntry]:
-    """A pack's entries from `entries_text`'s text."""
+    """A pack's entries from `entries_text`'s text. Entries of one envelope share its very strings (params and
+    headers texts): a claim decodes each once per pack."""
     envelopes, own = _value(text)
-    return [PackEntry(mid, idx, user, m, url, params, headers, body, batchable, key, size)
+    return [new_tuple(PackEntry, (mid, idx, user, m, url, params, headers, body, batchable, key, size))
             for mid, idx, user, body, size, number in own
             for m, url, params, headers, batchable, key in (envelopes[number],)]  # fmt: skip
