@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -336,6 +336,8 @@ _INSERT = (
     "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
     " batchable, batch_key, size, created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+_MESSAGE_OF = itemgetter(0, 1)  # a `requests` row's instance and messageId
 
 _ROW_COLUMNS = ("destination", "messageId", "index", "user key", "method", "url", "params", "headers", "body")
 
@@ -674,9 +676,13 @@ class Outbox:
         to `pack_size` (rows when it is 0); a message an instance has stored before (its key) is left out."""
         runs: list[tuple[str, str, list[tuple[Any, ...]]]] = []  # (instance, messageId, its rows), in order
         for _, rows, reason in units:
-            if reason is None:
-                for (destination, message_id), group in groupby(rows, key=lambda r: (r[0], r[1])):
-                    runs.append((destination, message_id, list(group)))
+            if reason is not None:
+                continue
+            if len(rows) == 1:  # the usual message: one request for one instance
+                runs.append((rows[0][0], rows[0][1], rows))
+                continue
+            for (destination, message_id), group in groupby(rows, key=_MESSAGE_OF):
+                runs.append((destination, message_id, list(group)))
         stored = _stored_keys(db, runs)
         groups: dict[str, list[tuple[str, list[tuple[Any, ...]]]]] = {}  # instance -> [(messageId, its rows)]
         for destination, message_id, rows in runs:
@@ -700,7 +706,7 @@ class Outbox:
                 size += len(rows)
                 if i + 1 < len(messages) and size + len(messages[i + 1][1]) <= self.pack_size:
                     continue
-                text = entries_text([row[1:12] for _, rows_ in part for row in rows_])
+                text = entries_text([row for _, rows_ in part for row in rows_], first=1)
                 pack = db.execute(
                     "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, size, now)
                 ).lastrowid

@@ -8,6 +8,7 @@ each envelope once and each entry names its envelope: a sixth less to write, and
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from ..spec import new_tuple
@@ -46,18 +47,21 @@ except ImportError:  # pragma: no cover - orjson comes with the server extra
     _value = json.loads
 
 
-def entries_text(entries: list[tuple[Any, ...]]) -> str:
-    """A pack's entries (each a PackEntry's fields, in order) as JSON text: `[envelopes, [[messageId, index,
-    user key, body, size, envelope number], …]]`. TypeError for text no UTF-8 can carry (a lone surrogate), as
-    SQLite refuses it in a row, so the message it came from is set aside the same way."""
+def entries_text(entries: list[tuple[Any, ...]], *, first: int = 0) -> str:
+    """A pack's entries (each a PackEntry's fields, in order, from position `first` on: the outbox passes its
+    `requests` rows as they are) as JSON text: `[envelopes, [[messageId, index, user key, body, size, envelope
+    number], …]]`. TypeError for text no UTF-8 can carry (a lone surrogate), as SQLite refuses it in a row, so
+    the message it came from is set aside the same way."""
+    envelope_of = itemgetter(*(first + i for i in (3, 4, 5, 6, 8, 9)))
+    mid, idx, user, body, size = (first + i for i in (0, 1, 2, 7, 10))
     envelopes: dict[tuple[Any, ...], int] = {}
     own = []
     for e in entries:
-        envelope = (e[3], e[4], e[5], e[6], e[8], e[9])
+        envelope = envelope_of(e)
         number = envelopes.get(envelope)
         if number is None:
             number = envelopes[envelope] = len(envelopes)
-        own.append((e[0], e[1], e[2], e[7], e[10], number))
+        own.append((e[mid], e[idx], e[user], e[body], e[size], number))
     return _text([list(envelopes), own])
 
 
