@@ -31,10 +31,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import groupby, repeat
+from itertools import accumulate, chain, groupby, repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -337,7 +338,11 @@ _INSERT = (
     " batchable, batch_key, size, created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_ANY_ROW_PENDING = (
+    "SELECT 1 FROM requests INDEXED BY requests_pending WHERE destination = ? AND state = 'pending' LIMIT 1"
+)
 _MESSAGE_OF = itemgetter(0, 1)  # a `requests` row's instance and messageId
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 _ROW_COLUMNS = ("destination", "messageId", "index", "user key", "method", "url", "params", "headers", "body")
 
@@ -625,7 +630,7 @@ class Outbox:
                         db.execute("RELEASE one_event")
                 accepted = self._store(db, units, now)  # the others together (in packs as usual), those set aside
             self._record(db, units)
-        total = sum(len(rows) for _, rows, reason in units if reason is None)
+        total = sum(map(len, map(_SECOND, units)))  # a unit set aside has no rows
         failed = [(i, reason) for i, (_, _, reason) in enumerate(units) if reason is not None]
         return Enqueued(accepted, total - sum(accepted.values()), failed)
 
@@ -692,28 +697,30 @@ class Outbox:
         keys: list[tuple[str, str, int, float, int | None]] = []
         accepted: dict[str, int] = {}
         for destination, messages in groups.items():
+            counts = [len(rows) for _, rows in messages]
+            mids = list(map(_FIRST, messages))
             if not self.pack_size:
                 before = db.total_changes
-                db.executemany(_INSERT, [row for _, rows in messages for row in rows])
+                db.executemany(_INSERT, list(chain.from_iterable(map(_SECOND, messages))))
                 accepted[destination] = db.total_changes - before
-                keys.extend((destination, mid, len(rows), now, None) for mid, rows in messages)
+                keys.extend(zip(repeat(destination), mids, counts, repeat(now), repeat(None)))
                 continue
-            # Whole messages to a pack (a key names the one pack that holds its message's requests).
-            part: list[tuple[str, list[tuple[Any, ...]]]] = []
-            size = 0
-            for i, (mid, rows) in enumerate(messages):
-                part.append((mid, rows))
-                size += len(rows)
-                if i + 1 < len(messages) and size + len(messages[i + 1][1]) <= self.pack_size:
-                    continue
-                text = entries_text([row for _, rows_ in part for row in rows_], first=1)
+            # Whole messages to a pack (a key names the one pack that holds its message's requests): each pack the
+            # longest run of messages whose requests fit in `pack_size` (one message at least).
+            ends = list(accumulate(counts))
+            start = 0
+            while start < len(messages):
+                before = ends[start - 1] if start else 0
+                end = max(bisect_right(ends, before + self.pack_size, start), start + 1)
+                text = entries_text(list(chain.from_iterable(map(_SECOND, messages[start:end]))), first=1)
                 pack = db.execute(
-                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, size, now)
+                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)",
+                    (destination, ends[end - 1] - before, now),
                 ).lastrowid
                 db.execute("INSERT INTO pack_entries (pack, entries) VALUES (?, ?)", (pack, text))
-                keys.extend((destination, m, len(r), now, pack) for m, r in part)
-                part, size = [], 0
-            accepted[destination] = sum(len(rows) for _, rows in messages)
+                keys.extend(zip(repeat(destination), mids[start:end], counts[start:end], repeat(now), repeat(pack)))
+                start = end
+            accepted[destination] = ends[-1]
         db.executemany(
             "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at, pack)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -882,6 +889,12 @@ class Outbox:
         """
         now = time.time() if now is None else now
         until = now + lease
+        with self._runs_lock:
+            out = sum(1 for r in self._runs.values() if r.destination == destination and r.until > now)
+        if out >= PACKS_OUT and self._db().execute(_ANY_ROW_PENDING, (destination,)).fetchone() is None:
+            # No row to claim, and no pack this process may take: said by one read, without the write lock that
+            # the senders' outcomes wait on (the loop asks each time a batch comes back).
+            return []
         with self._write() as db:
             with self._runs_lock:
                 for run in [r for r in self._runs.values() if r.destination == destination and r.until <= now]:
