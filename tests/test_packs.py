@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,24 @@ def test_a_pack_delivered_whole_is_one_row_and_keys(outbox: Outbox) -> None:
     assert list(db.execute("SELECT COUNT(*) FROM pack_entries")) == [(0,)]  # the text goes once delivered
     assert rows(outbox) == []
     assert outbox.stats()["shop"]["delivered"] == 3
+    assert outbox.pending_count() == 0
+
+
+def test_a_packs_entries_are_stored_compressed_and_plain_text_ones_still_read(outbox: Outbox) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a"), message(2, "b")])
+    db = outbox._db()
+    (stored,) = db.execute("SELECT entries FROM pack_entries").fetchone()
+    assert isinstance(stored, bytes)
+    text = zlib.decompress(stored).decode("utf-8")
+    assert '"m1"' in text
+    # A pack an earlier version stored as plain text is claimed and delivered the same way.
+    db.execute("UPDATE pack_entries SET entries = ?", (text,))
+    assert [(r["message_id"], r["index"]) for r in outbox.waiting()] == [("m1", 0), ("m2", 0)]
+    (batch,) = claim(outbox, now)
+    assert ids(batch) == [("m1", 0), ("m2", 0)]
+    assert [r.body for r in batch] == ['[{"n":10}]', '[{"n":20}]']
+    assert outbox.delivered(batch, "200") == 2
     assert outbox.pending_count() == 0
 
 

@@ -47,7 +47,7 @@ from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import json_text, new_tuple
 from . import debugger
-from .packing import PackEntry, entries_of, entries_text
+from .packing import PackEntry, entries_of, entries_stored
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -712,7 +712,7 @@ class Outbox:
             while start < len(messages):
                 before = ends[start - 1] if start else 0
                 end = max(bisect_right(ends, before + self.pack_size, start), start + 1)
-                text = entries_text(list(chain.from_iterable(map(_SECOND, messages[start:end]))), first=1)
+                text = entries_stored(list(chain.from_iterable(map(_SECOND, messages[start:end]))), first=1)
                 pack = db.execute(
                     "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)",
                     (destination, ends[end - 1] - before, now),
