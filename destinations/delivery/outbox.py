@@ -295,6 +295,18 @@ def _chunks(ids: list[_T], size: int = 500) -> Iterator[list[_T]]:
         yield ids[i : i + size]
 
 
+def _insert(db: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]]) -> None:
+    """`executemany` of `head` (an INSERT up to its VALUES) over rows of one width, as statements of many rows each:
+    a statement's parameters bound at once cost about half what a statement a row does. Up to 999 parameters a
+    statement, the limit of SQLite before 3.32."""
+    if not rows:
+        return
+    width = len(rows[0])
+    for part in _chunks(rows, 999 // width):
+        row = "(" + ",".join("?" * width) + ")"
+        db.execute(f"{head} VALUES {','.join([row] * len(part))}", list(chain.from_iterable(part)))
+
+
 def _runs_of(ids: list[int]) -> list[tuple[int, int]]:
     """Sorted ids as (first, last) runs of consecutive integers: a round's inbox events are mostly one run, so
     they go in one range delete instead of one delete each."""
@@ -721,11 +733,7 @@ class Outbox:
                 keys.extend(zip(repeat(destination), mids[start:end], counts[start:end], repeat(now), repeat(pack)))
                 start = end
             accepted[destination] = ends[-1]
-        db.executemany(
-            "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at, pack)"
-            " VALUES (?, ?, ?, ?, ?)",
-            keys,
-        )
+        _insert(db, "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at, pack)", keys)
         done = sorted(e.inbox_id for e, _, reason in units if reason is None and e.inbox_id is not None)
         dead = [(reason, now, e.inbox_id) for e, _, reason in units if reason is not None and e.inbox_id is not None]
         db.executemany("DELETE FROM inbox WHERE id BETWEEN ? AND ?", _runs_of(done))
