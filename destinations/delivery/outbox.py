@@ -1001,7 +1001,9 @@ class Outbox:
         done at once, or as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
         entries = entries_of(text)
-        users = list({e.user_key for e in entries})
+        # Users with a pending row (none to look up while the instance has no row pending, the usual case).
+        rows_pending = db.execute(_ANY_ROW_PENDING, (destination,)).fetchone() is not None
+        users = list({e.user_key for e in entries}) if rows_pending else []
         held = set(busy)
         for part in _chunks(users):  # through requests_pending_users: a few lookups, however many rows wait
             held.update(user for (user,) in db.execute(
