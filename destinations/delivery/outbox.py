@@ -47,7 +47,7 @@ from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
 from ..spec import json_text, new_tuple
 from . import debugger
-from .packing import PackEntry, entries_of, entries_stored
+from .packing import Stored, entries_of, entries_stored, stored_pack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -397,7 +397,7 @@ class _PackRun:
 
     pack: int
     destination: str
-    entries: list[PackEntry]
+    entries: Stored
     created: float
     claim: float  # the lease its claim set: which claim a row belongs to (rows carry it as `Row.lease`)
     expected: int  # requests sent; the others are held
@@ -469,19 +469,20 @@ def _group(  # noqa: PLR0917 - the claim's own parameters, passed on
 
 
 def _pack_rows(run: _PackRun, chosen: list[list[int]]) -> list[list[Row]]:
-    """A claimed pack's batches (places in the pack) as rows. Params and headers are decoded once per distinct
-    text, not per request: a pack's requests share a few envelopes (and their rows the decoded dicts, which
+    """A claimed pack's batches (places in the pack) as rows, made from the pack as stored. Params and headers are
+    decoded once an envelope, not once a request (and the rows of an envelope share the decoded dicts, which
     nothing changes)."""
-    entries = run.entries
-    texts = {e.params for e in entries} | {e.headers for e in entries}
-    decoded = {text: json.loads(text) for text in texts}
+    own = run.entries.own
+    envelopes = [(e.method, e.url, json.loads(e.params), json.loads(e.headers), bool(e.batchable))
+                 for e in run.entries.envelopes]  # fmt: skip
     destination, created, lease, pack = run.destination, run.created, run.claim, run.pack
     # tuple.__new__ with every field (spec.new_tuple): a frame less per request on the path every one takes.
     return [
-        [new_tuple(Row, (0, destination, mid, user, method, url, decoded[params], decoded[headers], body,
-                         bool(batchable), 0, created, lease, index, pack, i))
+        [new_tuple(Row, (0, destination, mid, user, method, url, params, headers, body, batchable, 0, created, lease,
+                         index, pack, i))
          for i in batch
-         for mid, index, user, method, url, params, headers, body, batchable, _, _ in (entries[i],)]
+         for mid, index, user, body, _, number in (own[i],)
+         for method, url, params, headers, batchable in (envelopes[number],)]
         for batch in chosen
     ]  # fmt: skip
 
@@ -912,7 +913,7 @@ class Outbox:
             # they hold, which become rows when their pack is written.
             busy = {user for run in mine for user in run.sent_users}
             batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan, busy)
-            busy = {e.user_key for run in mine for e in run.entries}
+            busy = {e[2] for run in mine for e in run.entries.own}
             for _ in range(HELD_PACKS_A_CLAIM):
                 if batches or len(mine) >= PACKS_OUT:
                     return batches
@@ -933,7 +934,7 @@ class Outbox:
                 sent = {user for run in mine for user in run.sent_users}
                 batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
                                            scan, sent)  # fmt: skip
-                busy = {e.user_key for run in mine for e in run.entries}
+                busy = {e[2] for run in mine for e in run.entries.own}
             else:
                 return batches
         # Made once the transaction is committed: the pack is this process's under its lease by then, and making
@@ -1000,10 +1001,11 @@ class Outbox:
         them rows); the requests held (see `claim`) become rows with its outcome. With none to send, the pack is
         done at once, or as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
-        entries = entries_of(text)
+        stored = stored_pack(text)
+        own, envelopes = stored.own, stored.envelopes
         # Users with a pending row (none to look up while the instance has no row pending, the usual case).
         rows_pending = db.execute(_ANY_ROW_PENDING, (destination,)).fetchone() is not None
-        users = list({e.user_key for e in entries}) if rows_pending else []
+        users = list({e[2] for e in own}) if rows_pending else []
         held = set(busy)
         for part in _chunks(users):  # through requests_pending_users: a few lookups, however many rows wait
             held.update(user for (user,) in db.execute(
@@ -1011,10 +1013,11 @@ class Outbox:
                 f" AND state = 'pending' AND user_key IN ({','.join('?' * len(part))})", (destination, *part),
             ))  # fmt: skip
         # A generator: each candidate goes as soon as it is grouped (fewer live objects, fewer collector passes).
-        candidates = ((i, e.user_key, e.batchable, e.batch_key, 0, 0.0, 0.0, e.size) for i, e in enumerate(entries))
-        chosen = _group(candidates, now, len(entries), batch_size, batch_bytes, held)
-        sent = frozenset(entries[i].user_key for batch in chosen for i in batch)
-        run = _PackRun(pack, destination, entries, created, until, sum(map(len, chosen)), length=until - now,
+        candidates = ((i, user, envelopes[n].batchable, envelopes[n].batch_key, 0, 0.0, 0.0, size)
+                      for i, (_, _, user, _, size, n) in enumerate(own))  # fmt: skip
+        chosen = _group(candidates, now, len(own), batch_size, batch_bytes, held)
+        sent = frozenset(own[i][2] for batch in chosen for i in batch)
+        run = _PackRun(pack, destination, stored, created, until, sum(map(len, chosen)), length=until - now,
                        renewed=now, sent_users=sent)  # fmt: skip
         db.execute("UPDATE packs SET lease_until = ?, host = ?, pid = ? WHERE id = ?",
                    (until, self._holder.host, self._holder.pid, pack))  # fmt: skip
@@ -1232,7 +1235,7 @@ class Outbox:
                     run.until, run.renewed = until, now
                     continue
                 log.warning("%s: a pack of %d was given up: its lease ended before it was renewed (this process"
-                            " stalled past it)", run.destination, len(run.entries))  # fmt: skip
+                            " stalled past it)", run.destination, len(run.entries.own))  # fmt: skip
                 with self._runs_lock:
                     self._void(run)
 
@@ -1288,14 +1291,16 @@ class Outbox:
             != 1
         ):
             log.warning("%s: the outcomes of a pack of %d were not recorded: another claim has it, or a pack before"
-                        " it, now", run.destination, len(run.entries))  # fmt: skip
+                        " it, now", run.destination, len(run.entries.own))  # fmt: skip
             return False
         rows: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
         outcomes = run.outcomes
+        count = len(run.entries.own)
         # Every request delivered and no attempt to log (the usual pack): nothing but the pack to write.
-        for i, entry in enumerate(run.entries if self.debug_keep or len(statuses) < len(run.entries) else ()):
+        for i in range(count if self.debug_keep or len(statuses) < count else 0):
             kind, status, detail, next_at, at = outcomes.get(i, _HELD)
+            entry = run.entries.entry(i)
             if kind != "held" and self.debug_keep:
                 attempts.append((run.destination, entry.message_id, entry.index, at, status, detail, next_at))
             if kind == "delivered":

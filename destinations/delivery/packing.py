@@ -66,9 +66,38 @@ def entries_stored(entries: list[tuple[Any, ...]], *, first: int = 0) -> bytes:
     return zlib.compress(_utf8([list(envelopes), own]), 1)
 
 
+class Envelope(NamedTuple):
+    """What a pack's requests to one endpoint share (stored once a pack)."""
+
+    method: str
+    url: str
+    params: str
+    headers: str
+    batchable: int
+    batch_key: str
+
+
+class Stored(NamedTuple):
+    """A pack as stored: its envelopes, and each entry's own part: [messageId, index, user key, body, size, envelope
+    number]. A claim works from these (a pack's rows are made from them, without an entry object a request)."""
+
+    envelopes: list[Envelope]
+    own: list[list[Any]]
+
+    def entry(self, i: int) -> PackEntry:
+        mid, idx, user, body, size, number = self.own[i]
+        m, url, params, headers, batchable, key = self.envelopes[number]
+        return new_tuple(PackEntry, (mid, idx, user, m, url, params, headers, body, batchable, key, size))
+
+
+def stored_pack(stored: bytes | str) -> Stored:
+    """What `entries_stored` made (or the plain text packs were stored as before), read back."""
+    envelopes, own = _value(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
+    return Stored([Envelope(*e) for e in envelopes], own)
+
+
 def entries_of(stored: bytes | str) -> list[PackEntry]:
-    """A pack's entries from what `entries_stored` made (or the plain text packs were stored as before). Entries of
-    one envelope share its very strings (params and headers texts): a claim decodes each once per pack."""
+    """A pack's entries from what `entries_stored` made (or the plain text packs were stored as before)."""
     envelopes, own = _value(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
     return [new_tuple(PackEntry, (mid, idx, user, m, url, params, headers, body, batchable, key, size))
             for mid, idx, user, body, size, number in own
