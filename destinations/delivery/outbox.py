@@ -472,17 +472,16 @@ def _pack_rows(run: _PackRun, chosen: list[list[int]]) -> list[list[Row]]:
     """A claimed pack's batches (places in the pack) as rows, made from the pack as stored. Params and headers are
     decoded once an envelope, not once a request (and the rows of an envelope share the decoded dicts, which
     nothing changes)."""
-    own = run.entries.own
+    kept, mids, indexes, users, bodies, _, numbers = run.entries  # kept: the envelopes as stored
     envelopes = [(e.method, e.url, json.loads(e.params), json.loads(e.headers), bool(e.batchable))
-                 for e in run.entries.envelopes]  # fmt: skip
+                 for e in kept]  # fmt: skip
     destination, created, lease, pack = run.destination, run.created, run.claim, run.pack
     # tuple.__new__ with every field (spec.new_tuple): a frame less per request on the path every one takes.
     return [
-        [new_tuple(Row, (0, destination, mid, user, method, url, params, headers, body, batchable, 0, created, lease,
-                         index, pack, i))
+        [new_tuple(Row, (0, destination, mids[i], users[i], method, url, params, headers, bodies[i], batchable, 0,
+                         created, lease, indexes[i], pack, i))
          for i in batch
-         for mid, index, user, body, _, number in (own[i],)
-         for method, url, params, headers, batchable in (envelopes[number],)]
+         for method, url, params, headers, batchable in (envelopes[numbers[i]],)]
         for batch in chosen
     ]  # fmt: skip
 
@@ -913,7 +912,7 @@ class Outbox:
             # they hold, which become rows when their pack is written.
             busy = {user for run in mine for user in run.sent_users}
             batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan, busy)
-            busy = {e[2] for run in mine for e in run.entries.own}
+            busy = {user for run in mine for user in run.entries.users}
             for _ in range(HELD_PACKS_A_CLAIM):
                 if batches or len(mine) >= PACKS_OUT:
                     return batches
@@ -934,7 +933,7 @@ class Outbox:
                 sent = {user for run in mine for user in run.sent_users}
                 batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
                                            scan, sent)  # fmt: skip
-                busy = {e[2] for run in mine for e in run.entries.own}
+                busy = {user for run in mine for user in run.entries.users}
             else:
                 return batches
         # Made once the transaction is committed: the pack is this process's under its lease by then, and making
@@ -1002,10 +1001,10 @@ class Outbox:
         done at once, or as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
         stored = stored_pack(text)
-        own, envelopes = stored.own, stored.envelopes
+        envelopes = stored.envelopes
         # Users with a pending row (none to look up while the instance has no row pending, the usual case).
         rows_pending = db.execute(_ANY_ROW_PENDING, (destination,)).fetchone() is not None
-        users = list({e[2] for e in own}) if rows_pending else []
+        users = list(set(stored.users)) if rows_pending else []
         held = set(busy)
         for part in _chunks(users):  # through requests_pending_users: a few lookups, however many rows wait
             held.update(user for (user,) in db.execute(
@@ -1013,10 +1012,11 @@ class Outbox:
                 f" AND state = 'pending' AND user_key IN ({','.join('?' * len(part))})", (destination, *part),
             ))  # fmt: skip
         # A generator: each candidate goes as soon as it is grouped (fewer live objects, fewer collector passes).
+        entries = zip(stored.users, stored.sizes, stored.numbers, strict=True)
         candidates = ((i, user, envelopes[n].batchable, envelopes[n].batch_key, 0, 0.0, 0.0, size)
-                      for i, (_, _, user, _, size, n) in enumerate(own))  # fmt: skip
-        chosen = _group(candidates, now, len(own), batch_size, batch_bytes, held)
-        sent = frozenset(own[i][2] for batch in chosen for i in batch)
+                      for i, (user, size, n) in enumerate(entries))  # fmt: skip
+        chosen = _group(candidates, now, len(stored.users), batch_size, batch_bytes, held)
+        sent = frozenset(stored.users[i] for batch in chosen for i in batch)
         run = _PackRun(pack, destination, stored, created, until, sum(map(len, chosen)), length=until - now,
                        renewed=now, sent_users=sent)  # fmt: skip
         db.execute("UPDATE packs SET lease_until = ?, host = ?, pid = ? WHERE id = ?",
@@ -1235,7 +1235,7 @@ class Outbox:
                     run.until, run.renewed = until, now
                     continue
                 log.warning("%s: a pack of %d was given up: its lease ended before it was renewed (this process"
-                            " stalled past it)", run.destination, len(run.entries.own))  # fmt: skip
+                            " stalled past it)", run.destination, len(run.entries.users))  # fmt: skip
                 with self._runs_lock:
                     self._void(run)
 
@@ -1291,12 +1291,12 @@ class Outbox:
             != 1
         ):
             log.warning("%s: the outcomes of a pack of %d were not recorded: another claim has it, or a pack before"
-                        " it, now", run.destination, len(run.entries.own))  # fmt: skip
+                        " it, now", run.destination, len(run.entries.users))  # fmt: skip
             return False
         rows: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
         outcomes = run.outcomes
-        count = len(run.entries.own)
+        count = len(run.entries.users)
         # Every request delivered and no attempt to log (the usual pack): nothing but the pack to write.
         for i in range(count if self.debug_keep or len(statuses) < count else 0):
             kind, status, detail, next_at, at = outcomes.get(i, _HELD)

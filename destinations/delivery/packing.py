@@ -1,11 +1,12 @@
 """How a pack's requests are written as one value (outbox.py stores it in `pack_entries`; debugger.py reads it).
 
 An entry (`PackEntry`) is a `requests` row as the outbox makes it, from messageId to size. The requests of one
-instance share a handful of envelopes (method, url, params, headers, batchable, batch key), so the text holds
-each envelope once and each entry names its envelope: a sixth less to write, and to read back. The text is stored
-zlib-compressed (the fastest level): a pack's bodies repeat each other's keys and values, so it shrinks several
-times for a fraction of a millisecond, and every page not written is a page the WAL, and its checkpoints (which
-copy it into the database file under the write lock of the transaction that triggers them), do not carry.
+instance share a handful of envelopes (method, url, params, headers, batchable, batch key), so a pack holds each
+envelope once and each entry names its envelope. A pack is stored as zlib-compressed JSON (the fastest level), its
+entries a column a field: columns are made and read back a list at a time, not an entry at a time, and a pack's
+bodies repeat each other's keys and values, so it shrinks several times for a fraction of a millisecond. Every
+page not written is a page the WAL, and its checkpoints (which copy it into the database file under the write lock
+of the transaction that triggers them), do not carry. Packs stored before are plain JSON text, an entry a list.
 """
 
 from __future__ import annotations
@@ -50,20 +51,15 @@ except ImportError:  # pragma: no cover - orjson comes with the server extra
 
 def entries_stored(entries: list[tuple[Any, ...]], *, first: int = 0) -> bytes:
     """A pack's entries (each a PackEntry's fields, in order, from position `first` on: the outbox passes its
-    `requests` rows as they are) as zlib-compressed JSON text: `[envelopes, [[messageId, index, user key, body,
-    size, envelope number], …]]`. TypeError for text no UTF-8 can carry (a lone surrogate), as SQLite refuses it
-    in a row, so the message it came from is set aside the same way."""
-    envelope_of = itemgetter(*(first + i for i in (3, 4, 5, 6, 8, 9)))
-    mid, idx, user, body, size = (first + i for i in (0, 1, 2, 7, 10))
+    `requests` rows as they are) as zlib-compressed JSON: `[envelopes, messageIds, indexes, user keys, bodies, sizes,
+    envelope numbers]`. TypeError for text no UTF-8 can carry (a lone surrogate), as SQLite refuses it in a row, so
+    the message it came from is set aside the same way."""
     envelopes: dict[tuple[Any, ...], int] = {}
-    own = []
-    for e in entries:
-        envelope = envelope_of(e)
-        number = envelopes.get(envelope)
-        if number is None:
-            number = envelopes[envelope] = len(envelopes)
-        own.append((e[mid], e[idx], e[user], e[body], e[size], number))
-    return zlib.compress(_utf8([list(envelopes), own]), 1)
+    # setdefault's default is worked out first: a new envelope gets the next number.
+    numbers = [envelopes.setdefault(e, len(envelopes))
+               for e in map(itemgetter(*(first + i for i in (3, 4, 5, 6, 8, 9))), entries)]  # fmt: skip
+    columns = [list(map(itemgetter(first + i), entries)) for i in (0, 1, 2, 7, 10)]
+    return zlib.compress(_utf8([list(envelopes), *columns, numbers]), 1)
 
 
 class Envelope(NamedTuple):
@@ -78,27 +74,35 @@ class Envelope(NamedTuple):
 
 
 class Stored(NamedTuple):
-    """A pack as stored: its envelopes, and each entry's own part: [messageId, index, user key, body, size, envelope
-    number]. A claim works from these (a pack's rows are made from them, without an entry object a request)."""
+    """A pack as stored: its envelopes, and its entries a column a field (a claim makes a pack's rows from these,
+    without an entry object a request)."""
 
     envelopes: list[Envelope]
-    own: list[list[Any]]
+    message_ids: list[str]
+    indexes: list[int]
+    users: list[str]
+    bodies: list[str]
+    sizes: list[int]
+    numbers: list[int]  # each entry's envelope
 
     def entry(self, i: int) -> PackEntry:
-        mid, idx, user, body, size, number = self.own[i]
-        m, url, params, headers, batchable, key = self.envelopes[number]
-        return new_tuple(PackEntry, (mid, idx, user, m, url, params, headers, body, batchable, key, size))
+        m, url, params, headers, batchable, key = self.envelopes[self.numbers[i]]
+        return new_tuple(PackEntry, (self.message_ids[i], self.indexes[i], self.users[i], m, url, params, headers,
+                                     self.bodies[i], batchable, key, self.sizes[i]))  # fmt: skip
 
 
 def stored_pack(stored: bytes | str) -> Stored:
-    """What `entries_stored` made (or the plain text packs were stored as before), read back."""
-    envelopes, own = _value(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
-    return Stored([Envelope(*e) for e in envelopes], own)
+    """What `entries_stored` made, or a pack stored before as plain text (`[envelopes, [[messageId, index, user key,
+    body, size, envelope number], …]]`), read back."""
+    if isinstance(stored, bytes):
+        envelopes, *columns = _value(zlib.decompress(stored))
+    else:
+        envelopes, own = _value(stored)
+        columns = [list(column) for column in zip(*own, strict=True)] if own else [[] for _ in range(6)]
+    return Stored([Envelope(*e) for e in envelopes], *columns)
 
 
 def entries_of(stored: bytes | str) -> list[PackEntry]:
     """A pack's entries from what `entries_stored` made (or the plain text packs were stored as before)."""
-    envelopes, own = _value(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
-    return [new_tuple(PackEntry, (mid, idx, user, m, url, params, headers, body, batchable, key, size))
-            for mid, idx, user, body, size, number in own
-            for m, url, params, headers, batchable, key in (envelopes[number],)]  # fmt: skip
+    pack = stored_pack(stored)
+    return [pack.entry(i) for i in range(len(pack.message_ids))]
