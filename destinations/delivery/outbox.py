@@ -446,11 +446,11 @@ def _group(  # noqa: PLR0917 - the claim's own parameters, passed on
         if next_at > now or lease_until > now:
             blocked.add(user)
             continue
-        mergeable = bool(batchable) and not solo
+        mergeable = batchable and not solo
         target = open_batch.get(key) if mergeable else None
         if target is not None and (len(chosen[target]) >= batch_size or sizes[target] + size > batch_bytes):
             target = None
-        if user in user_batch and user_batch[user] != target:
+        if user_batch.get(user, target) != target:
             blocked.add(user)  # it would go out beside, and maybe before, its predecessor
             continue
         if target is None:
