@@ -348,6 +348,7 @@ _INSERT = (
     " batchable, batch_key, size, created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_ANY_EVENT = "SELECT 1 FROM inbox INDEXED BY inbox_live WHERE dead_reason IS NULL LIMIT 1"  # an event to map
 _ANY_ROW_PENDING = (
     "SELECT 1 FROM requests INDEXED BY requests_pending WHERE destination = ? AND state = 'pending' LIMIT 1"
 )
@@ -517,6 +518,7 @@ class Outbox:
         self._runs: dict[int, _PackRun] = {}  # packs this process has claimed, until their outcomes are recorded
         self._runs_lock = threading.Lock()
         self._holder = Holder.new()  # who has this process's packs out
+        self._mapper_due: dict[str, float] = {}  # mapper lease holder -> when its lease is next renewed, at the latest
         db = self._db()
         keyed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'request_keys'").fetchone() is not None
         db.executescript(SCHEMA + CARTS_SCHEMA + debugger.SCHEMA)  # executescript commits on its own
@@ -786,6 +788,7 @@ class Outbox:
 
     def release_mapper(self, holder: Holder) -> None:
         """Give the mapper lease up (a graceful stop), so another process need not wait for it to end."""
+        self._mapper_due.pop(holder.token, None)
         with self._write() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token))
 
@@ -800,9 +803,13 @@ class Outbox:
         aside as a dead inbox event (a claim by a mapper that stalled past its lease counts too: it did not
         finish either)."""
         now = time.time() if now is None else now
+        if now < self._mapper_due.get(holder.token, 0.0) and self._db().execute(_ANY_EVENT).fetchone() is None:
+            return []  # nothing to map, and this holder's lease was taken or renewed not long ago: no write
         with self._write() as db:
             if not self._take(db, holder, lease, now):
+                self._mapper_due.pop(holder.token, None)
                 return []
+            self._mapper_due[holder.token] = now + lease / 3  # renewed again by then, like a pack's lease
             while True:
                 rows = db.execute(
                     "SELECT id, body, attempts, source, received_at FROM inbox INDEXED BY inbox_live"
