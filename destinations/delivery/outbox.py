@@ -902,11 +902,7 @@ class Outbox:
         """
         now = time.time() if now is None else now
         until = now + lease
-        with self._runs_lock:
-            out = sum(1 for r in self._runs.values() if r.destination == destination and r.until > now)
-        if out >= PACKS_OUT and self._db().execute(_ANY_ROW_PENDING, (destination,)).fetchone() is None:
-            # No row to claim, and no pack this process may take: said by one read, without the write lock that
-            # the senders' outcomes wait on (the loop asks each time a batch comes back).
+        if self._nothing_to_claim(destination, now):
             return []
         with self._write() as db:
             with self._runs_lock:
@@ -946,6 +942,24 @@ class Outbox:
         # Made once the transaction is committed: the pack is this process's under its lease by then, and making
         # its rows is a pack's worth of Python work the other writers of this file need not wait for.
         return _pack_rows(run, chosen)
+
+    def _nothing_to_claim(self, destination: str, now: float) -> bool:
+        """No row pending, and no pack this process may take (it has PACKS_OUT out, or none but its own is pending):
+        said by a read or two, without the write lock that the senders' outcomes and the intake wait on (the loop
+        asks each time a batch comes back, and at each new round)."""
+        with self._runs_lock:
+            out = [r.pack for r in self._runs.values() if r.destination == destination and r.until > now]
+        db = self._db()
+        if db.execute(_ANY_ROW_PENDING, (destination,)).fetchone() is not None:
+            return False
+        if len(out) >= PACKS_OUT:
+            return True
+        other = db.execute(
+            "SELECT 1 FROM packs INDEXED BY packs_pending WHERE destination = ? AND state = 'pending'"
+            f" AND id NOT IN ({','.join('?' * len(out))}) LIMIT 1",
+            (destination, *out),
+        ).fetchone()
+        return other is None
 
     def _foreign_pack_out(self, db: sqlite3.Connection, destination: str, mine: list[_PackRun], now: float) -> bool:
         """Whether another claim has a pack of the instance out: under a lease not ended, by a process that is
