@@ -644,9 +644,11 @@ class Outbox:
 
     def _record(self, db: sqlite3.Connection, units: list[_Unit]) -> None:
         """The round's debugger records (set-aside messages saying so), in its transaction; never its failure."""
+        if not self.debug_keep:
+            return
         records = [debugger.set_aside(u[0].debug, u[2]) if u[2] else u[0].debug
                    for u in units if u[0].debug is not None]  # fmt: skip
-        if not records or not self.debug_keep:
+        if not records:
             return
         try:  # what the debugger shows must never hold back what is delivered
             db.execute("SAVEPOINT debugger")
