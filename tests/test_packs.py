@@ -16,6 +16,7 @@ from test_reliability import gone_pid
 
 from destinations.base import HttpRequest
 from destinations.delivery import Outbox
+from destinations.delivery import outbox as outbox_module
 from destinations.delivery.outbox import PACKS_OUT, MessageRequests, Row
 
 BATCHED = "https://vendor.example/batch"
@@ -115,6 +116,25 @@ def test_a_packs_entries_are_stored_compressed_and_plain_text_ones_still_read(ou
     assert [r.body for r in batch] == ['[{"n":10}]', '[{"n":20}]']
     assert outbox.delivered(batch, "200") == 2
     assert outbox.pending_count() == 0
+
+
+def test_a_pack_whose_rows_cannot_be_made_goes_again_after_its_lease(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a"), message(2, "b")])
+
+    def broken(*_: Any) -> Any:
+        raise MemoryError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outbox_module, "_pack_rows", broken)
+        with pytest.raises(MemoryError):
+            claim(outbox, now)
+    outbox.renew_packs(now + LEASE / 2)  # given up: not renewed, so not kept out
+    assert claim(outbox, now + 1) == []  # its lease has not ended yet
+    (batch,) = claim(outbox, now + LEASE + 1)
+    assert ids(batch) == [("m1", 0), ("m2", 0)]
 
 
 def test_a_users_second_request_waits_for_the_first_across_batches(outbox: Outbox) -> None:

@@ -943,7 +943,12 @@ class Outbox:
                 return batches
         # Made once the transaction is committed: the pack is this process's under its lease by then, and making
         # its rows is a pack's worth of Python work the other writers of this file need not wait for.
-        return _pack_rows(run, chosen)
+        try:
+            return _pack_rows(run, chosen)
+        except BaseException:
+            with self._runs_lock:
+                self._void(run)  # not renewed, so its lease ends and the pack goes again
+            raise
 
     def _nothing_to_claim(self, destination: str, now: float) -> bool:
         """No row pending, and no pack this process may take (it has PACKS_OUT out, or none but its own is pending):
