@@ -176,12 +176,16 @@ def test_requests_of_every_destination_own_their_params_and_headers() -> None:
 
 
 def test_named_tuples_built_without_their_constructors_get_every_field() -> None:
-    # base.py and fields.py build these with tuple.__new__ and every field in order (a frame less per event):
-    # a field added to one of them must be added to those calls too, which this count makes someone look at.
+    # base.py, fields.py and the outbox's pack reading build these with tuple.__new__ and every field in order (a
+    # frame less per event): a field added to one of them must be added to those calls too, which this count makes
+    # someone look at.
     from destinations.base import Handled
+    from destinations.delivery.outbox import Row
+    from destinations.delivery.packing import PackEntry
     from destinations.fields import Item
 
     assert (len(HttpRequest._fields), len(Handled._fields), len(Item._fields)) == (7, 2, 2)
+    assert (len(Row._fields), len(PackEntry._fields)) == (16, 11)  # outbox._pack_rows, packing.entries_of
     dest = get_destination("segmentify", {"apiKey": "k-api-1", "dataCenterUrl": "https://dce1.segmentify.com"})
     handled = dest.handle_with_warnings({"type": "identify", "userId": "u1", "traits": {"email": "a@shop.example"}})
     (request,) = handled.requests

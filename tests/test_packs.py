@@ -4,8 +4,10 @@ record them; the end-to-end runs (chaos, delivery, reliability) drive the same c
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from test_reliability import gone_pid
 
 from destinations.base import HttpRequest
 from destinations.delivery import Outbox
+from destinations.delivery import outbox as outbox_module
 from destinations.delivery.outbox import PACKS_OUT, MessageRequests, Row
 
 BATCHED = "https://vendor.example/batch"
@@ -94,6 +97,44 @@ def test_a_pack_delivered_whole_is_one_row_and_keys(outbox: Outbox) -> None:
     assert rows(outbox) == []
     assert outbox.stats()["shop"]["delivered"] == 3
     assert outbox.pending_count() == 0
+
+
+def test_a_packs_entries_are_stored_compressed_and_plain_text_ones_still_read(outbox: Outbox) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a"), message(2, "b")])
+    db = outbox._db()
+    (stored,) = db.execute("SELECT entries FROM pack_entries").fetchone()
+    assert isinstance(stored, bytes)
+    envelopes, mids, indexes, users, bodies, sizes, numbers = json.loads(zlib.decompress(stored))
+    assert (mids, indexes, users, numbers) == (["m1", "m2"], [0, 0], ["a", "b"], [0, 0])
+    # A pack an earlier version stored as plain text (an entry a list) is claimed and delivered the same way.
+    text = json.dumps([envelopes, [list(e) for e in zip(mids, indexes, users, bodies, sizes, numbers, strict=True)]])
+    db.execute("UPDATE pack_entries SET entries = ?", (text,))
+    assert [(r["message_id"], r["index"]) for r in outbox.waiting()] == [("m1", 0), ("m2", 0)]
+    (batch,) = claim(outbox, now)
+    assert ids(batch) == [("m1", 0), ("m2", 0)]
+    assert [r.body for r in batch] == ['[{"n":10}]', '[{"n":20}]']
+    assert outbox.delivered(batch, "200") == 2
+    assert outbox.pending_count() == 0
+
+
+def test_a_pack_whose_rows_cannot_be_made_goes_again_after_its_lease(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    outbox.enqueue([message(1, "a"), message(2, "b")])
+
+    def broken(*_: Any) -> Any:
+        raise MemoryError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outbox_module, "_pack_rows", broken)
+        with pytest.raises(MemoryError):
+            claim(outbox, now)
+    outbox.renew_packs(now + LEASE / 2)  # given up: not renewed, so not kept out
+    assert claim(outbox, now + 1) == []  # its lease has not ended yet
+    (batch,) = claim(outbox, now + LEASE + 1)
+    assert ids(batch) == [("m1", 0), ("m2", 0)]
 
 
 def test_a_users_second_request_waits_for_the_first_across_batches(outbox: Outbox) -> None:

@@ -31,10 +31,12 @@ import sqlite3
 import threading
 import time
 import uuid
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import accumulate, chain, groupby, repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -43,9 +45,9 @@ from ..carts import DEFAULT_TTL, CartBook, applied_before, load_cart, prune_cart
 from ..carts import SCHEMA as CARTS_SCHEMA
 from ..config import OutboxConfig
 from ..redaction import SECRET_HEADERS, SECRET_PARAMS
-from ..spec import json_text
+from ..spec import json_text, new_tuple
 from . import debugger
-from .packing import PackEntry, entries_of, entries_text
+from .packing import Stored, entries_of, entries_stored, stored_pack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -293,6 +295,16 @@ def _chunks(ids: list[_T], size: int = 500) -> Iterator[list[_T]]:
         yield ids[i : i + size]
 
 
+def _insert(db: sqlite3.Connection, head: str, width: int, values: list[Any]) -> None:
+    """`executemany` of `head` (an INSERT up to its VALUES) over rows of `width` columns given one after another in
+    `values`, as statements of many rows each: a statement's parameters bound at once cost about half what a
+    statement a row does (and a flat list makes no tuple a row). Up to 999 parameters a statement, the limit of
+    SQLite before 3.32."""
+    row = "(" + ",".join("?" * width) + ")"
+    for part in _chunks(values, 999 // width * width):
+        db.execute(f"{head} VALUES {','.join([row] * (len(part) // width))}", part)
+
+
 def _runs_of(ids: list[int]) -> list[tuple[int, int]]:
     """Sorted ids as (first, last) runs of consecutive integers: a round's inbox events are mostly one run, so
     they go in one range delete instead of one delete each."""
@@ -335,6 +347,13 @@ _INSERT = (
     "INSERT OR IGNORE INTO requests (destination, message_id, idx, user_key, method, url, params, headers, body,"
     " batchable, batch_key, size, created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+_ANY_EVENT = "SELECT 1 FROM inbox INDEXED BY inbox_live WHERE dead_reason IS NULL LIMIT 1"  # an event to map
+_ANY_ROW_PENDING = (
+    "SELECT 1 FROM requests INDEXED BY requests_pending WHERE destination = ? AND state = 'pending' LIMIT 1"
+)
+_MESSAGE_OF = itemgetter(0, 1)  # a `requests` row's instance and messageId
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 _ROW_COLUMNS = ("destination", "messageId", "index", "user key", "method", "url", "params", "headers", "body")
 
@@ -379,7 +398,7 @@ class _PackRun:
 
     pack: int
     destination: str
-    entries: list[PackEntry]
+    entries: Stored
     created: float
     claim: float  # the lease its claim set: which claim a row belongs to (rows carry it as `Row.lease`)
     expected: int  # requests sent; the others are held
@@ -392,6 +411,10 @@ class _PackRun:
 
     def __post_init__(self) -> None:
         self.until = self.until or self.claim
+
+
+_PACK_CLAIM = attrgetter("pack", "lease")  # a claimed row's pack and claim
+_ENTRY = attrgetter("entry")  # a packed row's place in its pack
 
 
 def _by_pack(run: _PackRun) -> int:
@@ -424,11 +447,11 @@ def _group(  # noqa: PLR0917 - the claim's own parameters, passed on
         if next_at > now or lease_until > now:
             blocked.add(user)
             continue
-        mergeable = bool(batchable) and not solo
+        mergeable = batchable and not solo
         target = open_batch.get(key) if mergeable else None
         if target is not None and (len(chosen[target]) >= batch_size or sizes[target] + size > batch_bytes):
             target = None
-        if user in user_batch and user_batch[user] != target:
+        if user_batch.get(user, target) != target:
             blocked.add(user)  # it would go out beside, and maybe before, its predecessor
             continue
         if target is None:
@@ -446,17 +469,31 @@ def _group(  # noqa: PLR0917 - the claim's own parameters, passed on
     return chosen
 
 
-def _stored_keys(db: sqlite3.Connection, runs: list[tuple[str, str, list[tuple[Any, ...]]]]) -> set[tuple[str, str]]:
-    """Which of these (instance, messageId) pairs have a dedupe key already (stored before)."""
-    wanted: dict[str, list[str]] = {}
-    for destination, message_id, _ in runs:
-        wanted.setdefault(destination, []).append(message_id)
-    found: set[tuple[str, str]] = set()
-    for destination, ids in wanted.items():
-        for part in _chunks(ids):
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT message_id FROM request_keys WHERE destination = ? AND message_id IN ({marks})"
-            found.update((destination, mid) for (mid,) in db.execute(sql, (destination, *part)))
+def _pack_rows(run: _PackRun, chosen: list[list[int]]) -> list[list[Row]]:
+    """A claimed pack's batches (places in the pack) as rows, made from the pack as stored. Params and headers are
+    decoded once an envelope, not once a request (and the rows of an envelope share the decoded dicts, which
+    nothing changes)."""
+    kept, mids, indexes, users, bodies, _, numbers = run.entries  # kept: the envelopes as stored
+    envelopes = [(e.method, e.url, json.loads(e.params), json.loads(e.headers), bool(e.batchable))
+                 for e in kept]  # fmt: skip
+    destination, created, lease, pack = run.destination, run.created, run.claim, run.pack
+    # tuple.__new__ with every field (spec.new_tuple): a frame less per request on the path every one takes.
+    return [
+        [new_tuple(Row, (0, destination, mids[i], users[i], method, url, params, headers, bodies[i], batchable, 0,
+                         created, lease, indexes[i], pack, i))
+         for i in batch
+         for method, url, params, headers, batchable in (envelopes[numbers[i]],)]
+        for batch in chosen
+    ]  # fmt: skip
+
+
+def _stored_keys(db: sqlite3.Connection, destination: str, message_ids: list[str]) -> set[str]:
+    """Which of these messageIds have a dedupe key of the instance already (stored before)."""
+    found: set[str] = set()
+    for part in _chunks(message_ids):
+        marks = ",".join("?" * len(part))
+        sql = f"SELECT message_id FROM request_keys WHERE destination = ? AND message_id IN ({marks})"
+        found.update(mid for (mid,) in db.execute(sql, (destination, *part)))
     return found
 
 
@@ -481,6 +518,7 @@ class Outbox:
         self._runs: dict[int, _PackRun] = {}  # packs this process has claimed, until their outcomes are recorded
         self._runs_lock = threading.Lock()
         self._holder = Holder.new()  # who has this process's packs out
+        self._mapper_due: dict[str, float] = {}  # mapper lease holder -> when its lease is next renewed, at the latest
         db = self._db()
         keyed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'request_keys'").fetchone() is not None
         db.executescript(SCHEMA + CARTS_SCHEMA + debugger.SCHEMA)  # executescript commits on its own
@@ -600,15 +638,17 @@ class Outbox:
                         db.execute("RELEASE one_event")
                 accepted = self._store(db, units, now)  # the others together (in packs as usual), those set aside
             self._record(db, units)
-        total = sum(len(rows) for _, rows, reason in units if reason is None)
+        total = sum(map(len, map(_SECOND, units)))  # a unit set aside has no rows
         failed = [(i, reason) for i, (_, _, reason) in enumerate(units) if reason is not None]
         return Enqueued(accepted, total - sum(accepted.values()), failed)
 
     def _record(self, db: sqlite3.Connection, units: list[_Unit]) -> None:
         """The round's debugger records (set-aside messages saying so), in its transaction; never its failure."""
+        if not self.debug_keep:
+            return
         records = [debugger.set_aside(u[0].debug, u[2]) if u[2] else u[0].debug
                    for u in units if u[0].debug is not None]  # fmt: skip
-        if not records or not self.debug_keep:
+        if not records:
             return
         try:  # what the debugger shows must never hold back what is delivered
             db.execute("SAVEPOINT debugger")
@@ -649,47 +689,53 @@ class Outbox:
         """Insert these events' requests with their dedupe keys, remove their inbox events and set aside the
         ones with a reason; returns the requests stored per instance. An instance's requests go in packs of up
         to `pack_size` (rows when it is 0); a message an instance has stored before (its key) is left out."""
-        runs: list[tuple[str, str, list[tuple[Any, ...]]]] = []  # (instance, messageId, its rows), in order
-        for _, rows, reason in units:
-            if reason is None:
-                for (destination, message_id), group in groupby(rows, key=lambda r: (r[0], r[1])):
-                    runs.append((destination, message_id, list(group)))
-        stored = _stored_keys(db, runs)
+        # Few tracked objects a message (a round's survive to its end, and each 700 cost a pass of the collector).
         groups: dict[str, list[tuple[str, list[tuple[Any, ...]]]]] = {}  # instance -> [(messageId, its rows)]
-        for destination, message_id, rows in runs:
-            if (destination, message_id) not in stored:
-                stored.add((destination, message_id))  # the same message twice in one round: stored once
-                groups.setdefault(destination, []).append((message_id, rows))
-        keys: list[tuple[str, str, int, float, int | None]] = []
+        for _, rows, reason in units:
+            if reason is not None:
+                continue
+            if len(rows) == 1:  # the usual message: one request for one instance
+                groups.setdefault(rows[0][0], []).append((rows[0][1], rows))
+                continue
+            for (destination, message_id), group in groupby(rows, key=_MESSAGE_OF):
+                groups.setdefault(destination, []).append((message_id, list(group)))
+        keys: list[Any] = []  # the dedupe keys' columns, one key after another
         accepted: dict[str, int] = {}
-        for destination, messages in groups.items():
+        for destination, candidates in groups.items():
+            stored = _stored_keys(db, destination, list(map(_FIRST, candidates)))
+            messages = []
+            for message in candidates:
+                if message[0] not in stored:
+                    stored.add(message[0])  # the same message twice in one round: stored once
+                    messages.append(message)
+            if not messages:
+                continue
+            counts = [len(rows) for _, rows in messages]
+            mids = list(map(_FIRST, messages))
             if not self.pack_size:
                 before = db.total_changes
-                db.executemany(_INSERT, [row for _, rows in messages for row in rows])
+                db.executemany(_INSERT, list(chain.from_iterable(map(_SECOND, messages))))
                 accepted[destination] = db.total_changes - before
-                keys.extend((destination, mid, len(rows), now, None) for mid, rows in messages)
+                keys.extend(chain.from_iterable(zip(repeat(destination), mids, counts, repeat(now), repeat(None))))
                 continue
-            # Whole messages to a pack (a key names the one pack that holds its message's requests).
-            part: list[tuple[str, list[tuple[Any, ...]]]] = []
-            size = 0
-            for i, (mid, rows) in enumerate(messages):
-                part.append((mid, rows))
-                size += len(rows)
-                if i + 1 < len(messages) and size + len(messages[i + 1][1]) <= self.pack_size:
-                    continue
-                text = entries_text([row[1:12] for _, rows_ in part for row in rows_])
+            # Whole messages to a pack (a key names the one pack that holds its message's requests): each pack the
+            # longest run of messages whose requests fit in `pack_size` (one message at least).
+            ends = list(accumulate(counts))
+            start = 0
+            while start < len(messages):
+                before = ends[start - 1] if start else 0
+                end = max(bisect_right(ends, before + self.pack_size, start), start + 1)
+                text = entries_stored(list(chain.from_iterable(map(_SECOND, messages[start:end]))), first=1)
                 pack = db.execute(
-                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)", (destination, size, now)
+                    "INSERT INTO packs (destination, count, created_at) VALUES (?, ?, ?)",
+                    (destination, ends[end - 1] - before, now),
                 ).lastrowid
                 db.execute("INSERT INTO pack_entries (pack, entries) VALUES (?, ?)", (pack, text))
-                keys.extend((destination, m, len(r), now, pack) for m, r in part)
-                part, size = [], 0
-            accepted[destination] = sum(len(rows) for _, rows in messages)
-        db.executemany(
-            "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at, pack)"
-            " VALUES (?, ?, ?, ?, ?)",
-            keys,
-        )
+                keys.extend(chain.from_iterable(zip(repeat(destination), mids[start:end], counts[start:end],
+                                                    repeat(now), repeat(pack))))  # fmt: skip
+                start = end
+            accepted[destination] = ends[-1]
+        _insert(db, "INSERT OR IGNORE INTO request_keys (destination, message_id, count, stored_at, pack)", 5, keys)
         done = sorted(e.inbox_id for e, _, reason in units if reason is None and e.inbox_id is not None)
         dead = [(reason, now, e.inbox_id) for e, _, reason in units if reason is not None and e.inbox_id is not None]
         db.executemany("DELETE FROM inbox WHERE id BETWEEN ? AND ?", _runs_of(done))
@@ -744,6 +790,7 @@ class Outbox:
 
     def release_mapper(self, holder: Holder) -> None:
         """Give the mapper lease up (a graceful stop), so another process need not wait for it to end."""
+        self._mapper_due.pop(holder.token, None)
         with self._write() as db:
             db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token))
 
@@ -758,9 +805,13 @@ class Outbox:
         aside as a dead inbox event (a claim by a mapper that stalled past its lease counts too: it did not
         finish either)."""
         now = time.time() if now is None else now
+        if now < self._mapper_due.get(holder.token, 0.0) and self._db().execute(_ANY_EVENT).fetchone() is None:
+            return []  # nothing to map, and this holder's lease was taken or renewed not long ago: no write
         with self._write() as db:
             if not self._take(db, holder, lease, now):
+                self._mapper_due.pop(holder.token, None)
                 return []
+            self._mapper_due[holder.token] = now + lease / 3  # renewed again by then, like a pack's lease
             while True:
                 rows = db.execute(
                     "SELECT id, body, attempts, source, received_at FROM inbox INDEXED BY inbox_live"
@@ -853,6 +904,8 @@ class Outbox:
         """
         now = time.time() if now is None else now
         until = now + lease
+        if self._nothing_to_claim(destination, now):
+            return []
         with self._write() as db:
             with self._runs_lock:
                 for run in [r for r in self._runs.values() if r.destination == destination and r.until <= now]:
@@ -864,7 +917,7 @@ class Outbox:
             # they hold, which become rows when their pack is written.
             busy = {user for run in mine for user in run.sent_users}
             batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now, scan, busy)
-            busy = {e.user_key for run in mine for e in run.entries}
+            busy = {user for run in mine for user in run.entries.users}
             for _ in range(HELD_PACKS_A_CLAIM):
                 if batches or len(mine) >= PACKS_OUT:
                     return batches
@@ -875,16 +928,45 @@ class Outbox:
                 ).fetchone()
                 if pack is None:
                     return []
-                batches = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until, now,
-                                           busy)  # fmt: skip
-                if not batches:  # every request held: the pack is rows now (or once the packs before it are)
-                    with self._runs_lock:
-                        mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
-                    sent = {user for run in mine for user in run.sent_users}
-                    batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
-                                               scan, sent)  # fmt: skip
-                    busy = {e.user_key for run in mine for e in run.entries}
-            return batches
+                run, chosen = self._claim_pack(db, destination, pack[0], pack[1], batch_size, batch_bytes, until,
+                                               now, busy)  # fmt: skip
+                if chosen:
+                    break
+                # Every request held: the pack is rows now (or once the packs before it are).
+                with self._runs_lock:
+                    mine = sorted((r for r in self._runs.values() if r.destination == destination), key=_by_pack)
+                sent = {user for run in mine for user in run.sent_users}
+                batches = self._claim_rows(db, destination, max_batches, batch_size, batch_bytes, until, now,
+                                           scan, sent)  # fmt: skip
+                busy = {user for run in mine for user in run.entries.users}
+            else:
+                return batches
+        # Made once the transaction is committed: the pack is this process's under its lease by then, and making
+        # its rows is a pack's worth of Python work the other writers of this file need not wait for.
+        try:
+            return _pack_rows(run, chosen)
+        except BaseException:
+            with self._runs_lock:
+                self._void(run)  # not renewed, so its lease ends and the pack goes again
+            raise
+
+    def _nothing_to_claim(self, destination: str, now: float) -> bool:
+        """No row pending, and no pack this process may take (it has PACKS_OUT out, or none but its own is pending):
+        said by a read or two, without the write lock that the senders' outcomes and the intake wait on (the loop
+        asks each time a batch comes back, and at each new round)."""
+        with self._runs_lock:
+            out = [r.pack for r in self._runs.values() if r.destination == destination and r.until > now]
+        db = self._db()
+        if db.execute(_ANY_ROW_PENDING, (destination,)).fetchone() is not None:
+            return False
+        if len(out) >= PACKS_OUT:
+            return True
+        other = db.execute(
+            "SELECT 1 FROM packs INDEXED BY packs_pending WHERE destination = ? AND state = 'pending'"
+            f" AND id NOT IN ({','.join('?' * len(out))}) LIMIT 1",
+            (destination, *out),
+        ).fetchone()
+        return other is None
 
     def _foreign_pack_out(self, db: sqlite3.Connection, destination: str, mine: list[_PackRun], now: float) -> bool:
         """Whether another claim has a pack of the instance out: under a lease not ended, by a process that is
@@ -941,22 +1023,29 @@ class Outbox:
     def _claim_pack(  # noqa: PLR0917 - the claim's own parameters, passed on
         self, db: sqlite3.Connection, destination: str, pack: int, created: float, batch_size: int,
         batch_bytes: int, until: float, now: float, busy: set[str],
-    ) -> list[list[Row]]:  # fmt: skip
-        """Lease one pack and make its batches; the requests held (see `claim`) become rows with its outcome.
-        With none to send, the pack is done at once, or as soon as the packs before it are."""
+    ) -> tuple[_PackRun, list[list[int]]]:  # fmt: skip
+        """Lease one pack and group its requests into batches (their places in the pack; `_pack_rows` makes
+        them rows); the requests held (see `claim`) become rows with its outcome. With none to send, the pack is
+        done at once, or as soon as the packs before it are."""
         (text,) = db.execute("SELECT entries FROM pack_entries WHERE pack = ?", (pack,)).fetchone()
-        entries = entries_of(text)
-        users = list({e.user_key for e in entries})
+        stored = stored_pack(text)
+        envelopes = stored.envelopes
+        # Users with a pending row (none to look up while the instance has no row pending, the usual case).
+        rows_pending = db.execute(_ANY_ROW_PENDING, (destination,)).fetchone() is not None
+        users = list(set(stored.users)) if rows_pending else []
         held = set(busy)
         for part in _chunks(users):  # through requests_pending_users: a few lookups, however many rows wait
             held.update(user for (user,) in db.execute(
                 "SELECT DISTINCT user_key FROM requests INDEXED BY requests_pending_users WHERE destination = ?"
                 f" AND state = 'pending' AND user_key IN ({','.join('?' * len(part))})", (destination, *part),
             ))  # fmt: skip
-        candidates = [(i, e.user_key, e.batchable, e.batch_key, 0, 0.0, 0.0, e.size) for i, e in enumerate(entries)]
-        chosen = _group(candidates, now, len(entries), batch_size, batch_bytes, held)
-        sent = frozenset(entries[i].user_key for batch in chosen for i in batch)
-        run = _PackRun(pack, destination, entries, created, until, sum(map(len, chosen)), length=until - now,
+        # A generator: each candidate goes as soon as it is grouped (fewer live objects, fewer collector passes).
+        entries = zip(stored.users, stored.sizes, stored.numbers, strict=True)
+        candidates = ((i, user, envelopes[n].batchable, envelopes[n].batch_key, 0, 0.0, 0.0, size)
+                      for i, (user, size, n) in enumerate(entries))  # fmt: skip
+        chosen = _group(candidates, now, len(stored.users), batch_size, batch_bytes, held)
+        sent = frozenset(stored.users[i] for batch in chosen for i in batch)
+        run = _PackRun(pack, destination, stored, created, until, sum(map(len, chosen)), length=until - now,
                        renewed=now, sent_users=sent)  # fmt: skip
         db.execute("UPDATE packs SET lease_until = ?, host = ?, pid = ? WHERE id = ?",
                    (until, self._holder.host, self._holder.pid, pack))  # fmt: skip
@@ -965,14 +1054,7 @@ class Outbox:
         if not run.expected:
             run.done = True
             self._finish_ready(db, destination, now)
-            return []
-        decoded: dict[str, Any] = {}
-        return [
-            [Row(0, destination, e.message_id, e.user_key, e.method, e.url, _decoded(decoded, e.params),
-                 _decoded(decoded, e.headers), e.body, bool(e.batchable), 0, created, until, e.index, pack, i)
-             for i in batch for e in (entries[i],)]
-            for batch in chosen
-        ]  # fmt: skip
+        return run, chosen
 
     def next_due(self, destination: str) -> float | None:
         """When the earliest pending request of `destination` becomes claimable (None: nothing pending)."""
@@ -1024,7 +1106,7 @@ class Outbox:
 
     def delivered(self, rows: list[Row], status: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("delivered", status, None, None, now)) for r in rows], now)
+        rows, noted = self._packed(rows, ("delivered", status, None, None, now), now)
         if not rows:
             return noted
         # Only dedupe needs a delivered row (its instance, messageId and index): the body goes, unless the
@@ -1070,11 +1152,10 @@ class Outbox:
             wait = max(delay, backoff) if delay is not None else backoff
             later.append(r)
             waits.append((now + wait, status, detail, r.id))
-        _, rescheduled = self._packed([(r, ("retry", status, detail, w[0], now))
-                                       for r, w in zip(later, waits, strict=True)], now)  # fmt: skip
+        _, rescheduled = self._packed(later, [("retry", status, detail, w[0], now) for w in waits], now)
         waits = [w for r, w in zip(later, waits, strict=True) if not r.pack]
         later = [r for r in later if not r.pack]
-        dead, died = self._packed([(r, ("dead", status, detail, None, now)) for r in dead], now)
+        dead, died = self._packed(dead, ("dead", status, detail, None, now), now)
         if not later and not dead:
             return rescheduled, died
         with self._write() as db:
@@ -1091,7 +1172,7 @@ class Outbox:
 
     def dead(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("dead", status, detail, None, now)) for r in rows], now)
+        rows, noted = self._packed(rows, ("dead", status, detail, None, now), now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1101,7 +1182,7 @@ class Outbox:
     def split(self, rows: list[Row], status: str, detail: str, now: float | None = None) -> int:
         """A merged batch was refused as bad input: send each of its requests alone, at once."""
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, ("split", status, detail, now, now)) for r in rows], now)
+        rows, noted = self._packed(rows, ("split", status, detail, now, now), now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1117,7 +1198,7 @@ class Outbox:
     def release(self, rows: list[Row], now: float | None = None) -> int:
         """Give claimed requests back untouched (a graceful stop): a packed one becomes a row, as if held."""
         now = time.time() if now is None else now
-        rows, noted = self._packed([(r, _HELD) for r in rows], now)
+        rows, noted = self._packed(rows, _HELD, now)
         if not rows:
             return noted
         with self._write() as db:
@@ -1125,22 +1206,28 @@ class Outbox:
 
     # -- packs: outcomes noted as batches come back, written once per pack
 
-    def _packed(self, outcomes: list[tuple[Row, _Outcome]], now: float) -> tuple[list[Row], int]:
-        """Note the outcomes of packed requests; returns the rows of their own (to record as rows) and how
-        many packed outcomes were noted (none for a claim replaced since). A pack's outcomes are written in
-        one transaction once all its sent requests have one; a long pack renews its lease on the way."""
-        rows = [r for r, _ in outcomes if not r.pack]
-        if len(rows) == len(outcomes):
-            return rows, 0
+    def _packed(self, rows: list[Row], outcomes: _Outcome | list[_Outcome], now: float) -> tuple[list[Row], int]:
+        """Note the outcomes of packed requests (`outcomes`: one for all `rows`, or each row's own); returns the
+        rows of their own (to record as rows) and how many packed outcomes were noted (none for a claim replaced
+        since). A pack's outcomes are written in one transaction once all its sent requests have one."""
+        own = [r for r in rows if not r.pack]
+        if len(own) == len(rows):
+            return own, 0
+        each = outcomes if isinstance(outcomes, list) else repeat(outcomes)
+        # A batch's rows share their pack and claim: noted at once. Anything else, a row at a time.
+        if len(set(map(_PACK_CLAIM, rows))) == 1:
+            parts = [(rows[0], rows, each)]
+        else:
+            parts = [(r, [r], [o]) for r, o in zip(rows, each, strict=False)]  # `each` may repeat
         noted: dict[int, int] = {}  # pack -> outcomes noted now
         done: set[str] = set()  # instances with a pack whose outcomes are all in
         with self._runs_lock:
-            for row, outcome in outcomes:
-                run = self._runs.get(row.pack) if row.pack else None
-                if run is None or run.claim != row.lease or run.done:
+            for first, part, outs in parts:
+                run = self._runs.get(first.pack) if first.pack else None
+                if run is None or run.claim != first.lease or run.done:
                     continue
-                run.outcomes[row.entry] = outcome
-                noted[run.pack] = noted.get(run.pack, 0) + 1
+                run.outcomes.update(zip(map(_ENTRY, part), outs, strict=False))
+                noted[run.pack] = noted.get(run.pack, 0) + len(part)
                 if len(run.outcomes) >= run.expected:
                     run.done = True
                     done.add(run.destination)
@@ -1149,7 +1236,7 @@ class Outbox:
                 for destination in done:
                     for pack in self._finish_ready(db, destination, now):
                         noted.pop(pack, None)  # another claim has that pack now: these outcomes are void
-        return rows, sum(noted.values())
+        return own, sum(noted.values())
 
     def renew_packs(self, now: float | None = None) -> None:
         """Keep this process's packs out under their leases: each is renewed once a third of its lease has gone
@@ -1176,7 +1263,7 @@ class Outbox:
                     run.until, run.renewed = until, now
                     continue
                 log.warning("%s: a pack of %d was given up: its lease ended before it was renewed (this process"
-                            " stalled past it)", run.destination, len(run.entries))  # fmt: skip
+                            " stalled past it)", run.destination, len(run.entries.users))  # fmt: skip
                 with self._runs_lock:
                     self._void(run)
 
@@ -1232,13 +1319,16 @@ class Outbox:
             != 1
         ):
             log.warning("%s: the outcomes of a pack of %d were not recorded: another claim has it, or a pack before"
-                        " it, now", run.destination, len(run.entries))  # fmt: skip
+                        " it, now", run.destination, len(run.entries.users))  # fmt: skip
             return False
         rows: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
         outcomes = run.outcomes
-        for i, entry in enumerate(run.entries):
+        count = len(run.entries.users)
+        # Every request delivered and no attempt to log (the usual pack): nothing but the pack to write.
+        for i in range(count if self.debug_keep or len(statuses) < count else 0):
             kind, status, detail, next_at, at = outcomes.get(i, _HELD)
+            entry = run.entries.entry(i)
             if kind != "held" and self.debug_keep:
                 attempts.append((run.destination, entry.message_id, entry.index, at, status, detail, next_at))
             if kind == "delivered":

@@ -123,7 +123,7 @@ def merge_bodies(bodies: list[str], batchable: bool) -> bytes:
     """JSON array texts concatenated as one array, without parsing them again."""
     if len(bodies) == 1 or not batchable:
         return bodies[0].encode("utf-8")
-    return ("[" + ",".join(b[1:-1] for b in bodies if len(b) > 2) + "]").encode("utf-8")
+    return ("[" + ",".join([b[1:-1] for b in bodies if len(b) > 2]) + "]").encode("utf-8")
 
 
 def merge(requests_: list[HttpRequest]) -> HttpRequest:
