@@ -29,6 +29,7 @@ from destinations.delivery import Delivery, Outbox, route
 from destinations.delivery.intake import stored_forms
 from destinations.delivery.outbox import MessageRequests
 from destinations.delivery.sender import merge
+from destinations.delivery.worker import tune_collector
 
 
 def messages(n: int, users: int = 5000) -> list[dict[str, Any]]:
@@ -143,6 +144,8 @@ def main() -> None:
         enqueue_child(args.enqueue_child)
         return
 
+    # As a delivery process does at start (`serve`, `worker`); the baseline, in this process too, runs under it.
+    tune_collector()
     sink = subprocess.Popen([sys.executable, "-m", "destinations.sink"], stdout=subprocess.PIPE, text=True)
     try:
         url = sink.stdout.readline().strip()  # type: ignore[union-attr]

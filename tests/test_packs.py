@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_reliability import gone_pid
 
 from destinations.base import HttpRequest
@@ -420,3 +422,21 @@ def test_a_user_held_in_a_pack_out_is_held_in_the_next_one_too(outbox: Outbox) -
     outbox.delivered(p2, "200")
     outbox.delivered(p1, "200")
     assert [r[:2] for r in rows(outbox) if r[3] == "pending"] == [("m2", 0), ("m4", 0)]
+
+
+@given(
+    sizes=st.lists(st.integers(1, 12), max_size=60),
+    batch_size=st.integers(1, 12),
+    batch_bytes=st.integers(1, 60),
+    batchable=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_pack_of_one_request_a_user_is_batched_as_the_general_grouping_would(
+    sizes: list[int], batch_size: int, batch_bytes: int, batchable: bool
+) -> None:
+    """The usual pack (a request a user, none held, one batch key or none batchable) takes a shortcut past
+    `_group`: the same batches, cut at batch_size or before batch_bytes, a request alone when not batchable."""
+    candidates = [(i, f"u{i}", batchable, "k", 0, 0.0, 0.0, size) for i, size in enumerate(sizes)]
+    general = outbox_module._group(candidates, 0.0, len(sizes), batch_size, batch_bytes, set())
+    shortcut = outbox_module._consecutive(sizes, batch_size if batchable else 1, batch_bytes)
+    assert shortcut == general
