@@ -62,13 +62,14 @@ def classify(
     destination: Destination, status: int, headers: Any, body: bytes, *, max_retry_after: float = 600.0
 ) -> Outcome:
     """The outcome of an HTTP answer: HTTP rules first, then the vendor's body rules."""
-    secrets = _secret_values(destination)
+    success = 200 <= status < 300
+    problem = destination.response_problem(status, body) if success else None
+    if success and problem is None:  # nothing of the answer is kept: no excerpt to make and mask
+        return Outcome("delivered", str(status), http=status)
     # Masked before it is cut, so a key straddling the cut cannot survive in part.
+    secrets = _secret_values(destination)
     detail = redact_query(redact_text(body[: 4 * DETAIL_LIMIT].decode("utf-8", "replace"), secrets))[:DETAIL_LIMIT]
-    if 200 <= status < 300:
-        problem = destination.response_problem(status, body)
-        if problem is None:
-            return Outcome("delivered", str(status), http=status)
+    if problem is not None and success:
         kind, code = problem
         return Outcome(kind, f"{status} {code}", detail, split=kind == "permanent", http=status)  # type: ignore[arg-type]
     retry_after = parse_retry_after(headers.get("Retry-After"), time.time(), max_retry_after)
