@@ -22,7 +22,7 @@ from destinations.cli import main
 from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
 from destinations.delivery.intake import map_inbox
-from destinations.delivery.outbox import MAX_MAPPING_ATTEMPTS, Holder, this_host
+from destinations.delivery.outbox import MAX_MAPPING_ATTEMPTS, Holder, MessageRequests, this_host
 from destinations.delivery.worker import Mapper
 from destinations.errors import Filtered
 from destinations.sink import Answer, RecordingServer
@@ -233,6 +233,25 @@ def test_a_round_that_fails_in_a_live_process_is_not_counted_as_a_death(tmp_path
     outbox.enqueue = real  # type: ignore[method-assign]
     assert [row[0] for row in outbox._db().execute("SELECT attempts FROM inbox")] == [0, 0, 0]
     assert len(outbox.claim_inbox(10, holder, lease=60)) == 3  # still one round
+
+
+def test_a_committed_round_leaves_no_claim_to_count(tmp_path: Path) -> None:
+    """A round records its claim as one range, not on each event; committing it (or giving it back) removes the
+    range, so the next claim counts nothing, while a range left by a process that died counts once."""
+    config = config_for(tmp_path, "http://127.0.0.1:9")
+    outbox = Outbox(config.outbox.path)
+    outbox.accept_events([event(n, "a") for n in range(3)])
+    holder = Holder.new()
+    claimed = outbox.claim_inbox(2, holder, lease=60)
+    assert outbox._db().execute("SELECT first, last FROM inbox_claims").fetchall() == [(1, 2)]
+    assert [row[0] for row in outbox._db().execute("SELECT attempts FROM inbox")] == [0, 0, 0]
+    outbox.enqueue([MessageRequests([], rid) for rid, *_ in claimed], holder=holder)
+    assert outbox._db().execute("SELECT COUNT(*) FROM inbox_claims").fetchone() == (0,)
+    crashed = Holder("crashed", this_host(), gone_pid())
+    assert len(outbox.claim_inbox(10, crashed, lease=60, now=time.time() + 120)) == 1  # after the lease
+    outbox.accept_events([event(9, "b")])
+    assert [rid for rid, *_ in outbox.claim_inbox(10, holder, lease=60)] == [3]  # counted once: mapped alone
+    assert [row[0] for row in outbox._db().execute("SELECT attempts FROM inbox ORDER BY id")] == [1, 0]
 
 
 def test_rows_that_are_not_messages_are_set_aside_with_a_reason(tmp_path: Path) -> None:

@@ -263,6 +263,6 @@ def map_inbox(
     except LeaseLost:  # another mapper has these events now: their count is its business
         raise
     except Exception:  # this process did not die mapping them: not an attempt to count
-        outbox.unclaim_inbox([rid for rid, *_ in claimed], holder)
+        outbox.unclaim_inbox(holder)
         raise
     return report

@@ -128,6 +128,13 @@ CREATE TABLE IF NOT EXISTS leases (
     pid    INTEGER NOT NULL,
     until  REAL    NOT NULL
 );
+-- The inbox range a mapper's round claimed and has not committed yet (one row, not a write to every event):
+-- the next claim counts each range left here as an attempt of its live events (a process died or stalled).
+CREATE TABLE IF NOT EXISTS inbox_claims (
+    holder TEXT    PRIMARY KEY,
+    first  INTEGER NOT NULL,
+    last   INTEGER NOT NULL
+);
 """
 
 # Columns added since the first schema, applied to files of any age; then what uses them.
@@ -633,8 +640,10 @@ class Outbox:
         if not units and (carts is None or not (carts.changes or carts.applied)):
             return Enqueued({}, 0)
         with self._write() as db:
-            if holder is not None and not self._hold(db, holder, lease, now):
-                raise LeaseLost
+            if holder is not None:
+                if not self._hold(db, holder, lease, now):
+                    raise LeaseLost
+                db.execute("DELETE FROM inbox_claims WHERE holder = ?", (holder.token,))  # its round is done
             if carts is not None and (carts.changes or carts.applied):
                 save_carts(db, carts.changes, carts.applied, now)
             try:
@@ -832,6 +841,13 @@ class Outbox:
                 self._mapper_due.pop(holder.token, None)
                 return []
             self._mapper_due[holder.token] = now + lease / 3  # renewed again by then, like a pack's lease
+            # Rounds claimed and never committed nor given back: their process died or stalled past its lease.
+            left = db.execute("SELECT first, last FROM inbox_claims").fetchall()
+            if left:
+                db.executemany(
+                    "UPDATE inbox SET attempts = attempts + 1 WHERE id BETWEEN ? AND ? AND dead_reason IS NULL", left
+                )
+                db.execute("DELETE FROM inbox_claims")
             while True:
                 rows = db.execute(
                     "SELECT id, body, attempts, source, received_at FROM inbox INDEXED BY inbox_live"
@@ -847,19 +863,20 @@ class Outbox:
                     continue
                 rows = rows[:1] if retried == 0 else rows[:retried]
                 break
-            # The oldest live events are consecutive among live ones: one range covers them.
+            # The oldest live events are consecutive among live ones: one range covers them. An attempt once the
+            # next claim finds it left (not at once: a round that commits, nearly all, writes no event twice).
             db.execute(
-                "UPDATE inbox SET attempts = attempts + 1 WHERE id BETWEEN ? AND ? AND dead_reason IS NULL",
-                (rows[0][0], rows[-1][0]),
+                "INSERT OR REPLACE INTO inbox_claims (holder, first, last) VALUES (?, ?, ?)",
+                (holder.token, rows[0][0], rows[-1][0]),
             )
         return [(rid, body, source, received) for rid, body, _, source, received in rows]
 
-    def unclaim_inbox(self, ids: list[int], holder: Holder) -> None:
+    def unclaim_inbox(self, holder: Holder) -> None:
         """A round that failed in this process, not by dying: its events do not count it as an attempt.
-        Only while `holder` still holds the mapper lease (else the ids may be another round's by now)."""
+        Only while `holder` still holds the mapper lease (else the next holder has counted it already)."""
         with self._write() as db:
             if db.execute("SELECT 1 FROM leases WHERE name = ? AND holder = ?", (MAPPER, holder.token)).fetchone():
-                db.executemany("UPDATE inbox SET attempts = MAX(attempts - 1, 0) WHERE id = ?", [(i,) for i in ids])
+                db.execute("DELETE FROM inbox_claims WHERE holder = ?", (holder.token,))
 
     def inbox_count(self) -> int:
         """Accepted events not yet mapped (dead inbox events are not waiting)."""
