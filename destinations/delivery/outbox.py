@@ -339,6 +339,13 @@ def _envelope(request: HttpRequest, form: StoredForm) -> tuple[str, str, str, in
     return url, json.dumps(params), json.dumps(headers), int(request.batchable), key
 
 
+# A round's stored envelopes by (instance, method, url, batchable): each with the params and headers it was made
+# from, a few a key (a plugin whose every request has headers of its own gets each made afresh).
+_Envelopes = dict[
+    tuple[str, str, str, bool], list[tuple[dict[str, Any], dict[str, str], tuple[str, str, str, int, str]]]
+]
+_ENVELOPES_KEPT = 8
+
 # Where an instance's form is not given: the credential names the built-in destinations use, URLs kept whole.
 _KNOWN = StoredForm(SECRET_PARAMS, SECRET_HEADERS)
 
@@ -627,7 +634,7 @@ class Outbox:
         the round's cart changes (carts.py), written in the same transaction as the requests they caused."""
         forms = forms or {}
         now = time.time() if now is None else now
-        envelopes: dict[tuple[Any, ...], tuple[str, str, str, int, str]] = {}
+        envelopes: _Envelopes = {}
         units: list[_Unit] = []
         for event in events:
             if event.dead is not None:
@@ -690,10 +697,7 @@ class Outbox:
 
     @staticmethod
     def _rows(
-        message: MessageRequests,
-        forms: Mapping[str, StoredForm],
-        envelopes: dict[tuple[Any, ...], tuple[str, str, str, int, str]],
-        now: float,
+        message: MessageRequests, forms: Mapping[str, StoredForm], envelopes: _Envelopes, now: float
     ) -> list[tuple[Any, ...]]:
         """One message's `requests` rows, in its instances' stored forms."""
         rows: list[tuple[Any, ...]] = []
@@ -702,11 +706,19 @@ class Outbox:
             bodies = texts[i] if texts is not None else None
             for idx, r in enumerate(requests_):
                 method, url, params, headers, value, batchable, _ = r
-                # Requests of one instance share params and headers: encode each distinct envelope once.
-                envelope_key = (destination, method, url, batchable, *params.items(), None, *headers.items())
-                e = envelopes.get(envelope_key)
+                # Requests of one instance share params and headers: encode each distinct envelope once (its
+                # dicts compared as they are, cheaper than a key made of their items).
+                known = envelopes.get((destination, method, url, batchable), ())
+                e = None
+                for p, h, made in known:
+                    if p == params and h == headers:
+                        e = made
+                        break
                 if e is None:
-                    e = envelopes[envelope_key] = _envelope(r, forms.get(destination, _KNOWN))
+                    e = _envelope(r, forms.get(destination, _KNOWN))
+                    seen = envelopes.setdefault((destination, method, url, batchable), [])
+                    if len(seen) < _ENVELOPES_KEPT:
+                        seen.append((params, headers, e))
                 body = bodies[idx] if bodies is not None else json_text(value)
                 rows.append(
                     (destination, message_id, idx, user_key, method, e[0], e[1], e[2], body, e[3], e[4], len(body),
