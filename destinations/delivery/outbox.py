@@ -735,8 +735,12 @@ class Outbox:
         for _, rows, reason in units:
             if reason is not None:
                 continue
-            if len(rows) == 1:  # the usual message: one request for one instance
+            if len(rows) == 1:  # a message of one request for one instance
                 groups.setdefault(rows[0][0], []).append((rows[0][1], rows))
+                continue
+            if len({row[0] for row in rows}) == len(rows):  # the usual message: a request for each instance
+                for row in rows:
+                    groups.setdefault(row[0], []).append((row[1], [row]))
                 continue
             for (destination, message_id), group in groupby(rows, key=_MESSAGE_OF):
                 groups.setdefault(destination, []).append((message_id, list(group)))
