@@ -22,8 +22,8 @@ from .spec import (
     format_path,
     integration_setting,
     new_tuple,
-    parse_message,
     raw_label,
+    validate_message,
 )
 
 log = logging.getLogger(__name__)
@@ -290,8 +290,8 @@ class Destination:
                 raise Filtered(f"integrations.{key} turns {self.display_name} off for this message")
         if kind != "track" and kind not in self.calls:
             raise Filtered(f"{self.display_name} does not take {kind} calls")
-        if parsed is None:
-            parsed = parse_message(message)
+        if parsed is None:  # the envelope is checked: only the model's validation is left
+            parsed = validate_message(message, kind)
         if parsed.userId is None and parsed.anonymousId is None:
             raise InvalidMessage(parsed.event_label, "userId", "or anonymousId is required by the Segment spec")
         if self.shaping.active:

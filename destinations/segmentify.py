@@ -201,7 +201,7 @@ def checkout(step: str) -> Mapper:
             "name": "CHECKOUT",
             "step": step,
             **call.map(table),
-            "productList": [call.map(PRODUCT_LIST, item) for item in products],
+            "productList": call.map_each(PRODUCT_LIST, products),
         }
 
     return mapper

@@ -285,7 +285,11 @@ def parse_message(raw: Mapping[str, Any] | Message) -> Message:
     """Validate a raw Segment message into its model; errors name the Segment path."""
     if isinstance(raw, Message):
         return raw
-    kind = check_envelope(raw)
+    return validate_message(raw, check_envelope(raw))
+
+
+def validate_message(raw: Mapping[str, Any], kind: str) -> Message:
+    """`parse_message` of a raw message whose envelope `check_envelope` has passed, giving `kind`."""
     if raw["type"] != kind:
         raw = {**raw, "type": kind}
     try:

@@ -323,7 +323,7 @@ def order_completed(call: Call) -> Mapped:
     products = call.require(call.products, "properties.products", "order_completed (line_items)")
     moment = call.time("order_completed (created_at)")
     created_at = {"created_at": f"{iso_date(moment)}T{iso_time(moment)}Z"} if moment else {}
-    line_items = [call.map(LINE_ITEM, item) for item in products]
+    line_items = call.map_each(LINE_ITEM, products)
     return _event(call, "order_completed", {**fields, **created_at, "line_items": line_items})
 
 
@@ -335,7 +335,7 @@ def _source_identifier(call: Call) -> dict[str, str]:
 
 def checkout_started(call: Call) -> Mapped:
     fields = call.map(CHECKOUT_STARTED)
-    line_items = [call.map(CHECKOUT_ITEM, item) for item in call.products]
+    line_items = call.map_each(CHECKOUT_ITEM, call.products)
     rest = {"line_items": line_items} if line_items else {}
     return _event(call, "checkout_started", {**fields, **_source_identifier(call), **rest})
 
