@@ -52,7 +52,6 @@ from .fields import (
     Table,
     full_name,
     line_item_sum,
-    present,
 )  # fmt: skip
 from .spec import Number, has_words, language
 
@@ -233,12 +232,11 @@ def custom_event(call: Call) -> dict[str, Any]:
     """Any other track: `type` is the event name as sent, `params` the properties as a flat map."""
     if not call.custom_name and not has_words(call.label):
         raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} CUSTOM_EVENT (type)")
-    return {
-        "name": "CUSTOM_EVENT",
-        **call.map(CUSTOM_EVENT),
-        "type": call.custom_name or call.label,
-        "params": call.flat(call.properties, "properties", "CUSTOM_EVENT (params)") or None,
-    }
+    custom = {"name": "CUSTOM_EVENT", **call.map(CUSTOM_EVENT), "type": call.custom_name or call.label}
+    params = call.flat(call.properties, "properties", "CUSTOM_EVENT (params)")
+    if params:  # no null in a mapper's own fields: `event` looks for none
+        custom["params"] = params
+    return custom
 
 
 EVENTS: dict[str, Callable[[Call], dict[str, Any]]] = {
@@ -382,9 +380,7 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
             body["lang"] = lang.upper()
         if settings.testMode:
             body["testMode"] = True
-        body.update(own)
-        if None in own.values():  # a mapper's own null (a custom event without params): left out too
-            body = present(body)
+        body.update(own)  # a mapper gives no nulls (only read values, or ones it tested)
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))
         headers = {"Origin": origin} if origin else {}
