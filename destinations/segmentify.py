@@ -52,6 +52,7 @@ from .fields import (
     Table,
     full_name,
     line_item_sum,
+    present,
 )  # fmt: skip
 from .spec import Number, has_words, language
 
@@ -234,7 +235,7 @@ def custom_event(call: Call) -> dict[str, Any]:
         raise call.fail("event", f"must contain a letter or digit to name a {call.vendor} CUSTOM_EVENT (type)")
     custom = {"name": "CUSTOM_EVENT", **call.map(CUSTOM_EVENT), "type": call.custom_name or call.label}
     params = call.flat(call.properties, "properties", "CUSTOM_EVENT (params)")
-    if params:  # no null in a mapper's own fields: `event` looks for none
+    if params:  # left out rather than null, so `event` has no null to take out
         custom["params"] = params
     return custom
 
@@ -380,7 +381,9 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
             body["lang"] = lang.upper()
         if settings.testMode:
             body["testMode"] = True
-        body.update(own)  # a mapper gives no nulls (only read values, or ones it tested)
+        body.update(own)
+        if None in own.values():  # a mapper's own null (a plugin's mapper wrapped by `event`): left out too
+            body = present(body)
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))
         headers = {"Origin": origin} if origin else {}
