@@ -411,7 +411,7 @@ class SegmentifyDestination(Destination):
             return None
         try:
             code = json.loads(body).get("statusCode")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not an object it can read: no statusCode
             return None
         if not isinstance(code, str) or code == "SUCCESS":
             return None

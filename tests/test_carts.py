@@ -22,6 +22,7 @@ import pytest
 from test_server import KEYS, WRITE_KEY, live, make_config, wait_for
 
 from destinations import CartTracker, Filtered, InvalidMessage, get_destination
+from destinations.carts import CartBook
 from destinations.cli import main
 from destinations.delivery import Outbox, route
 from destinations.delivery.intake import map_inbox
@@ -258,6 +259,44 @@ def test_a_resend_without_a_message_id_changes_no_cart_again(tmp_path: Path) -> 
         carts = [[(p["productId"], p["quantity"]) for p in cart_products(b)] for b in bodies]
         assert carts == [[("p1", 1)], [("p1", 1)], [("p1", 1), ("p2", 1)]]
         tracker.close()
+
+
+def test_a_cart_event_whose_message_id_holds_a_lone_surrogate_is_mapped_in_its_round(tmp_path: Path) -> None:
+    """Such a messageId is no id (no UTF-8 can carry it): the digest of the content stands in. It used to fail
+    the cart's lookup, and so the whole round, five times, before the event was set aside as a process that died."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
+    outbox = Outbox(config.outbox.path)
+    odd = {**session("kim")[0], "messageId": "kim-1\ud800"}
+    outbox.accept_events([odd, *session("lee")[:2]])
+    report = map_inbox(outbox, config.destinations, Holder.new())
+    assert (report.messages, report.dead_events, sum(report.accepted.values())) == (3, 0, 3)
+    assert outbox.inbox_count() == 0
+    assert outbox.dead_events() == []
+    again = map_inbox(outbox, config.destinations, Holder.new())  # nothing left, nothing claimed twice
+    assert again.messages == 0
+
+
+def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of this package met by one event (here, in the cart's bookkeeping) sets that event aside with a
+    reason, not the round back (five rounds, then set aside as a process that died)."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
+    outbox = Outbox(config.outbox.path)
+    outbox.accept_events(session("max")[:3])
+    real = CartBook.resent
+
+    def resent(self: CartBook, instance: str, destination: Any, parsed: Any, message_id: str | None) -> int:
+        if message_id == "max-2":
+            raise RuntimeError("a bug")
+        return real(self, instance, destination, parsed, message_id)
+
+    monkeypatch.setattr(CartBook, "resent", resent)
+    report = map_inbox(outbox, config.destinations, Holder.new())
+    assert (report.messages, report.dead_events, sum(report.accepted.values())) == (3, 1, 2)
+    (dead,) = outbox.dead_events()
+    assert dead["message_id"] == "max-2"
+    assert dead["reason"] == "it could not be mapped (RuntimeError: a fault of this package, logged with its traceback)"
 
 
 def test_a_session_sent_twice_is_counted_as_duplicates_not_filtered(tmp_path: Path) -> None:

@@ -453,6 +453,20 @@ def test_metadata_too_deep_to_echo_is_a_400_for_the_call(base_url: str, http: re
     assert answer.json() == {"error": "the answer could not be written as JSON: metadata nested too deeply"}
 
 
+def test_metadata_with_a_lone_surrogate_is_echoed_as_its_escape(base_url: str, http: requests.Session) -> None:
+    """Valid JSON (`"\\ud800"`) that no UTF-8 can carry used to fail the whole call as "nested too deeply"; the
+    item echoes it as the same escape, and every other item is answered as usual."""
+    first = json.dumps(processor_event("segmentify", rudder_message())).encode()
+    second = json.dumps(processor_event("segmentify", rudder_message(), job_id=2)).encode()
+    second = second.replace(b'"metadata": {', b'"metadata": {"note": "a\\ud800b", ', 1)
+    answer = post(http, f"{base_url}/v0/destinations/segmentify", b"[" + first + b"," + second + b"]")
+    assert answer.status_code == 200
+    items = json.loads(answer.content)
+    assert [item["statusCode"] for item in items] == [200, 200]
+    assert items[1]["metadata"]["note"] == "a\ud800b"
+    assert b'"note":"a\\ud800b"' in answer.content
+
+
 class _Watched(dict):  # type: ignore[type-arg]
     """A parsed event a weak reference can follow (a plain dict cannot have one)."""
 

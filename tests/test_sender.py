@@ -182,3 +182,21 @@ def test_answers_are_masked_in_the_forms_vendors_echo_keys() -> None:
     for echoed in (key, *forms):
         outcome = classify(esputnik, 401, {}, f'{{"error": "bad key {echoed}"}}'.encode())
         assert echoed not in outcome.detail, echoed
+
+
+def test_an_answer_the_vendor_rules_cannot_read_is_decided_by_its_status(caplog: pytest.LogCaptureFixture) -> None:
+    """A 200 whose body is nested past what the JSON reader takes used to raise out of the classification: the
+    batch went again after every lease, its outcome never recorded and nothing logged."""
+    destination = get_destination("segmentify", {"apiKey": SECRET, "dataCenterUrl": "https://dce1.segmentify.com"})
+    deep = b'{"statusCode":"SUCCESS","a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert classify(destination, 200, {}, deep).kind == "delivered"
+
+    class Broken(type(destination)):  # type: ignore[misc]
+        def response_problem(self, status: int, body: bytes) -> tuple[str, str] | None:
+            raise RuntimeError("a plugin's bug")
+
+    broken = Broken(destination.settings)
+    with caplog.at_level(logging.WARNING, logger="destinations.delivery"):
+        assert classify(broken, 200, {}, b"{}").kind == "delivered"
+        assert classify(broken, 404, {}, b"{}").kind == "permanent"
+    assert "could not be read for its own rules (RuntimeError); the HTTP status decides" in caplog.text

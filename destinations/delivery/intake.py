@@ -93,6 +93,10 @@ def _map(
     try:
         items, outcomes = _hand(message, parsed, ids, destinations, report, keep_errors=keep_errors, carts=carts,
                                 origin=origin)  # fmt: skip
+    except Exception as exc:  # a fault of this package, not of the message: set aside, said, and the round goes on
+        log.exception("%s could not be mapped", mid, extra={"messageId": mid})
+        return MessageRequests([], inbox_id, f"it could not be mapped ({type(exc).__name__}: a fault of this"
+                                             " package, logged with its traceback)", mid)  # fmt: skip
     finally:
         sharing(None)
     record = None

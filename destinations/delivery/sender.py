@@ -6,6 +6,7 @@ import base64
 import contextlib
 import email.utils
 import json
+import logging
 import math
 import re
 import time
@@ -18,6 +19,8 @@ from requests.adapters import HTTPAdapter
 
 from ..base import Destination, HttpRequest
 from ..redaction import guard_http_logs, redact_query, redact_text
+
+log = logging.getLogger("destinations.delivery")
 
 Kind = Literal["delivered", "retry", "permanent", "config"]
 
@@ -63,7 +66,7 @@ def classify(
 ) -> Outcome:
     """The outcome of an HTTP answer: HTTP rules first, then the vendor's body rules."""
     success = 200 <= status < 300
-    problem = destination.response_problem(status, body) if success else None
+    problem = _vendor_problem(destination, status, body) if success else None
     if success and problem is None:  # nothing of the answer is kept: no excerpt to make and mask
         return Outcome("delivered", str(status), http=status)
     # Masked before it is cut, so a key straddling the cut cannot survive in part.
@@ -77,10 +80,22 @@ def classify(
         return Outcome("retry", str(status), detail, retry_after, http=status)
     if status in CONFIG_STATUSES:
         return Outcome("config", str(status), detail, http=status)
-    problem = destination.response_problem(status, body)
+    problem = _vendor_problem(destination, status, body)
     if problem is not None and problem[0] == "config":
         return Outcome("config", f"{status} {problem[1]}", detail, http=status)
     return Outcome("permanent", str(status), detail, split=status in (400, 413, 422), http=status)
+
+
+def _vendor_problem(destination: Destination, status: int, body: bytes) -> tuple[str, str] | None:
+    """`destination.response_problem`, or None when its rules cannot read the answer (a body nested past what
+    the JSON reader takes, a plugin's bug): then the HTTP status alone decides, and the log says so. Raising here
+    would leave the batch to its lease and send it again and again, the outcome never recorded."""
+    try:
+        return destination.response_problem(status, body)
+    except Exception as exc:
+        log.warning("%s: the vendor's answer (HTTP %d) could not be read for its own rules (%s); the HTTP status"
+                    " decides", destination.name, status, type(exc).__name__)  # fmt: skip
+        return None
 
 
 def classify_exception(destination: Destination, exc: Exception) -> Outcome:

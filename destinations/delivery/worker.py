@@ -129,7 +129,12 @@ class InstanceWorker(threading.Thread):
         data = merge_bodies([row.body for row in batch], first.batchable)
         # Stored as a path: the instance's base URL is today's, so a URL fixed in the settings applies on replay.
         url = resolve_url(first.url, self.destination.base_url)
-        outcome = self.sender.send_raw(first.method, url, first.params, first.headers, data)
+        try:
+            outcome = self.sender.send_raw(first.method, url, first.params, first.headers, data)
+        except Exception:  # it promises an outcome; else the rows return after their lease, said here
+            log.exception("%s: sending a batch of %d failed without an outcome; it goes again after its lease",
+                          self.instance, len(batch))  # fmt: skip
+            return
         if self.observe:
             self.observe(self.instance, outcome, time.monotonic() - started)
         try:

@@ -72,8 +72,12 @@ def dumps(value: Any) -> bytes:
         try:
             return orjson.dumps(value)
         except TypeError:
-            pass  # orjson.JSONEncodeError: an integer past 64 bits or a non-string key
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            pass  # orjson.JSONEncodeError: an integer past 64 bits, a non-string key or a lone surrogate
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (echoed metadata, say): written as its escape, as JSON allows
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 class JSONResponse(Response):
@@ -93,7 +97,7 @@ def _ok(content: Any) -> JSONResponse:
 
 
 def _unwritable() -> JSONResponse:
-    """The answer to a call whose echoed metadata is nested too deeply to write back."""
+    """The answer to a call whose echoed metadata is nested too deeply to write back (what `dumps` refuses)."""
     return _error(400, "the answer could not be written as JSON: metadata nested too deeply")
 
 
