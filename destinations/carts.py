@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .base import CART, WHOLE_CART
 from .errors import DestinationError
 from .fields import CART_IDS, CART_PURCHASE_IDS, ITEM_CURRENCY, ITEM_PRICE, PRODUCT_ID, Call, F, Item, Table
-from .spec import Message, Track, canonical_event, json_text, message_id_of, parse_message
+from .spec import Message, Track, canonical_event, has_surrogate, json_text, message_id_of, parse_message
 
 if TYPE_CHECKING:
     from .base import Destination, Handled
@@ -368,18 +368,21 @@ def prune_carts(db: sqlite3.Connection, ttl: float, now: float) -> int:
 
 def _message_id(raw: Any) -> str | None:
     """A message's id as the intake knows it (`message_id_of`), so a resend without a messageId changes no cart
-    again either; None for one that has no digest (circular, nested too deep): it is refused by its handler."""
+    again either; None for one that has no digest (circular, nested too deep: it is refused by its handler) or a
+    messageId no UTF-8 can carry (no file could record it)."""
     try:
-        return message_id_of(raw)
+        mid = message_id_of(raw)
     except (ValueError, TypeError, RecursionError):
         return None
+    return None if has_surrogate(mid) else mid
 
 
 class CartTracker:
     """Carts for a library user: `tracker.handle(destination, message)` is `destination.handle(message)` with
     the whole cart handed to a destination that asks for it (eSputnik), the carts kept in memory or in a
     SQLite file (`path`). Thread-safe: one call at a time, so each shopper's carts follow the calls' order.
-    A message whose messageId the tracker has seen lately (the last 100,000) changes no cart again."""
+    A message whose messageId (or, without one, the digest of its content: `spec.message_id_of`) the tracker has
+    seen lately (the last 100,000) changes no cart again."""
 
     SEEN = 100_000
 

@@ -569,7 +569,8 @@ class _Parts:
         self.context_traits: dict[str, Any] = context_traits
         if own and context_traits:  # a null own trait leaves the context's value
             self.traits: dict[str, Any] = (
-                {**context_traits, **own} if None not in own.values()
+                # By identity: `in` would ask each value's own __eq__, which a library caller's object may refuse.
+                {**context_traits, **own} if not any(v is None for v in own.values())
                 else {**context_traits, **{k: v for k, v in own.items() if v is not None}}
             )  # fmt: skip
         else:

@@ -382,7 +382,7 @@ def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
         if settings.testMode:
             body["testMode"] = True
         body.update(own)
-        if None in own.values():  # a mapper's own null (a plugin's mapper wrapped by `event`): left out too
+        if any(v is None for v in own.values()):  # a mapper's own null (a plugin's, wrapped by `event`): left out
             body = present(body)
         # pageUrl, when the event has one, was read and checked with the common fields.
         origin = settings.origin or origin_of(body.get("pageUrl"))

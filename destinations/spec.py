@@ -248,11 +248,10 @@ def message_type(raw: Mapping[str, Any]) -> str | None:
 
 def message_id_of(message: Any) -> str:
     """The message's `messageId`, or `sha256:` and 32 hex digits of its content (keys sorted), so a message sent
-    twice is known as the same either way: the outbox's dedupe, a cart change applied once (carts.py). A messageId
-    holding a lone surrogate is no id (no UTF-8 can carry it, so nothing could store it): the digest stands in."""
+    twice is known as the same either way: the outbox's dedupe, a cart change applied once (carts.py)."""
     if isinstance(message, dict):
         mid = message.get("messageId")
-        if isinstance(mid, str) and mid.strip() and not has_surrogate(mid):
+        if isinstance(mid, str) and mid.strip():
             return mid
     text = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     # surrogatepass: a lone surrogate in the content is still content, and the digest stays the same each time.

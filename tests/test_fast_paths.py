@@ -196,3 +196,24 @@ def test_a_message_shared_by_several_instances_maps_as_it_does_alone(message: An
     finally:
         fields.sharing(None)
     assert shared == alone
+
+
+class _Refuses:
+    """A library caller's value whose `==` refuses, as an array's truth does: nothing may compare it."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("ambiguous")
+
+    __hash__ = object.__hash__
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_a_trait_whose_equality_refuses_maps_as_any_other_object(name: str) -> None:
+    """Own traits over context traits are merged by asking which are null by identity, never by `==`."""
+    message = {"type": "identify", "userId": "u1", "messageId": "m1", "timestamp": "2026-11-30T10:00:00Z",
+               "traits": {"email": "a@example.com", "odd": _Refuses()},
+               "context": {"traits": {"email": "b@example.com", "firstName": "Ada"}}}  # fmt: skip
+    destination = get_destination(name, SAMPLE_SETTINGS[name])
+    fast, general = both(destination, message)
+    assert fast[0] == "requests", fast
+    assert repr(fast) == repr(general)

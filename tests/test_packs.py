@@ -440,3 +440,29 @@ def test_a_pack_of_one_request_a_user_is_batched_as_the_general_grouping_would(
     general = outbox_module._group(candidates, 0.0, len(sizes), batch_size, batch_bytes, set())
     shortcut = outbox_module._consecutive(sizes, batch_size if batchable else 1, batch_bytes)
     assert shortcut == general
+
+
+def test_a_pack_of_several_endpoints_goes_in_a_batch_for_each(tmp_path: Path) -> None:
+    """One request a user, none held, but two batch keys (another Origin header) and a request that takes no
+    batch: each endpoint's requests share a batch of their own, and the unbatched one goes alone."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3", pack_size=10)
+    other = HttpRequest("POST", BATCHED, {}, {"Origin": "https://b.example"}, [{"n": 99}], batchable=True)
+    outbox.enqueue([message(1, "a"), MessageRequests([("shop", "m2", "b", [other])]), message(3, "c"),
+                    message(4, "d", batchable=False), message(5, "e")])  # fmt: skip
+    batches = claim(outbox, 1000.0, batches=10)
+    assert sorted(ids(b) for b in batches) == [[("m1", 0), ("m3", 0), ("m5", 0)], [("m2", 0)], [("m4", 0)]]
+    (alone,) = [b for b in batches if ids(b) == [("m2", 0)]]
+    assert alone[0].headers == {"Origin": "https://b.example"}
+
+
+def test_requests_differing_only_in_headers_keep_their_own(tmp_path: Path) -> None:
+    """A round's envelopes are matched by their params and headers; past the few kept for one endpoint, each is
+    made afresh, and every request keeps its own headers."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3", pack_size=100)
+    sent = [HttpRequest("POST", BATCHED, {"site": str(n % 2)}, {"Origin": f"https://s{n}.example"}, [{"n": n}],
+                        batchable=True) for n in range(12)]  # fmt: skip
+    outbox.enqueue([MessageRequests([("shop", f"m{n}", f"u{n}", [r])]) for n, r in enumerate(sent)])
+    batches = claim(outbox, 1000.0, batches=20)
+    got = {r.message_id: (r.params, r.headers) for b in batches for r in b}
+    assert got == {f"m{n}": ({"site": str(n % 2)}, {"Origin": f"https://s{n}.example"}) for n in range(12)}
+    assert all(len(b) == 1 for b in batches)  # each its own endpoint: nothing merged across them

@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from disk import on_disk
+
 from destinations.sink import Answer, Received, RecordingServer
 
 SCRIPT = shutil.which("destinations", path=str(Path(sys.executable).parent)) or "destinations"
@@ -128,10 +130,9 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
         assert sorted(product_ids(seg.delivered())) == ["P0", "P1", "P2"]
     for result in (res, stats, dead, replay, drain):
         assert SECRET not in result.stdout + result.stderr
-    for file in tmp_path.glob("outbox.sqlite3*"):
-        data = file.read_bytes()
-        assert SECRET.encode() not in data
-        assert TOKEN.encode() not in data
+    data = on_disk(tmp_path / "outbox.sqlite3")
+    assert SECRET.encode() not in data
+    assert TOKEN.encode() not in data
 
 
 def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from ..base import CART, Destination, HttpRequest
 from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..fields import sharing
-from ..spec import json_text, json_value, message_id_of, parse_message
+from ..spec import has_surrogate, json_text, json_value, message_id_of, parse_message
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
@@ -125,6 +125,9 @@ def _hand(
     mid, user = ids
     items: list[tuple[str, str, str, list[HttpRequest]]] = []
     outcomes: dict[str, Any] = {}
+    # A messageId no UTF-8 can carry can be stored nowhere: not as a cart's record of the events it took (which
+    # would fail the round), nor with its requests, so the outbox sets the message aside, saying why.
+    carts = carts if mid.isascii() or not has_surrogate(mid) else None
     for name, destination in destinations.items():
         handed = parsed
         if carts is not None and CART in destination.enrichments:

@@ -339,10 +339,11 @@ def _envelope(request: HttpRequest, form: StoredForm) -> tuple[str, str, str, in
     return url, json.dumps(params), json.dumps(headers), int(request.batchable), key
 
 
-# A round's stored envelopes by (instance, method, url, batchable): each with the params and headers it was made
-# from, a few a key (a plugin whose every request has headers of its own gets each made afresh).
+# A round's stored envelopes by (instance, method, url, batchable, secret names): each with the params and headers
+# it was made from, a few a key (a plugin whose every request has headers of its own gets each made afresh).
 _Envelopes = dict[
-    tuple[str, str, str, bool], list[tuple[dict[str, Any], dict[str, str], tuple[str, str, str, int, str]]]
+    tuple[str, str, str, bool, frozenset[str]],
+    list[tuple[dict[str, Any], dict[str, str], tuple[str, str, str, int, str]]],
 ]
 _ENVELOPES_KEPT = 8
 
@@ -705,10 +706,12 @@ class Outbox:
         for i, (destination, message_id, user_key, requests_) in enumerate(message.items):
             bodies = texts[i] if texts is not None else None
             for idx, r in enumerate(requests_):
-                method, url, params, headers, value, batchable, _ = r
+                method, url, params, headers, value, batchable, secret_names = r
                 # Requests of one instance share params and headers: encode each distinct envelope once (its
-                # dicts compared as they are, cheaper than a key made of their items).
-                known = envelopes.get((destination, method, url, batchable), ())
+                # dicts compared as they are, cheaper than a key made of their items). The names a request
+                # declares secret are part of the key: they decide what is left out.
+                endpoint = (destination, method, url, batchable, secret_names)
+                known = envelopes.get(endpoint, ())
                 e = None
                 for p, h, made in known:
                     if p == params and h == headers:
@@ -716,7 +719,7 @@ class Outbox:
                         break
                 if e is None:
                     e = _envelope(r, forms.get(destination, _KNOWN))
-                    seen = envelopes.setdefault((destination, method, url, batchable), [])
+                    seen = envelopes.setdefault(endpoint, [])
                     if len(seen) < _ENVELOPES_KEPT:
                         seen.append((params, headers, e))
                 body = bodies[idx] if bodies is not None else json_text(value)

@@ -72,7 +72,7 @@ def classify(
     # Masked before it is cut, so a key straddling the cut cannot survive in part.
     secrets = _secret_values(destination)
     detail = redact_query(redact_text(body[: 4 * DETAIL_LIMIT].decode("utf-8", "replace"), secrets))[:DETAIL_LIMIT]
-    if problem is not None and success:
+    if problem is not None:  # a 2xx the vendor's rules refuse (problem is only asked of a 2xx so far)
         kind, code = problem
         return Outcome(kind, f"{status} {code}", detail, split=kind == "permanent", http=status)  # type: ignore[arg-type]
     retry_after = parse_retry_after(headers.get("Retry-After"), time.time(), max_retry_after)

@@ -38,9 +38,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..config import Config
-from ..delivery import Delivery, IntakeReport, Outbox, Sender, message_id_of
+from ..delivery import Delivery, IntakeReport, Outbox, Sender
 from ..errors import InvalidMessage
-from ..spec import json_value, parse_iso_datetime, parse_message
+from ..spec import json_value, message_id_of, parse_iso_datetime, parse_message
 from .metrics import Metrics
 from .upstream import Upstream
 
