@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..spec import json_text
+from ..spec import has_surrogate, json_text
 from .packing import PackEntry, entries_of
 
 SCHEMA = """
@@ -61,11 +61,9 @@ def _text(value: Any) -> str | None:
 
 def _storable(text: str) -> str:
     """Text SQLite can store: a lone surrogate (which no UTF-8 can hold) written as its escape."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    if text.isascii() or not has_surrogate(text):  # nearly always: no copy of a message's whole text to ask
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record(
