@@ -870,6 +870,7 @@ def test_serve_no_deliver_then_worker_delivers(tmp_path: Path, sink: RecordingSe
         code, err = stop(serve)
     assert code in (0, -signal.SIGTERM), err  # uvicorn stops gracefully, then lets the signal end the process
     assert "stopped; requests not yet delivered stay in the outbox" in err
+    assert f"the live debugger: http://127.0.0.1:{port}/debugger" in err
     assert KEYS["segmentify"] not in err
     assert WRITE_KEY not in err
     assert all(json.loads(line)["level"] for line in err.splitlines() if line.startswith("{"))

@@ -332,6 +332,9 @@ def serve(
     if workers < 1:
         raise ConfigurationError("--workers must be 1 or more")
     setup_logging(log_level, config_secrets(config))
+    if config.debugger.enabled and port:  # what the demo prints, for a server started by hand
+        shown = f"[{host}]" if ":" in host else host
+        log.info("the live debugger: http://%s:%d/debugger", shown, port)
     cfg = config.outbox
     options: dict[str, Any] = {
         "host": host,
