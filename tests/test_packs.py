@@ -191,12 +191,17 @@ def test_a_refused_batch_from_a_pack_is_split_into_rows_sent_alone(outbox: Outbo
     assert [ids(b) for b in claim(outbox, now)] == [[("m1", 0)], [("m2", 0)]]  # solo: never merged again
 
 
-def test_users_with_rows_waiting_are_held_when_a_pack_goes_out(outbox: Outbox) -> None:
-    now = time.time()
+def a_retrying(outbox: Outbox, now: float, delay: float) -> None:
+    """User a's m1 sent from a pack, answered 503: a row waiting `delay` seconds to go again."""
     outbox.enqueue([message(1, "a")])
     (batch,) = claim(outbox, now)
-    outbox.retry(batch, "503", "busy", delay=60, retry_window=3600, min_attempts=3, backoff_base=1, backoff_cap=1,
+    outbox.retry(batch, "503", "busy", delay=delay, retry_window=3600, min_attempts=3, backoff_base=1, backoff_cap=1,
                  now=now)  # fmt: skip
+
+
+def test_users_with_rows_waiting_are_held_when_a_pack_goes_out(outbox: Outbox) -> None:
+    now = time.time()
+    a_retrying(outbox, now, delay=60)
     outbox.enqueue([message(2, "a"), message(3, "b")])
     (batch,) = claim(outbox, now + 1)  # a is waiting to retry: only b goes
     assert ids(batch) == [("m3", 0)]
@@ -312,10 +317,7 @@ def test_a_process_that_stalled_past_its_packs_writes_none_of_them(tmp_path: Pat
 
 def test_rows_go_out_beside_this_process_packs_and_wait_only_for_their_own_users(outbox: Outbox) -> None:
     now = time.time()
-    outbox.enqueue([message(1, "a")])
-    (first,) = claim(outbox, now)
-    outbox.retry(first, "503", "busy", delay=1, retry_window=3600, min_attempts=3, backoff_base=1, backoff_cap=1,
-                 now=now)  # fmt: skip
+    a_retrying(outbox, now, delay=1)
     outbox.enqueue([message(2, "b"), message(3, "a")])  # a's m3 is held behind its row
     outbox.enqueue([message(4, "c")])
     (p2,) = claim(outbox, now + 0.5)  # a's row is not due yet: the next pack goes
