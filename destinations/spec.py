@@ -470,13 +470,24 @@ def as_number(value: Any) -> Number | None:
 
 # json.dumps with these arguments builds the same encoder on every call; one made once encodes the same.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
-# Its C encoder, made once too (`encode` makes one on every call), without the check for circular references: a
-# value `sendable` has passed is a fresh tree of bounded depth.
-_COMPACT_C = (
-    json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    if json.encoder.c_make_encoder is not None
-    else None
-)
+
+
+def _c_encoder() -> Any:
+    """`_COMPACT`'s C encoder, made once (`encode` makes one on every call), without the check for circular
+    references: a value `sendable` has passed is a fresh tree of bounded depth. None where the stdlib's private
+    `c_make_encoder` is missing or takes other arguments: `_COMPACT` then encodes, the same text a little slower."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder = make(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+        probe = {"a": [1, 2.5, None, True, "é"]}
+        return encoder if "".join(encoder(probe, 0)) == _COMPACT.encode(probe) else None
+    except (TypeError, ValueError):
+        return None
+
+
+_COMPACT_C = _c_encoder()
 
 
 def compact_json(value: Any) -> str:
