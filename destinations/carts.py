@@ -368,13 +368,11 @@ def prune_carts(db: sqlite3.Connection, ttl: float, now: float) -> int:
 
 def _message_id(raw: Any) -> str | None:
     """A message's id as the intake knows it (`message_id_of`), so a resend without a messageId changes no cart
-    again either; None for one that has no digest (circular, nested too deep: it is refused by its handler) or a
-    messageId no UTF-8 can carry (no file could record it)."""
+    again either; None for one that has no digest (circular, nested too deep: it is refused by its handler)."""
     try:
-        mid = message_id_of(raw)
+        return message_id_of(raw)
     except (ValueError, TypeError, RecursionError):
         return None
-    return None if has_surrogate(mid) else mid
 
 
 class CartTracker:
@@ -410,14 +408,17 @@ class CartTracker:
             except DestinationError:
                 parsed = message
             handed = message
-            if CART in destination.enrichments:
+            mid = _message_id(raw)
+            # As the intake does: a messageId no UTF-8 can carry can be recorded nowhere, so no cart takes it, and
+            # the message is handed on as it came.
+            if CART in destination.enrichments and not (mid and has_surrogate(mid)):
                 # In one write transaction from the read on: two processes on one file take turns.
                 if self._db is not None:
                     self._db.execute("BEGIN IMMEDIATE")
                 try:
                     book = CartBook(self._load, seen=self._was_seen, ttl=self.ttl)
                     book.applied = [] if self._db is None else book.applied
-                    handed = book.hand(instance, destination, raw, parsed, _message_id(raw))
+                    handed = book.hand(instance, destination, raw, parsed, mid)
                     self._save(book.changes, book.applied)
                 except BaseException:
                     if self._db is not None:

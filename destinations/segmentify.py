@@ -170,7 +170,7 @@ GENDER = F("gender", "traits.gender")  # M or F when recognisable, else kept in 
 GENDER_TABLE = Table("USER_OPERATIONS.update", GENDER)
 # Traits that `user_update` sends in fields of their own (the name's parts too); the rest go to `custom`.
 _PROFILE_TRAITS = USER_UPDATE.keys_of("traits") | Table("", FIRST_NAME, LAST_NAME).keys_of("traits")
-_PROFILE_TRAITS_AND_GENDER = _PROFILE_TRAITS | {"gender"}
+_PROFILE_TRAITS_AND_GENDER = _PROFILE_TRAITS | GENDER_TABLE.keys_of("traits")
 
 # --- mappers: one per vendor event --------------------------------------------------------------
 

@@ -279,14 +279,16 @@ def test_a_cart_event_whose_message_id_holds_a_lone_surrogate_takes_no_cart_and_
     assert outbox.cart_book().get("shop-esputnik", "user:lee") is not None
 
 
-def test_a_tracker_in_a_file_takes_a_message_id_no_text_can_hold(tmp_path: Path) -> None:
-    """The file cannot record such a messageId (SQLite refuses it): the cart changes as for a message without an
-    id it can know again, and nothing but the package's own errors comes out."""
-    tracker = CartTracker(tmp_path / "carts.sqlite3")
-    odd = {**session("ned")[0], "messageId": "ned-1\ud800"}
-    bodies = handled(tracker, [odd])
-    assert [[(p["productId"], p["quantity"]) for p in cart_products(b)] for b in bodies] == [[("p1", 1)]]
-    tracker.close()
+def test_a_tracker_hands_on_a_message_id_no_text_can_hold_as_it_came(tmp_path: Path) -> None:
+    """No file could record such a messageId (SQLite refuses it): as at the intake, no cart takes the event, which
+    goes on as it came (one product and no cart: the stateless rule filters it), and nothing but the package's
+    own errors comes out; the next event's cart does not hold its product."""
+    for tracker in (CartTracker(), CartTracker(tmp_path / "carts.sqlite3")):
+        odd = {**session("ned")[0], "messageId": "ned-1\ud800"}
+        out = handled(tracker, [odd, session("ned")[1]])
+        assert out[0] == "Filtered"
+        assert [(p["productId"], p["quantity"]) for p in cart_products(out[1])] == [("p2", 1)]
+        tracker.close()
 
 
 def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(

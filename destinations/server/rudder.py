@@ -39,7 +39,7 @@ from ..delivery import Outcome, Sender
 from ..delivery.intake import IntakeReport, note_warnings
 from ..errors import ConfigurationError, Filtered, InvalidMessage
 from ..registry import destination_types
-from ..spec import json_value
+from ..spec import json_text, json_value
 from .intake import Intake, find_intake
 
 try:  # orjson parses and writes several times faster; the stdlib is the fallback, never a requirement
@@ -68,16 +68,15 @@ def loads(body: bytes) -> Any:
 
 
 def dumps(value: Any) -> bytes:
+    """JSON bytes of an answer: orjson's, or `json_text`'s where orjson refuses (an integer past 64 bits, a
+    non-string key, a lone surrogate in echoed metadata: written as its escape). RecursionError when nested
+    past what either writes."""
     if orjson is not None:
         try:
             return orjson.dumps(value)
-        except TypeError:
-            pass  # orjson.JSONEncodeError: an integer past 64 bits, a non-string key or a lone surrogate
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:  # a lone surrogate (echoed metadata, say): written as its escape, as JSON allows
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return json_text(value).encode()
 
 
 class JSONResponse(Response):
