@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
@@ -58,3 +61,24 @@ def guard_http_logs() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+def secret_forms(values: Iterable[str]) -> list[str]:
+    """Every form a secret can take in a vendor's answer, an exception text or a log line. The plain secrets are
+    each value as set and, for a Basic/Bearer value, its token and the password decoded from it (eSputnik's API
+    key); each is masked as it is, URL-encoded (either case of hex, `+` for spaces), as a JSON string with escaped
+    slashes (PHP's json_encode) and in base64. Forms shorter than 4 characters are left out (they would mask
+    ordinary text)."""
+    plain = [v for v in values if v]
+    for v in list(plain):
+        if v.startswith(("Basic ", "Bearer ")):
+            token = v.split(" ", 1)[1]
+            plain.append(token)
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                plain.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
+    out = []
+    for v in plain:
+        encoded = quote(v, safe="")
+        out += [v, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded), quote_plus(v),
+                v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]  # fmt: skip
+    return [v for v in out if len(v) >= 4]

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import email.utils
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from ..base import Destination, HttpRequest
-from ..redaction import guard_http_logs, redact_query, redact_text
+from ..redaction import guard_http_logs, redact_query, redact_text, secret_forms
 
 log = logging.getLogger("destinations.delivery")
 
@@ -115,24 +111,9 @@ def classify_exception(destination: Destination, exc: Exception) -> Outcome:
 
 
 def _secret_values(destination: Destination) -> list[str]:
-    """Every form a credential can take in an answer or an exception text. The plain secrets are each value as
-    set and, for a Basic/Bearer value, its token and the password decoded from it (eSputnik's API key); each is
-    masked as it is, URL-encoded (either case of hex, `+` for spaces), as a JSON string with escaped slashes
-    (PHP's json_encode) and in base64."""
+    """Every form this instance's credentials can take in an answer or an exception text (`secret_forms`)."""
     params, headers = destination.credentials()
-    plain = [v for v in (*params.values(), *headers.values()) if v]
-    for v in list(plain):
-        if v.startswith(("Basic ", "Bearer ")):
-            token = v.split(" ", 1)[1]
-            plain.append(token)
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                plain.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
-    out = []
-    for v in plain:
-        encoded = quote(v, safe="")
-        out += [v, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded), quote_plus(v),
-                v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]  # fmt: skip
-    return [v for v in out if len(v) >= 4]
+    return secret_forms([*params.values(), *headers.values()])
 
 
 def merge_bodies(bodies: list[str], batchable: bool) -> bytes:

@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 from ..config import Config, load_config
 from ..delivery.worker import tune_collector
 from ..errors import ConfigurationError
-from ..redaction import redact_query, redact_text
+from ..redaction import redact_query, redact_text, secret_forms
 from . import debugger, rudder, tracking, webhook
 from .intake import ApiError, Intake, is_loopback
 from .metrics import CONTENT_TYPE, TimingMiddleware
@@ -255,11 +255,8 @@ def config_secrets(config: Config) -> list[str]:
         if isinstance(settings, BaseModel):
             out += [v.get_secret_value() for v in settings.__dict__.values() if isinstance(v, SecretStr)]
         params, headers = destination.credentials()
-        for value in [*params.values(), *headers.values()]:
-            out.append(value)
-            if value.startswith(("Basic ", "Bearer ")):
-                out.append(value.split(" ", 1)[1])
-    return out
+        out += [*params.values(), *headers.values()]
+    return out + secret_forms(out)  # as set, and in every form it may be quoted (`secret_forms`)
 
 
 def setup_logging(level: str = "info", secrets: list[str] | None = None) -> None:
