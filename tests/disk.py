@@ -18,12 +18,22 @@ _LEVELS = (0x01, 0x5E, 0x9C, 0xDA)
 
 
 def _inflated(data: bytes) -> list[bytes]:
+    """Every zlib stream's text, as far as it reads: a stream that runs onto another page (SQLite's overflow
+    pointers cut into it) still gives what came before the cut."""
     out = []
     start = data.find(b"\x78")
     while start != -1:
         if start + 1 < len(data) and data[start + 1] in _LEVELS:
-            with contextlib.suppress(zlib.error):
-                out.append(zlib.decompressobj().decompress(data[start:]))
+            stream, got = zlib.decompressobj(), []
+            for at in range(start, len(data), 512):
+                try:
+                    got.append(stream.decompress(data[at : at + 512]))
+                except zlib.error:
+                    break
+                if stream.eof:
+                    break
+            if any(got):
+                out.append(b"".join(got))
         start = data.find(b"\x78", start + 1)
     return out
 
@@ -33,7 +43,7 @@ def on_disk(database: Path) -> bytes:
     files = sorted(database.parent.glob(database.name + "*"))
     raw = [f.read_bytes() for f in files]
     parts = raw + [inflated for data in raw for inflated in _inflated(data)]
-    with contextlib.closing(sqlite3.connect(database)) as db, contextlib.suppress(sqlite3.OperationalError):
-        # (No pack table yet: nothing more to read.)
-        parts += [repr(entries_of(v)).encode() for (v,) in db.execute("SELECT entries FROM pack_entries")]
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pack_entries'").fetchone():
+            parts += [repr(entries_of(v)).encode() for (v,) in db.execute("SELECT entries FROM pack_entries")]
     return b"\n".join(parts)

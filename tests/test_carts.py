@@ -311,7 +311,10 @@ def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(
     assert (report.messages, report.dead_events, sum(report.accepted.values())) == (3, 1, 2)
     (dead,) = outbox.dead_events()
     assert dead["message_id"] == "max-2"
-    assert dead["reason"] == "it could not be mapped (RuntimeError: a fault of this package, logged with its traceback)"
+    assert dead["reason"] == (
+        "it could not be mapped (RuntimeError: a fault of this package, logged with its traceback); once fixed, map"
+        " it again with `destinations outbox replay --event ID`"
+    )
 
 
 def test_a_session_sent_twice_is_counted_as_duplicates_not_filtered(tmp_path: Path) -> None:

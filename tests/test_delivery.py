@@ -18,6 +18,7 @@ from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
 from destinations.delivery.intake import stored_forms
 from destinations.delivery.outbox import Holder, LeaseLost, MessageRequests, resolve_url
+from destinations.delivery.worker import Counters, InstanceWorker
 from destinations.sink import Answer, Received, RecordingServer, sequence
 
 SECRET = "sk-delivery-7e3f9a1b2c4d"
@@ -393,7 +394,7 @@ def test_a_plugins_declared_credentials_never_reach_the_disk(tmp_path: Path) -> 
         outbox.enqueue([MessageRequests([("plug", "m2", "u2", request)])])
         outbox.enqueue([MessageRequests([("plug", "m3", "u3", request)])], forms=forms)
         stored = on_disk(tmp_path / "outbox.sqlite3")
-        assert b"m3" in stored
+        assert b"'m3'" in stored  # the pack's entries, read back (the key table holds m3 bare, not quoted)
         assert b"access_token" not in stored
         assert b"plugin-token-9f8e7d" not in stored
         (batch,) = outbox.claim("plug", max_batches=1, batch_size=10, batch_bytes=10**6, lease=30)
@@ -466,3 +467,24 @@ def test_bodies_made_while_mapping_are_stored_as_made_and_one_that_cannot_be_mad
     stored = outbox._db().execute("SELECT message_id, body FROM requests").fetchall()
     assert stored == [("m1", '{"event":"Fine","odd":1}')]
     outbox.close()
+
+
+def test_a_send_that_ends_without_an_outcome_becomes_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`send_raw` promises an outcome; if it ever raises, the batch (here a pack's) is recorded as a retry with its
+    backoff. Left to its lease, a pack out is renewed for as long as its process sends, so it would never go."""
+    config = make_config(tmp_path, "http://127.0.0.1:9")
+    outbox = Outbox(config.outbox.path)
+    route([message(1, "a"), message(2, "b")], config.destinations, outbox)
+    worker = InstanceWorker("shop", config.destinations["shop"], outbox, config.outbox, Counters())
+
+    def raises(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a fault of the classification")
+
+    monkeypatch.setattr(worker.sender, "send_raw", raises)
+    (batch,) = outbox.claim("shop", max_batches=4, batch_size=100, batch_bytes=10**6, lease=60)
+    assert batch[0].pack  # from a pack
+    worker._deliver(batch)
+    rows = list(outbox._db().execute("SELECT message_id, state, attempts, last_status, last_error FROM requests"))
+    assert sorted(rows) == [("a-m1", "pending", 1, "no outcome", "RuntimeError"),
+                            ("b-m2", "pending", 1, "no outcome", "RuntimeError")]  # fmt: skip
+    assert worker.counters.retried["shop"] == 2

@@ -468,3 +468,17 @@ def test_requests_differing_only_in_headers_keep_their_own(tmp_path: Path) -> No
     got = {r.message_id: (r.params, r.headers) for b in batches for r in b}
     assert got == {f"m{n}": ({"site": str(n % 2)}, {"Origin": f"https://s{n}.example"}) for n in range(12)}
     assert all(len(b) == 1 for b in batches)  # each its own endpoint: nothing merged across them
+
+
+def test_a_requests_declared_secret_names_are_part_of_its_envelope(tmp_path: Path) -> None:
+    """Equal params, but one request declares `access_token` secret: each keeps its own stored form (the declared
+    one without the token, the other with it), never the other's."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3", pack_size=10)
+    params = {"access_token": "tok-1234", "site": "s"}
+    declared = HttpRequest("POST", BATCHED, params, {}, [{"n": 1}], batchable=True,
+                           secret_names=frozenset({"access_token"}))  # fmt: skip
+    plain = HttpRequest("POST", BATCHED, dict(params), {}, [{"n": 2}], batchable=True)
+    outbox.enqueue([MessageRequests([("shop", "m1", "u1", [declared])]),
+                    MessageRequests([("shop", "m2", "u2", [plain])])])  # fmt: skip
+    got = {r.message_id: r.params for b in claim(outbox, 1000.0, batches=10) for r in b}
+    assert got == {"m1": {"site": "s"}, "m2": params}

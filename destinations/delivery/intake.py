@@ -96,7 +96,8 @@ def _map(
     except Exception as exc:  # a fault of this package, not of the message: set aside, said, and the round goes on
         log.exception("%s could not be mapped", mid, extra={"messageId": mid})
         return MessageRequests([], inbox_id, f"it could not be mapped ({type(exc).__name__}: a fault of this"
-                                             " package, logged with its traceback)", mid)  # fmt: skip
+                                             " package, logged with its traceback); once fixed, map it again"
+                                             " with `destinations outbox replay --event ID`", mid)  # fmt: skip
     finally:
         sharing(None)
     record = None

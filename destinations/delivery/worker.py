@@ -131,10 +131,12 @@ class InstanceWorker(threading.Thread):
         url = resolve_url(first.url, self.destination.base_url)
         try:
             outcome = self.sender.send_raw(first.method, url, first.params, first.headers, data)
-        except Exception:  # it promises an outcome; else the rows return after their lease, said here
-            log.exception("%s: sending a batch of %d failed without an outcome; it goes again after its lease",
+        except Exception as exc:  # it promises an outcome; one it did not give is a retry, with its backoff
+            log.exception("%s: sending a batch of %d ended without an outcome; it goes again as a retry",
                           self.instance, len(batch))  # fmt: skip
-            return
+            # Recorded, not left to a lease: a pack's lease is renewed while its process sends, so a batch
+            # without an outcome would hold its pack, and its users, for as long as this process runs.
+            outcome = Outcome("retry", "no outcome", type(exc).__name__)
         if self.observe:
             self.observe(self.instance, outcome, time.monotonic() - started)
         try:

@@ -95,9 +95,11 @@ def _ok(content: Any) -> JSONResponse:
         return _unwritable()
 
 
-def _unwritable() -> JSONResponse:
-    """The answer to a call whose echoed metadata is nested too deeply to write back (what `dumps` refuses)."""
-    return _error(400, "the answer could not be written as JSON: metadata nested too deeply")
+def _unwritable(index: int | None = None) -> JSONResponse:
+    """The answer to a call whose echoed metadata is nested too deeply to write back (what `dumps` refuses),
+    naming the event (its place in the call) when known."""
+    which = f"event {index}'s metadata" if index is not None else "metadata"
+    return _error(400, f"the answer could not be written as JSON: {which} nested too deeply")
 
 
 def _error(status: int, text: str) -> JSONResponse:
@@ -392,12 +394,12 @@ async def destination_transform(
     # the cycle collector, which then runs several times per request.
     parts: list[bytes] = []
     append = parts.append
-    writable = True
+    unwritable: int | None = None  # the first event whose answer cannot be written: the call is a 400
     report = IntakeReport()
     for index, item in enumerate(events):
         events[index] = None
         metadata, _, _, result = transform_event(handlers, item, report)
-        if not writable:  # the answer is a 400 already; the rest is mapped for its warnings only
+        if unwritable is not None:  # the answer is a 400 already; the rest is mapped for its warnings only
             continue
         try:
             if isinstance(result, EventFailure):
@@ -407,10 +409,10 @@ async def destination_transform(
             for request_ in result:
                 append(dumps({"output": _payload(request_, user_id), "metadata": metadata, "statusCode": 200}))
         except (TypeError, ValueError, RecursionError):
-            writable = False
+            unwritable = index
     _count(intake, report)
-    if not writable:
-        return _unwritable()
+    if unwritable is not None:
+        return _unwritable(unwritable)
     return Response(b"[" + b",".join(parts) + b"]", media_type=JSONResponse.media_type, headers=API_VERSION_HEADERS)
 
 
