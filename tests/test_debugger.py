@@ -294,7 +294,7 @@ def test_housekeeping_keeps_what_the_debugger_shows_and_clears_the_rest(tmp_path
         outbox.delivered(batch, "200")
         time.sleep(0.01)
     db = outbox._db()
-    assert [m for (m,) in db.execute("SELECT message_id FROM debug_messages ORDER BY id")] == ["m3", "m4", "m5"]
+    assert [m for (m,) in db.execute("SELECT message_id FROM debug_messages ORDER BY seq")] == ["m3", "m4", "m5"]
 
     def with_body() -> list[str]:  # delivered from a pack: the pack's entries hold the bodies
         rows = {m for (m,) in db.execute("SELECT message_id FROM requests WHERE body != ''")}
@@ -353,3 +353,75 @@ def test_a_replay_from_the_servers_own_origin_is_taken(tmp_path: Path) -> None:
             own = {"X-Debugger": "replay", "Origin": url}
             res = httpx.post(f"{url}/debugger/api/replay", params={"messageId": "dbg-taken"}, headers=own)
             assert res.json() == {"replayed": 1}
+
+
+# --- the ring of kept messages ---------------------------------------------------------------------------------
+
+
+def _record(mid: str, now: float = 1.0) -> tuple[Any, ...]:
+    return store.record({"type": "track", "event": "Shown", "userId": "u"}, None, "send", now,
+                        {"shop": {"outcome": "filtered", "reason": "r"}}, message_id=mid, now=now)  # fmt: skip
+
+
+def _listed(db: Any, **filters: Any) -> list[str]:
+    args = {"search": None, "destination": None, "status": None, "limit": 50, **filters}
+    return [row["messageId"] for row in store.summaries(db, **args)]
+
+
+def _save_rounds(outbox: Outbox, rounds: list[list[str]]) -> None:
+    for mids in rounds:
+        with outbox._write() as db:
+            store.save(db, [_record(m) for m in mids], outbox.debug_keep)
+
+
+def test_the_ring_keeps_the_last_messages_newest_first_across_its_turn(tmp_path: Path) -> None:
+    """Slots are written over as the ring turns: the list is the last `keep`, newest first, whichever slot the
+    newest is in; a round of more than `keep` keeps its last; search and limits read across the turn."""
+    outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=4)
+    _save_rounds(outbox, [["a1", "a2", "a3"], ["b1", "b2"], ["c1"]])
+    db = outbox._db()
+    assert _listed(db) == ["c1", "b2", "b1", "a3"]
+    assert _listed(db, limit=3) == ["c1", "b2", "b1"]  # the newest is at slot 1, the next two wrap back to 0, 3
+    assert db.execute("SELECT COUNT(*) FROM debug_messages").fetchone()[0] == 4  # no more rows than slots
+    assert _listed(db, search="b") == []  # exact ids, users and event names only, or an event name's start
+    assert _listed(db, search="Sho", limit=2) == ["c1", "b2"]
+    assert store.detail(db, "a3", {}, lambda url, _: url)["messageId"] == "a3"
+    assert store.detail(db, "a2", {}, lambda url, _: url) is None  # written over
+    assert [row["id"] for row in store.summaries(db, search=None, destination=None, status=None, limit=2)] == [5, 4]
+    _save_rounds(outbox, [[f"d{n}" for n in range(6)]])  # more than the ring holds: its last four
+    assert _listed(db) == ["d5", "d4", "d3", "d2"]
+    # The same message mapped again (a replay): the newest record is the one shown.
+    _save_rounds(outbox, [["d3"]])
+    assert _listed(db) == ["d3", "d5", "d4", "d3"]
+    assert store.detail(db, "d3", {}, lambda url, _: url)["id"] == 12  # d2..d5 took 8..11: the first two are skipped
+
+
+def test_a_file_from_before_the_ring_and_a_new_keep_are_laid_out_again(tmp_path: Path) -> None:
+    """A file written before the ring (ids in the order mapped, no numbers) is listed as it was, and laid out as
+    a ring by the next round, keeping its newest messages; a smaller or larger `keep` is laid out again too."""
+    path = tmp_path / "o.sqlite3"
+    Outbox(path)  # the schema
+    db = Outbox(path)._db()
+    db.execute("DROP TABLE debug_ring")  # as the file was: the ids the order, no seq
+    db.executemany(
+        "INSERT INTO debug_messages (id, message_id, type, event, user_id, anonymous_id, source, received_at,"
+        " mapped_at, body, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(rid, *_record(f"old{rid}")) for rid in (7, 8, 9, 12)],
+    )
+    db.execute("ALTER TABLE debug_messages DROP COLUMN seq")
+    outbox = Outbox(path, debug_keep=3)  # adds the column and the ring's table
+    db = outbox._db()
+    assert _listed(db) == ["old12", "old9", "old8", "old7"]  # before any round: as it was
+    _save_rounds(outbox, [["new1"]])
+    assert _listed(db) == ["new1", "old12", "old9"]
+    _save_rounds(outbox, [["new2"]])
+    assert _listed(db) == ["new2", "new1", "old12"]
+    outbox.debug_keep = 2  # a smaller ring: the newest two stay
+    _save_rounds(outbox, [["new3"]])
+    assert _listed(db) == ["new3", "new2"]
+    outbox.debug_keep = 5  # a larger one: room for more
+    _save_rounds(outbox, [["new4", "new5", "new6"]])
+    assert _listed(db) == ["new6", "new5", "new4", "new3", "new2"]
+    _save_rounds(outbox, [["new7"]])
+    assert _listed(db) == ["new7", "new6", "new5", "new4", "new3"]
+    assert sorted(rid for (rid,) in db.execute("SELECT id FROM debug_messages")) == [0, 1, 2, 3, 4]

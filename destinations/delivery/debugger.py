@@ -3,8 +3,9 @@ destination instance made of it, and every delivery attempt of its requests.
 
 A mapping round writes one `debug_messages` row per message in the transaction that stores its requests
 (so a message is shown once it is mapped, with outcomes that are true of the outbox), and keeps the last
-`keep` of them. Each recorded outcome of a request (delivered, retry, dead, split) adds a `debug_attempts`
-row in the transaction that records it. Requests are kept as the vendor gets them with the destination's
+`keep` of them: the table is a ring of `keep` slots, each new message written over the oldest (`save`). Each
+recorded outcome of a request (delivered, retry, dead, split) adds a `debug_attempts` row in the transaction
+that records it. Requests are kept as the vendor gets them with the destination's
 declared secrets masked (`HttpRequest.to_dict(masked=True)`); vendor answers are the redacted excerpts the
 outbox keeps; so nothing here holds a write key, a vendor key or the webhook secret.
 """
@@ -21,7 +22,8 @@ from .packing import PackEntry, entries_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS debug_messages (
-    id           INTEGER PRIMARY KEY,
+    id           INTEGER PRIMARY KEY,  -- the slot in the ring: seq % keep
+    seq          INTEGER,              -- the message's number, in the order mapped
     message_id   TEXT NOT NULL,
     type         TEXT,
     event        TEXT,
@@ -34,6 +36,12 @@ CREATE TABLE IF NOT EXISTS debug_messages (
     outcomes     TEXT NOT NULL
 );
 -- No index on message_id: a lookup scans at most `keep` rows, and every message mapped would pay for one.
+-- The ring's state: the next message's number, and the ring size the rows are laid out for.
+CREATE TABLE IF NOT EXISTS debug_ring (
+    id   INTEGER PRIMARY KEY CHECK (id = 0),
+    next INTEGER NOT NULL,
+    keep INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS debug_attempts (
     id          INTEGER PRIMARY KEY,
     destination TEXT    NOT NULL,
@@ -99,13 +107,45 @@ def _id(value: Any) -> str | None:
 
 
 def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None:
-    """Write a round's records and keep the last `keep` messages (inside the caller's transaction)."""
+    """Write a round's records and keep the last `keep` messages (inside the caller's transaction).
+
+    Each message takes the slot `seq % keep`, over the oldest: rewriting the same pages costs SQLite less than
+    appending rows and deleting as many from the other end (fewer pages to write back, no free-list churn)."""
+    state = db.execute("SELECT next, keep FROM debug_ring").fetchone()
+    first = state[0] if state is not None and state[1] == keep else _lay_out(db, keep)
+    if len(rows) > keep:  # only the last `keep` are kept
+        first += len(rows) - keep
+        rows = rows[-keep:]
     db.executemany(
-        "INSERT INTO debug_messages (message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at,"
-        " body, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
+        "INSERT OR REPLACE INTO debug_messages (id, seq, message_id, type, event, user_id, anonymous_id, source,"
+        " received_at, mapped_at, body, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [((first + i) % keep, first + i, *row) for i, row in enumerate(rows)],
     )
-    db.execute("DELETE FROM debug_messages WHERE id <= (SELECT MAX(id) FROM debug_messages) - ?", (keep,))
+    db.execute("INSERT OR REPLACE INTO debug_ring (id, next, keep) VALUES (0, ?, ?)", (first + len(rows), keep))
+
+
+def _lay_out(db: sqlite3.Connection, keep: int) -> int:
+    """Lay the kept messages out as a ring of `keep` slots (a file from before the ring, or another `keep`):
+    the newest `keep` in order at slots 0, 1, ..., the rest dropped. Returns the next message's number."""
+    # Before the ring a row's id was its number, in the order mapped; in a ring, its seq is.
+    ids = [rid for (rid,) in db.execute("SELECT id FROM debug_messages ORDER BY COALESCE(seq, id)")]
+    dropped, kept = ids[: max(len(ids) - keep, 0)], ids[max(len(ids) - keep, 0) :]
+    db.executemany("DELETE FROM debug_messages WHERE id = ?", [(rid,) for rid in dropped])
+    db.execute("UPDATE debug_messages SET id = -1 - id")  # out of the slots' way first: ids are unique
+    db.executemany(
+        "UPDATE debug_messages SET id = ?, seq = ? WHERE id = ?", [(i, i, -1 - rid) for i, rid in enumerate(kept)]
+    )
+    return len(kept)
+
+
+def _newest_first(db: sqlite3.Connection) -> list[tuple[str, tuple[Any, ...]]]:
+    """(condition on id, its arguments) for each part of the table in turn, newest messages first, each read
+    newest first by id: in a ring, the slots below the next one, then those from it on; before the ring, one."""
+    state = db.execute("SELECT next, keep FROM debug_ring").fetchone()
+    if state is None:
+        return [("1", ())]
+    head = state[0] % state[1]
+    return [("id < ?", (head,)), ("id >= ?", (head,))]
 
 
 def log_attempts(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -246,18 +286,23 @@ def summaries(
     anonymousId, messageId or event name (exactly, or as the start of the event name), by instance and by
     status (of that instance, or of any)."""
     sql = (
-        "SELECT id, message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at, outcomes"
-        " FROM debug_messages"
+        "SELECT COALESCE(seq, id), message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at,"
+        " outcomes FROM debug_messages WHERE {part}"
     )
     args: list[Any] = []
     if search:
-        sql += " WHERE ? IN (message_id, user_id, anonymous_id, event) OR event LIKE ? ESCAPE '\\'"
+        sql += " AND (? IN (message_id, user_id, anonymous_id, event) OR event LIKE ? ESCAPE '\\')"
         escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         args += [search, escaped + "%"]
     sql += " ORDER BY id DESC LIMIT ?"
     # Filters on badges are applied after the states are known: read a few more rows than asked for.
-    args.append(limit if not (destination or status) else max(limit * 10, 1000))
-    rows = [(*row[:-1], json.loads(row[-1])) for row in db.execute(sql, args)]
+    wanted = limit if not (destination or status) else max(limit * 10, 1000)
+    rows: list[tuple[Any, ...]] = []
+    for part, part_args in _newest_first(db):  # each part by rowid, so no sort of the whole ring
+        found = db.execute(sql.format(part=part), [*part_args, *args, wanted - len(rows)])
+        rows += [(*row[:-1], json.loads(row[-1])) for row in found]
+        if len(rows) >= wanted:
+            break
     states = _states(db, {(name, row[1]) for row in rows for name, o in row[-1].items() if o.get("count")})
     out = []
     for rid, mid, kind, event, user, anonymous, source, received, mapped, outcomes in rows:
@@ -288,8 +333,8 @@ def detail(
     never stores are shown as `***`), its state now and every delivery attempt with its answer and next
     retry. `instances`: name -> (base URL, credential query parameter names, credential header names)."""
     row = db.execute(
-        "SELECT id, message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at, body, outcomes"
-        " FROM debug_messages WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+        "SELECT COALESCE(seq, id), message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at,"
+        " body, outcomes FROM debug_messages WHERE message_id = ? ORDER BY COALESCE(seq, id) DESC LIMIT 1",
         (message_id,),
     ).fetchone()
     if row is None:

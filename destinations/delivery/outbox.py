@@ -145,6 +145,8 @@ MIGRATIONS = (
     ("inbox", "dead_at", "ALTER TABLE inbox ADD COLUMN dead_at REAL"),
     # The way in it came by (tracking, webhook, send), for the debugger.
     ("inbox", "source", "ALTER TABLE inbox ADD COLUMN source TEXT"),
+    # A debugger message's number once the table is a ring of slots (debugger.py `save`).
+    ("debug_messages", "seq", "ALTER TABLE debug_messages ADD COLUMN seq INTEGER"),
 )
 # The events waiting to be mapped, without the dead ones that stay at the front of the inbox.
 LIVE_INBOX_INDEX = "CREATE INDEX IF NOT EXISTS inbox_live ON inbox (id) WHERE dead_reason IS NULL"
