@@ -106,9 +106,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.name and name != args.name:
             continue
         print(f"{name}  (integrations key: {cls.display_name})")
-        for s in cls.describe_settings():
+        settings = cls.describe_settings()
+        width = max((len(s["name"]) for s in settings), default=0)  # one column, however long a name
+        for s in settings:
             flags = ["required" if s["required"] else "optional"] + (["secret"] if s["secret"] else [])
-            print(f"    {s['name']:<16} {', '.join(flags)}")
+            print(f"    {s['name']:<{width}} {', '.join(flags)}")
         if args.name:
             print("  fields: stable name (kind: text, number, bool, flag 0/1, date, url, texts, raw as sent), then the")
             print("  Segment sources in the order read (options.x is integrations.<key>.x; product.x is the product's")

@@ -33,6 +33,10 @@ def test_list_shows_settings_with_required_and_secret() -> None:
     assert "dengage  (integrations key: Dengage)" in res.stdout
     assert any(line.split() == ["apiKey", "required,", "secret"] for line in res.stdout.splitlines())
     assert any(line.split() == ["testMode", "optional"] for line in res.stdout.splitlines())
+    # The flags are one column, whatever the length of the longest setting name (consentCategories).
+    settings = [line for line in res.stdout.splitlines() if line.startswith("    ") and line.split()[0] != "fields:"]
+    starts = {line.index(line.split()[1]) for line in settings[:11]}  # dengage's settings
+    assert len(starts) == 1, settings[:11]
 
 
 def test_list_name_prints_each_declared_field_with_its_sources() -> None:

@@ -425,3 +425,16 @@ def test_a_file_from_before_the_ring_and_a_new_keep_are_laid_out_again(tmp_path:
     _save_rounds(outbox, [["new7"]])
     assert _listed(db) == ["new7", "new6", "new5", "new4", "new3"]
     assert sorted(rid for (rid,) in db.execute("SELECT id FROM debug_messages")) == [0, 1, 2, 3, 4]
+
+
+def test_a_page_or_screen_call_is_listed_and_found_by_its_name(tmp_path: Path) -> None:
+    """The list's event column holds a track's event and a page or screen call's name, which search finds too."""
+    outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=10)
+    calls = [{"type": "Page", "name": "Checkout", "anonymousId": "a"}, {"type": "screen", "name": "Cart"},
+             {"type": "identify", "name": "Ann", "userId": "u"}]  # fmt: skip
+    records = [store.record(m, None, "send", 1.0, {}, message_id=f"m{i}", now=1.0) for i, m in enumerate(calls)]
+    with outbox._write() as db:
+        store.save(db, records, outbox.debug_keep)
+    listed = store.summaries(outbox._db(), search=None, destination=None, status=None, limit=10)
+    assert [(m["type"], m["event"]) for m in listed] == [("identify", None), ("screen", "Cart"), ("Page", "Checkout")]
+    assert _listed(outbox._db(), search="Check") == ["m0"]  # the start of a name, as of an event name

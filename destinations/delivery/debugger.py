@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..spec import has_surrogate, json_text
+from ..spec import has_surrogate, json_text, message_type
 from .packing import PackEntry, entries_of
 
 SCHEMA = """
@@ -78,10 +78,13 @@ def record(
     message: Any, body: str | None, source: str | None, received_at: float | None, outcomes: Mapping[str, Any], *,
     message_id: str, now: float,
 ) -> tuple[Any, ...]:  # fmt: skip
-    """One `debug_messages` row: the message's labels, the message as received (`body`, the stored JSON text;
-    made from `message` when None; cut to BODY_LIMIT characters, and any lone surrogate escaped, so SQLite can
-    store it) and the outcomes by instance."""
+    """One `debug_messages` row: the message's labels (its event: a track's event, a page or screen call's name),
+    the message as received (`body`, the stored JSON text; made from `message` when None; cut to BODY_LIMIT
+    characters, and any lone surrogate escaped, so SQLite can store it) and the outcomes by instance."""
     labels = message if isinstance(message, dict) else {}
+    event = labels.get("event")
+    if event is None and message_type(labels) in ("page", "screen"):  # what a page or screen call is named by
+        event = labels.get("name")
     if body is None:
         try:
             body = json_text(message)
@@ -91,7 +94,7 @@ def record(
         body = json_text({"note": f"the message is {len(body)} characters; the first {BODY_LIMIT} are kept",
                            "start": body[:BODY_LIMIT]})  # fmt: skip
     return (
-        _storable(message_id), _text(labels.get("type")), _text(labels.get("event")), _id(labels.get("userId")),
+        _storable(message_id), _text(labels.get("type")), _text(event), _id(labels.get("userId")),
         _id(labels.get("anonymousId")), source, received_at, now, _storable(body), json_text(outcomes),
     )  # fmt: skip
 
