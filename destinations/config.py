@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -209,6 +210,9 @@ class Config:
     source: str = "(defaults)"
     rudder: RudderConfig = field(default_factory=RudderConfig)
     debugger: DebuggerConfig = field(default_factory=DebuggerConfig)
+    #: Instances the file names that could not be made here, with why (an unset variable holding a vendor key):
+    #: only with `instances_needed` False, for the commands that read the outbox alone (`outbox stats|dead|replay`).
+    unconfigured: dict[str, str] = field(default_factory=dict)
 
 
 def expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
@@ -247,9 +251,12 @@ def parse_config(
     environ: dict[str, str] | None = None,
     *,
     server_needed: bool = True,
+    instances_needed: bool = True,
 ) -> Config:
     """Validate a configuration. With `server_needed` False (`send`, `outbox`), a `${VAR}` of `[server]` that
-    is not set counts as empty: those commands never use the server's write keys or webhook secret."""
+    is not set counts as empty: those commands never use the server's write keys or webhook secret. With
+    `instances_needed` False (the `outbox` commands that only read and change rows), an instance that cannot be
+    made (a vendor key's variable not set here) is left out and named in `unconfigured`, with why."""
     env = dict(os.environ) if environ is None else environ
 
     def expand(value: Any, where: str, lenient: bool = False) -> Any:
@@ -273,20 +280,31 @@ def parse_config(
     if not isinstance(tables, dict):
         raise ConfigurationError(f"{source}: [destinations] must hold one table per destination instance")
     instances: dict[str, Destination] = {}
+    unconfigured: dict[str, str] = {}
     for name, table in tables.items():
-        where = f"{source}: [destinations.{name}]"
-        if not isinstance(table, dict):
-            raise ConfigurationError(f"{where} must be a table")
-        settings = expand(dict(table), f"[destinations.{name}]")
-        kind = settings.pop("type", None)
-        if not isinstance(kind, str) or not kind:
-            raise ConfigurationError(f"{where} type is required (one of: segmentify, dengage, wigzo, esputnik, ...)")
         try:
-            instances[name] = get_destination(kind, settings)
+            instances[name] = _instance(name, table, source, expand)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{where} {exc}", exc.problems) from None
+            if instances_needed:
+                raise
+            unconfigured[name] = str(exc)
     return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder,
-                  debugger=debugger)  # fmt: skip
+                  debugger=debugger, unconfigured=unconfigured)  # fmt: skip
+
+
+def _instance(name: str, table: Any, source: str, expand: Callable[[Any, str], Any]) -> Destination:
+    """The destination instance `[destinations.<name>]` describes; ConfigurationError naming the file and table."""
+    where = f"{source}: [destinations.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where} must be a table")
+    settings = expand(dict(table), f"[destinations.{name}]")
+    kind = settings.pop("type", None)
+    if not isinstance(kind, str) or not kind:
+        raise ConfigurationError(f"{where} type is required (one of: segmentify, dengage, wigzo, esputnik, ...)")
+    try:
+        return get_destination(kind, settings)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where} {exc}", exc.problems) from None
 
 
 class _Lenient(dict):  # type: ignore[type-arg]
@@ -299,7 +317,13 @@ class _Lenient(dict):  # type: ignore[type-arg]
         return ""
 
 
-def load_config(path: str | Path, environ: dict[str, str] | None = None, *, server_needed: bool = True) -> Config:
+def load_config(
+    path: str | Path,
+    environ: dict[str, str] | None = None,
+    *,
+    server_needed: bool = True,
+    instances_needed: bool = True,
+) -> Config:
     """Read and validate a `destinations.toml`; relative outbox paths are taken from the working directory."""
     path = Path(path)
     try:
@@ -309,4 +333,4 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None, *, serv
         raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, str(path), environ, server_needed=server_needed)
+    return parse_config(data, str(path), environ, server_needed=server_needed, instances_needed=instances_needed)

@@ -46,9 +46,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "SEG_KEY": SECRET, "WIGZO_ORG": SECRET, "WIGZO_TOKEN": TOKEN}
 
 
-def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str = "", environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SCRIPT, *args], check=False, input=stdin, capture_output=True, text=True, env=env(), timeout=120
+        [SCRIPT, *args], check=False, input=stdin, capture_output=True, text=True, env=environ or env(), timeout=120
     )
 
 
@@ -122,13 +122,30 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
         assert listed[0]["lastError"] == '{"error": "invalid apiKey ***"}'
         assert listed[0]["attempts"] == 2  # once in the merged batch (400: split), once alone
 
+        # On a machine without the vendors' keys (an operator's shell): the rows are read and changed all the same,
+        # each instance whose key is not set named on stderr; only `drain`, which sends, needs them.
+        bare = {k: v for k, v in os.environ.items() if k not in ("SEG_KEY", "WIGZO_ORG", "WIGZO_TOKEN")}
+        keyless = run("outbox", "stats", "--config", str(config), environ=bare)
+        assert keyless.returncode == 0, keyless.stderr
+        assert keyless.stdout == stats.stdout
+        assert "environment variable SEG_KEY is not set; this instance is shown from the outbox alone" in keyless.stderr
+        assert "environment variable WIGZO_ORG is not set" in keyless.stderr
+        keyless_dead = run("outbox", "dead", "--config", str(config), "--destination", "shop-segmentify", environ=bare)
+        assert keyless_dead.returncode == 0, keyless_dead.stderr
+        # The URL as stored: the instance's base URL is a setting of the instance not made here.
+        assert [json.loads(line)["messageId"] for line in keyless_dead.stdout.splitlines()] == ["m0", "m1", "m2"]
+        assert json.loads(keyless_dead.stdout.splitlines()[0])["url"] == "/add/events/v1.json"
+        no_drain = run("outbox", "drain", "--config", str(config), environ=bare)
+        assert no_drain.returncode == 2
+        assert "environment variable SEG_KEY is not set" in no_drain.stderr
+
         seg.script = lambda _: Answer()
         replay = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify")
         assert replay.stdout.startswith("3 dead request(s) back in the outbox and 0 inbox event(s)")
         drain = run("outbox", "drain", "--config", str(config))
         assert drain.returncode == 0
         assert sorted(product_ids(seg.delivered())) == ["P0", "P1", "P2"]
-    for result in (res, stats, dead, replay, drain):
+    for result in (res, stats, dead, keyless, keyless_dead, no_drain, replay, drain):
         assert SECRET not in result.stdout + result.stderr
     data = on_disk(tmp_path / "outbox.sqlite3")
     assert SECRET.encode() not in data

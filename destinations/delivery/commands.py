@@ -153,7 +153,7 @@ def cmd_outbox(
     if action == "stats":
         stats = outbox.stats()
         print(f"{'destination':<24} {'pending':>8} {'retrying':>8} {'delivered':>9} {'dead':>6} {'oldest pending':>15}")
-        for name in sorted(set(stats) | set(config.destinations)):
+        for name in sorted(set(stats) | set(config.destinations) | set(config.unconfigured)):
             s = stats.get(name, {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0})
             age = f"{s['oldest_pending_age']:.0f}s" if s["pending"] else "-"
             print(f"{name:<24} {s['pending']:>8} {s['retrying']:>8} {s['delivered']:>9} {s['dead']:>6} {age:>15}")
