@@ -438,3 +438,75 @@ def test_a_page_or_screen_call_is_listed_and_found_by_its_name(tmp_path: Path) -
     listed = store.summaries(outbox._db(), search=None, destination=None, status=None, limit=10)
     assert [(m["type"], m["event"]) for m in listed] == [("identify", None), ("screen", "Cart"), ("Page", "Checkout")]
     assert _listed(outbox._db(), search="Check") == ["m0"]  # the start of a name, as of an event name
+
+
+def test_the_list_is_read_from_one_state_of_the_file_while_a_round_commits(tmp_path: Path) -> None:
+    """A round committed between the read of the ring's state and the read of its slots must not be half seen (the
+    newest behind older ones): the list is read in one transaction."""
+    outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=4)
+    _save_rounds(outbox, [["m0", "m1"]])
+    writer = Outbox(tmp_path / "o.sqlite3", debug_keep=4)  # another connection, as the mapping process has
+    reader = outbox._db()
+    newest_first = store._newest_first
+
+    def a_round_commits_meanwhile(db: Any) -> Any:
+        parts = newest_first(db)
+        _save_rounds(writer, [["x0", "x1"]])
+        return parts
+
+    store._newest_first = a_round_commits_meanwhile
+    try:
+        assert _listed(reader) == ["m1", "m0"]  # as the file was when the read began
+    finally:
+        store._newest_first = newest_first
+    assert _listed(reader) == ["x1", "x0", "m1", "m0"]
+
+
+def _append_as_before_the_ring(outbox: Outbox, mids: list[str], keep: int) -> None:
+    """Rows as an earlier version writes them into the same file: appended after the highest id, no seq, then
+    those `keep` below the highest deleted."""
+    with outbox._write() as db:
+        db.executemany(
+            "INSERT INTO debug_messages (message_id, type, event, user_id, anonymous_id, source, received_at,"
+            " mapped_at, body, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_record(m, now=time.time()) for m in mids],
+        )
+        db.execute("DELETE FROM debug_messages WHERE id <= (SELECT MAX(id) FROM debug_messages) - ?", (keep,))
+
+
+@pytest.mark.parametrize("first", [4, 2])  # the ring full, and not yet full, when the earlier version wrote
+def test_rows_an_earlier_version_wrote_since_are_laid_out_again(tmp_path: Path, first: int) -> None:
+    """Back to an earlier version after a drain, and forward again: the rows it appended are laid out with the
+    ring's by the next round, the newest kept in order, none left beyond the ring (where `prune` would take them for
+    kept messages forever)."""
+    outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=3)
+    _save_rounds(outbox, [[f"a{n}" for n in range(first)]])
+    time.sleep(0.01)
+    _append_as_before_the_ring(outbox, ["b0", "b1"], keep=3)
+    time.sleep(0.01)
+    for n in range(4):
+        _save_rounds(outbox, [[f"c{n}"]])
+        expected = [f"c{k}" for k in range(n, -1, -1)] + ["b1", "b0", f"a{first - 1}"]
+        assert _listed(outbox._db()) == expected[:3]
+    db = outbox._db()
+    assert sorted(rid for (rid,) in db.execute("SELECT id FROM debug_messages")) == [0, 1, 2]
+    assert db.execute("SELECT COUNT(*) FROM debug_messages WHERE seq IS NULL").fetchone()[0] == 0
+
+
+def test_a_new_keep_keeps_each_message_its_number(tmp_path: Path) -> None:
+    """The API's id of a kept message does not change when `keep` does: the numbers run on."""
+    outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=4)
+    _save_rounds(outbox, [[f"m{n}" for n in range(6)]])
+    db = outbox._db()
+
+    def ids() -> dict[str, int]:
+        listed = store.summaries(db, search=None, destination=None, status=None, limit=50)
+        return {m["messageId"]: m["id"] for m in listed}
+
+    assert ids() == {"m5": 5, "m4": 4, "m3": 3, "m2": 2}
+    outbox.debug_keep = 3
+    _save_rounds(outbox, [["m6"]])
+    assert ids() == {"m6": 6, "m5": 5, "m4": 4}
+    outbox.debug_keep = 5
+    _save_rounds(outbox, [["m7"]])
+    assert ids() == {"m7": 7, "m6": 6, "m5": 5, "m4": 4}

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..spec import has_surrogate, json_text, message_type
@@ -113,9 +114,15 @@ def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None
     """Write a round's records and keep the last `keep` messages (inside the caller's transaction).
 
     Each message takes the slot `seq % keep`, over the oldest: rewriting the same pages costs SQLite less than
-    appending rows and deleting as many from the other end (fewer pages to write back, no free-list churn)."""
+    appending rows and deleting as many from the other end."""
     state = db.execute("SELECT next, keep FROM debug_ring").fetchone()
-    first = state[0] if state is not None and state[1] == keep else _lay_out(db, keep)
+    top = db.execute("SELECT MAX(id) FROM debug_messages").fetchone()[0]
+    # Laid out for this `keep`, with every row in its slot: the highest slot is the last one filled. Else (a file
+    # from before the ring, another `keep`, or rows an earlier version appended since) it is laid out again.
+    if state is not None and state[1] == keep and top == (min(state[0], keep) - 1 if state[0] else None):
+        first = state[0]
+    else:
+        first = _lay_out(db, keep)
     if len(rows) > keep:  # only the last `keep` are kept
         first += len(rows) - keep
         rows = rows[-keep:]
@@ -128,17 +135,41 @@ def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None
 
 
 def _lay_out(db: sqlite3.Connection, keep: int) -> int:
-    """Lay the kept messages out as a ring of `keep` slots (a file from before the ring, or another `keep`):
-    the newest `keep` in order at slots 0, 1, ..., the rest dropped. Returns the next message's number."""
-    # Before the ring a row's id was its number, in the order mapped; in a ring, its seq is.
-    ids = [rid for (rid,) in db.execute("SELECT id FROM debug_messages ORDER BY COALESCE(seq, id)")]
-    dropped, kept = ids[: max(len(ids) - keep, 0)], ids[max(len(ids) - keep, 0) :]
-    db.executemany("DELETE FROM debug_messages WHERE id = ?", [(rid,) for rid in dropped])
+    """Lay the kept messages out as a ring of `keep` slots, the newest `keep` kept in order, the rest dropped.
+    Returns the next message's number. Each keeps its number (its API id) where the numbers run on, as they do
+    in a ring; before the ring a row's id was its number."""
+    found = db.execute("SELECT id, seq, COALESCE(seq, id), mapped_at FROM debug_messages").fetchall()
+    if any(row[1] is None for row in found) and any(row[1] is not None for row in found):
+        found.sort(key=lambda row: (row[3], row[2]))  # an earlier version's rows beside the ring's: by time
+    else:
+        found.sort(key=lambda row: row[2])
+    cut = max(len(found) - keep, 0)
+    db.executemany("DELETE FROM debug_messages WHERE id = ?", [(row[0],) for row in found[:cut]])
+    kept = found[cut:]
+    if not kept:
+        return 0
+    top = max(len(kept) - 1, *(row[2] for row in kept))
+    first = top - len(kept) + 1
     db.execute("UPDATE debug_messages SET id = -1 - id")  # out of the slots' way first: ids are unique
     db.executemany(
-        "UPDATE debug_messages SET id = ?, seq = ? WHERE id = ?", [(i, i, -1 - rid) for i, rid in enumerate(kept)]
+        "UPDATE debug_messages SET id = ?, seq = ? WHERE id = ?",
+        [((first + i) % keep, first + i, -1 - row[0]) for i, row in enumerate(kept)],
     )
-    return len(kept)
+    return top + 1
+
+
+@contextmanager
+def _snapshot(db: sqlite3.Connection) -> Iterator[None]:
+    """Several reads that must see one state of the file (a mapping round may commit in between): one read
+    transaction, unless the caller has one open."""
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
 
 
 def _newest_first(db: sqlite3.Connection) -> list[tuple[str, tuple[Any, ...]]]:
@@ -287,7 +318,14 @@ def summaries(
 ) -> list[dict[str, Any]]:
     """The newest messages first, each with one badge per instance; filtered by a text that is its userId,
     anonymousId, messageId or event name (exactly, or as the start of the event name), by instance and by
-    status (of that instance, or of any)."""
+    status (of that instance, or of any). Read in one transaction: the ring's state and its slots agree."""
+    with _snapshot(db):
+        return _summaries(db, search=search, destination=destination, status=status, limit=limit)
+
+
+def _summaries(
+    db: sqlite3.Connection, *, search: str | None, destination: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
     sql = (
         "SELECT COALESCE(seq, id), message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at,"
         " outcomes FROM debug_messages WHERE {part}"
@@ -335,6 +373,14 @@ def detail(
     vendor gets it (from the outbox row: `resolve(url, base)` forms its URL, and the credentials the outbox
     never stores are shown as `***`), its state now and every delivery attempt with its answer and next
     retry. `instances`: name -> (base URL, credential query parameter names, credential header names)."""
+    with _snapshot(db):
+        return _detail(db, message_id, instances, resolve)
+
+
+def _detail(
+    db: sqlite3.Connection, message_id: str, instances: Mapping[str, tuple[str, Iterable[str], Iterable[str]]],
+    resolve: Callable[[str, str], str],
+) -> dict[str, Any] | None:  # fmt: skip
     row = db.execute(
         "SELECT COALESCE(seq, id), message_id, type, event, user_id, anonymous_id, source, received_at, mapped_at,"
         " body, outcomes FROM debug_messages WHERE message_id = ? ORDER BY COALESCE(seq, id) DESC LIMIT 1",
