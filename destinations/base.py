@@ -4,6 +4,7 @@ event, and the one place a mapped body becomes an `HttpRequest`."""
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
@@ -13,7 +14,7 @@ from pydantic import ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
 from .fields import Call, Table
-from .redaction import mask_headers, mask_params
+from .redaction import mask_headers, mask_params, redact_text, secret_forms
 from .shaping import Shaping, ShapingSettings
 from .spec import (
     Message,
@@ -261,7 +262,11 @@ class Destination:
         except DestinationError:
             raise
         except Exception as exc:  # a mapping bug must not take a caller's loop down with it
-            log.exception("%s could not map a message", self.name)
+            # Its traceback as text, this instance's credentials masked: a plugin's exception may quote them, and a
+            # library caller's log masks nothing (the server's masks every configured secret besides).
+            trace = "".join(traceback.format_exception(exc))
+            secrets = secret_forms([*self._secret_params.values(), *self._secret_headers.values()])
+            log.error("%s could not map a message\n%s", self.name, redact_text(trace, secrets))
             label = raw_label(message) if isinstance(message, dict) else "message"
             raise InvalidMessage(
                 label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 import destinations
 from destinations import ConfigurationError, Filtered, HttpRequest, InvalidMessage, get_destination
 from destinations.base import Destination
+from destinations.esputnik import basic_auth
 
 SECRET = "sk-live-0123456789abcdef"
 
@@ -127,6 +130,29 @@ def test_a_mapping_bug_surfaces_as_an_internal_invalid_message(monkeypatch: pyte
         dest.handle({"type": "track", "event": "Anything", "userId": "u"})
     assert info.value.internal
     assert "could not be mapped for Segmentify (KeyError)" in str(info.value)
+
+
+def test_a_mapping_bugs_traceback_is_logged_without_the_instances_credentials(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A library caller's log masks nothing: a plugin's exception that quotes a key must not carry it there."""
+    key = "sk-plugin-7d1e9c2b4a"
+    dest = get_destination("esputnik", {"apiKey": key})  # sent as HTTP Basic: the header's forms too
+
+    def quoting(call: Any) -> Any:
+        value = call.settings.apiKey.get_secret_value()
+        raise ValueError(f"vendor refused {value} ({quote(value)}, {basic_auth(value)})")
+
+    monkeypatch.setattr(type(dest), "other_event", staticmethod(quoting))
+    with caplog.at_level(logging.ERROR, logger="destinations"), pytest.raises(InvalidMessage):
+        dest.handle({"type": "track", "event": "Anything", "userId": "u"})
+    (record,) = [r for r in caplog.records if r.name == "destinations.base"]
+    text = record.getMessage()
+    assert "esputnik could not map a message" in text
+    assert "Traceback" in text  # the traceback is still there
+    assert "ValueError: vendor refused ***" in text
+    assert key not in caplog.text
+    assert basic_auth(key).split(" ", 1)[1] not in caplog.text
 
 
 def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
