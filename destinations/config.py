@@ -210,8 +210,9 @@ class Config:
     source: str = "(defaults)"
     rudder: RudderConfig = field(default_factory=RudderConfig)
     debugger: DebuggerConfig = field(default_factory=DebuggerConfig)
-    #: Instances the file names that could not be made here, with why (an unset variable holding a vendor key):
-    #: only with `instances_needed` False, for the commands that read the outbox alone (`outbox stats|dead|replay`).
+    #: Instances the file names that could not be made here, with why (an unset variable holding a vendor key, any
+    #: setting refused): only with `instances_needed` False, for the commands that read and change rows alone
+    #: (`outbox stats|dead|replay`).
     unconfigured: dict[str, str] = field(default_factory=dict)
 
 
@@ -256,7 +257,8 @@ def parse_config(
     """Validate a configuration. With `server_needed` False (`send`, `outbox`), a `${VAR}` of `[server]` that
     is not set counts as empty: those commands never use the server's write keys or webhook secret. With
     `instances_needed` False (the `outbox` commands that only read and change rows), an instance that cannot be
-    made (a vendor key's variable not set here) is left out and named in `unconfigured`, with why."""
+    made (a vendor key's variable not set here, any setting refused) is left out and named in `unconfigured`, with
+    why."""
     env = dict(os.environ) if environ is None else environ
 
     def expand(value: Any, where: str, lenient: bool = False) -> Any:

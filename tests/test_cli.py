@@ -33,10 +33,16 @@ def test_list_shows_settings_with_required_and_secret() -> None:
     assert "dengage  (integrations key: Dengage)" in res.stdout
     assert any(line.split() == ["apiKey", "required,", "secret"] for line in res.stdout.splitlines())
     assert any(line.split() == ["testMode", "optional"] for line in res.stdout.splitlines())
-    # The flags are one column, whatever the length of the longest setting name (consentCategories).
-    settings = [line for line in res.stdout.splitlines() if line.startswith("    ") and line.split()[0] != "fields:"]
-    starts = {line.index(line.split()[1]) for line in settings[:11]}  # dengage's settings
-    assert len(starts) == 1, settings[:11]
+    # Each destination's flags are one column, whatever the length of its longest setting name (consentCategories).
+    blocks: list[list[str]] = []
+    for line in res.stdout.splitlines():
+        if not line.startswith(" "):
+            blocks.append([])
+        else:
+            blocks[-1].append(line)
+    assert len(blocks) == 4
+    for block in blocks:
+        assert len({line.index(line.split()[1]) for line in block}) == 1, block
 
 
 def test_list_name_prints_each_declared_field_with_its_sources() -> None:

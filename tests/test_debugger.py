@@ -430,7 +430,7 @@ def test_a_file_from_before_the_ring_and_a_new_keep_are_laid_out_again(tmp_path:
 def test_a_page_or_screen_call_is_listed_and_found_by_its_name(tmp_path: Path) -> None:
     """The list's event column holds a track's event and a page or screen call's name, which search finds too."""
     outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=10)
-    calls = [{"type": "Page", "name": "Checkout", "anonymousId": "a"}, {"type": "screen", "name": "Cart"},
+    calls = [{"type": "Page", "name": "Checkout", "anonymousId": "a"}, {"type": "screen", "name": "Cart", "event": 7},
              {"type": "identify", "name": "Ann", "userId": "u"}]  # fmt: skip
     records = [store.record(m, None, "send", 1.0, {}, message_id=f"m{i}", now=1.0) for i, m in enumerate(calls)]
     with outbox._write() as db:
@@ -460,6 +460,20 @@ def test_the_list_is_read_from_one_state_of_the_file_while_a_round_commits(tmp_p
     finally:
         store._newest_first = newest_first
     assert _listed(reader) == ["x1", "x0", "m1", "m0"]
+    # The detail too: the message's row, its requests and its attempts, from one state of the file.
+    in_packs, seen = store._in_packs, []
+
+    def noting(db: Any, pairs: Any) -> Any:
+        seen.append(db.in_transaction)
+        return in_packs(db, pairs)
+
+    store._in_packs = noting
+    try:
+        assert store.detail(reader, "x1", {}, lambda url, _: url)["messageId"] == "x1"
+    finally:
+        store._in_packs = in_packs
+    assert seen == [True]
+    assert not reader.in_transaction  # and closed after
 
 
 def _append_as_before_the_ring(outbox: Outbox, mids: list[str], keep: int) -> None:
@@ -469,25 +483,32 @@ def _append_as_before_the_ring(outbox: Outbox, mids: list[str], keep: int) -> No
         db.executemany(
             "INSERT INTO debug_messages (message_id, type, event, user_id, anonymous_id, source, received_at,"
             " mapped_at, body, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_record(m, now=time.time()) for m in mids],
+            [_record(m) for m in mids],
         )
         db.execute("DELETE FROM debug_messages WHERE id <= (SELECT MAX(id) FROM debug_messages) - ?", (keep,))
 
 
-@pytest.mark.parametrize("first", [4, 2])  # the ring full, and not yet full, when the earlier version wrote
+@pytest.mark.parametrize("first", [2, 4, 10])  # the ring not yet full, full, turned several times
 def test_rows_an_earlier_version_wrote_since_are_laid_out_again(tmp_path: Path, first: int) -> None:
     """Back to an earlier version after a drain, and forward again: the rows it appended are laid out with the
     ring's by the next round, the newest kept in order, none left beyond the ring (where `prune` would take them for
-    kept messages forever)."""
+    kept messages forever), and no id goes back or names another message."""
     outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=3)
-    _save_rounds(outbox, [[f"a{n}" for n in range(first)]])
-    time.sleep(0.01)
+    _save_rounds(outbox, [[f"a{n}"] for n in range(first)])
     _append_as_before_the_ring(outbox, ["b0", "b1"], keep=3)
-    time.sleep(0.01)
+    named: dict[int, str] = {}
+    highest = -1
     for n in range(4):
         _save_rounds(outbox, [[f"c{n}"]])
         expected = [f"c{k}" for k in range(n, -1, -1)] + ["b1", "b0", f"a{first - 1}"]
-        assert _listed(outbox._db()) == expected[:3]
+        listed = store.summaries(outbox._db(), search=None, destination=None, status=None, limit=50)
+        assert [m["messageId"] for m in listed] == expected[:3]
+        ids = [m["id"] for m in listed]
+        assert ids == sorted(ids, reverse=True)
+        assert ids[0] > highest  # the newest has the highest number yet
+        highest = ids[0]
+        for m in listed:
+            assert named.setdefault(m["id"], m["messageId"]) == m["messageId"]  # an id names one message
     db = outbox._db()
     assert sorted(rid for (rid,) in db.execute("SELECT id FROM debug_messages")) == [0, 1, 2]
     assert db.execute("SELECT COUNT(*) FROM debug_messages WHERE seq IS NULL").fetchone()[0] == 0

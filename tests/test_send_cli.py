@@ -48,7 +48,13 @@ def env() -> dict[str, str]:
 
 def run(*args: str, stdin: str = "", environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SCRIPT, *args], check=False, input=stdin, capture_output=True, text=True, env=environ or env(), timeout=120
+        [SCRIPT, *args],
+        check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ if environ is not None else env(),
+        timeout=120,
     )
 
 
@@ -122,30 +128,43 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
         assert listed[0]["lastError"] == '{"error": "invalid apiKey ***"}'
         assert listed[0]["attempts"] == 2  # once in the merged batch (400: split), once alone
 
-        # On a machine without the vendors' keys (an operator's shell): the rows are read and changed all the same,
-        # each instance whose key is not set named on stderr; only `drain`, which sends, needs them.
-        bare = {k: v for k, v in os.environ.items() if k not in ("SEG_KEY", "WIGZO_ORG", "WIGZO_TOKEN")}
-        keyless = run("outbox", "stats", "--config", str(config), environ=bare)
+        # Where the instances cannot all be made (an operator's shell without Wigzo's keys; an instance whose URL
+        # is refused, its key set): the rows are read and changed all the same, each such instance named on stderr
+        # with why, never with its key; only `drain`, which sends, needs them all.
+        broken = tmp_path / "broken.toml"
+        broken.write_text(config.read_text() + '[destinations.shop-broken]\ntype = "segmentify"\n'
+                          'apiKey = "${SEG_KEY}"\ndataCenterUrl = "dce1.segmentify.com"\n')  # fmt: skip
+        bare = {k: v for k, v in env().items() if k not in ("WIGZO_ORG", "WIGZO_TOKEN")}
+        keyless = run("outbox", "stats", "--config", str(broken), environ=bare)
         assert keyless.returncode == 0, keyless.stderr
-        assert keyless.stdout == stats.stdout
-        assert "environment variable SEG_KEY is not set; this instance is shown from the outbox alone" in keyless.stderr
-        assert "environment variable WIGZO_ORG is not set" in keyless.stderr
-        keyless_dead = run("outbox", "dead", "--config", str(config), "--destination", "shop-segmentify", environ=bare)
+        listed = {line.split()[0]: line.split()[1:5] for line in keyless.stdout.splitlines()[1:]}
+        assert listed == {"shop-broken": ["0", "0", "0", "0"], "shop-segmentify": ["0", "0", "0", "3"],
+                          "shop-wigzo": ["0", "0", "3", "0"]}  # fmt: skip
+        assert "[destinations.shop-wigzo].orgToken: environment variable WIGZO_ORG is not set" in keyless.stderr
+        assert "[destinations.shop-broken] segmentify settings: dataCenterUrl must be an http(s) URL" in keyless.stderr
+        keyless_dead = run("outbox", "dead", "--config", str(broken), "--destination", "shop-wigzo", environ=bare)
         assert keyless_dead.returncode == 0, keyless_dead.stderr
-        # The URL as stored: the instance's base URL is a setting of the instance not made here.
-        assert [json.loads(line)["messageId"] for line in keyless_dead.stdout.splitlines()] == ["m0", "m1", "m2"]
-        assert json.loads(keyless_dead.stdout.splitlines()[0])["url"] == "/add/events/v1.json"
-        no_drain = run("outbox", "drain", "--config", str(config), environ=bare)
+        assert keyless_dead.stdout == ""
+        assert "0 dead request(s) shown" in keyless_dead.stderr
+        no_drain = run("outbox", "drain", "--config", str(broken), environ=bare)
         assert no_drain.returncode == 2
-        assert "environment variable SEG_KEY is not set" in no_drain.stderr
+        assert "environment variable WIGZO_ORG is not set" in no_drain.stderr
 
         seg.script = lambda _: Answer()
-        replay = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify")
+        keyless_seg = {k: v for k, v in env().items() if k != "SEG_KEY"}
+        listed_dead = run("outbox", "dead", "--config", str(config), "--destination", "shop-segmentify",
+                          environ=keyless_seg)  # fmt: skip
+        # The URL as stored: the instance's base URL is one of its settings, not made here.
+        assert [json.loads(line)["url"] for line in listed_dead.stdout.splitlines()] == ["/add/events/v1.json"] * 3
+        replay = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify",
+                     environ=keyless_seg)  # fmt: skip
+        assert replay.returncode == 0, replay.stderr
         assert replay.stdout.startswith("3 dead request(s) back in the outbox and 0 inbox event(s)")
+        assert "environment variable SEG_KEY is not set" in replay.stderr
         drain = run("outbox", "drain", "--config", str(config))
         assert drain.returncode == 0
         assert sorted(product_ids(seg.delivered())) == ["P0", "P1", "P2"]
-    for result in (res, stats, dead, keyless, keyless_dead, no_drain, replay, drain):
+    for result in (res, stats, dead, keyless, keyless_dead, no_drain, listed_dead, replay, drain):
         assert SECRET not in result.stdout + result.stderr
     data = on_disk(tmp_path / "outbox.sqlite3")
     assert SECRET.encode() not in data

@@ -84,7 +84,7 @@ def record(
     characters, and any lone surrogate escaped, so SQLite can store it) and the outcomes by instance."""
     labels = message if isinstance(message, dict) else {}
     event = labels.get("event")
-    if event is None and message_type(labels) in ("page", "screen"):  # what a page or screen call is named by
+    if not isinstance(event, str) and message_type(labels) in ("page", "screen"):  # what such a call is named by
         event = labels.get("name")
     if body is None:
         try:
@@ -122,7 +122,7 @@ def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None
     if state is not None and state[1] == keep and top == (min(state[0], keep) - 1 if state[0] else None):
         first = state[0]
     else:
-        first = _lay_out(db, keep)
+        first = _lay_out(db, keep, state[0] if state is not None else None)
     if len(rows) > keep:  # only the last `keep` are kept
         first += len(rows) - keep
         rows = rows[-keep:]
@@ -134,26 +134,32 @@ def save(db: sqlite3.Connection, rows: list[tuple[Any, ...]], keep: int) -> None
     db.execute("INSERT OR REPLACE INTO debug_ring (id, next, keep) VALUES (0, ?, ?)", (first + len(rows), keep))
 
 
-def _lay_out(db: sqlite3.Connection, keep: int) -> int:
-    """Lay the kept messages out as a ring of `keep` slots, the newest `keep` kept in order, the rest dropped.
-    Returns the next message's number. Each keeps its number (its API id) where the numbers run on, as they do
-    in a ring; before the ring a row's id was its number."""
-    found = db.execute("SELECT id, seq, COALESCE(seq, id), mapped_at FROM debug_messages").fetchall()
-    if any(row[1] is None for row in found) and any(row[1] is not None for row in found):
-        found.sort(key=lambda row: (row[3], row[2]))  # an earlier version's rows beside the ring's: by time
+def _lay_out(db: sqlite3.Connection, keep: int, next_number: int | None) -> int:
+    """Lay the kept messages out as a ring of `keep` slots, the newest `keep` kept in order, the rest dropped;
+    `next_number` is the ring's next number, None in a file from before the ring. Returns the next number, never
+    lower than it was. Numbers (the API's ids) stay as they were wherever they run on, as a ring's do."""
+    found = db.execute("SELECT id, seq FROM debug_messages").fetchall()
+    # Rows without a number came before the ring (each numbered by its id, in the order mapped), or were appended
+    # by an earlier version after the ring's last round: those follow the ring's rows, numbered on from its next.
+    numbered = sorted((seq, rid) for rid, seq in found if seq is not None)
+    plain = sorted(rid for rid, seq in found if seq is None)
+    if next_number is None:
+        numbered += [(rid, rid) for rid in plain]
     else:
-        found.sort(key=lambda row: row[2])
-    cut = max(len(found) - keep, 0)
-    db.executemany("DELETE FROM debug_messages WHERE id = ?", [(row[0],) for row in found[:cut]])
-    kept = found[cut:]
+        start = max(next_number, numbered[-1][0] + 1 if numbered else 0)
+        numbered += [(start + i, rid) for i, rid in enumerate(plain)]
+    cut = max(len(numbered) - keep, 0)
+    db.executemany("DELETE FROM debug_messages WHERE id = ?", [(rid,) for _, rid in numbered[:cut]])
+    kept = numbered[cut:]
     if not kept:
-        return 0
-    top = max(len(kept) - 1, *(row[2] for row in kept))
+        return next_number or 0
+    # The newest keeps its number; the others count down from it (as they are, when they run on).
+    top = max(kept[-1][0], len(kept) - 1, (next_number or 0) - 1)
     first = top - len(kept) + 1
     db.execute("UPDATE debug_messages SET id = -1 - id")  # out of the slots' way first: ids are unique
     db.executemany(
         "UPDATE debug_messages SET id = ?, seq = ? WHERE id = ?",
-        [((first + i) % keep, first + i, -1 - row[0]) for i, row in enumerate(kept)],
+        [((first + i) % keep, first + i, -1 - rid) for i, (_, rid) in enumerate(kept)],
     )
     return top + 1
 
