@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
 from .fields import Call, Table
@@ -265,8 +265,7 @@ class Destination:
             # Its traceback as text, this instance's credentials masked: a plugin's exception may quote them, and a
             # library caller's log masks nothing (the server's masks every configured secret besides).
             trace = "".join(traceback.format_exception(exc))
-            secrets = secret_forms([*self._secret_params.values(), *self._secret_headers.values()])
-            log.error("%s could not map a message\n%s", self.name, redact_text(trace, secrets))
+            log.error("%s could not map a message\n%s", self.name, redact_text(trace, secret_forms(self.secrets())))
             label = raw_label(message) if isinstance(message, dict) else "message"
             raise InvalidMessage(
                 label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True
@@ -365,6 +364,14 @@ class Destination:
         ever written to disk.
         """
         return dict(self._secret_params), dict(self._secret_headers)
+
+    def secrets(self) -> list[str]:
+        """Every secret value of this instance, as set and as sent: each `SecretStr` setting (declared credential
+        or not) and each credential in its sent form (eSputnik's Basic header). What no log line may show; see
+        `redaction.secret_forms` for the other forms each may take."""
+        settings = self.settings.__dict__.values() if isinstance(self.settings, BaseModel) else ()
+        values = [v.get_secret_value() for v in settings if isinstance(v, SecretStr)]
+        return [*values, *self._secret_params.values(), *self._secret_headers.values()]
 
     def credential_names(self) -> tuple[frozenset[str], frozenset[str]]:
         """The (query parameter, header) names, lower-cased, that carry this instance's secrets: what the outbox

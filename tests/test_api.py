@@ -155,6 +155,43 @@ def test_a_mapping_bugs_traceback_is_logged_without_the_instances_credentials(
     assert basic_auth(key).split(" ", 1)[1] not in caplog.text
 
 
+def test_a_plugins_secret_settings_and_credential_forms_are_masked_in_a_mapping_bugs_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plugin's secret that is no declared credential (a signing secret), and a credential sent in a form of
+    its own (`Token token=...`), are masked too."""
+    from pydantic import SecretStr
+
+    from destinations.base import Credential, SettingsModel
+
+    key, signing = "PLUGKEY-0123456789", "SIGNSECRET-abcdef"
+
+    class Settings(SettingsModel):
+        apiKey: SecretStr
+        signingSecret: SecretStr
+        baseUrl: str = "https://api.plugin.example"
+
+    def leaking(call: Any) -> Any:
+        settings = call.settings
+        raise RuntimeError(f"refused apiKey={settings.apiKey.get_secret_value()} "
+                           f"signingSecret={settings.signingSecret.get_secret_value()}")  # fmt: skip
+
+    class Plugin(Destination):
+        name = "plug"
+        display_name = "Plug"
+        credentials_declared = (Credential("apiKey", header="Authorization", form=lambda v: f"Token token={v}"),)
+        other_event = staticmethod(leaking)
+
+    Plugin.Settings = Settings
+    dest = Plugin({"apiKey": key, "signingSecret": signing})
+    assert set(dest.secrets()) == {key, signing, f"Token token={key}"}
+    with caplog.at_level(logging.ERROR, logger="destinations"), pytest.raises(InvalidMessage):
+        dest.handle({"type": "track", "event": "Anything", "userId": "u"})
+    assert "RuntimeError: refused apiKey=*** signingSecret=***" in caplog.text
+    assert key not in caplog.text
+    assert signing not in caplog.text
+
+
 def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
     from destinations import registry
     from destinations.segmentify import SegmentifyDestination

@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, SecretStr
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
@@ -251,11 +250,7 @@ def config_secrets(config: Config) -> list[str]:
     if config.debugger.token is not None:
         out.append(config.debugger.token.get_secret_value())
     for destination in config.destinations.values():
-        settings = destination.settings
-        if isinstance(settings, BaseModel):
-            out += [v.get_secret_value() for v in settings.__dict__.values() if isinstance(v, SecretStr)]
-        params, headers = destination.credentials()
-        out += [*params.values(), *headers.values()]
+        out += destination.secrets()
     return out + secret_forms(out)  # as set, and in every form it may be quoted (`secret_forms`)
 
 
