@@ -4,12 +4,14 @@ event, and the one place a mapped body becomes an `HttpRequest`."""
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
+import idna
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
@@ -123,11 +125,42 @@ class SettingsModel(ShapingSettings):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+# What a host name may hold in a request line or header, once IDNA-encoded (RFC 3986 reg-name, lower case).
+_HOST = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
+
+
+def request_host(host: str) -> str | None:
+    """A URL's host (as `urlsplit(...).hostname` gives it) in the form a request carries it: IDNA-encoded
+    (`магазин.example` -> `xn--80aairftm.example`), an IPv6 address bracketed; None when no request can carry it
+    (an empty host, spaces, control characters, a name IDNA refuses)."""
+    if not host:
+        return None
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            return None
+    if ":" in host:  # an IPv6 address
+        return f"[{host}]"
+    return host if _HOST.fullmatch(host) else None
+
+
 def http_url(value: str) -> str:
-    """An http(s) URL with a host, without a trailing slash (paths are appended to it)."""
-    parts = urlsplit(value)
+    """An http(s) URL with a host a request can carry and a valid port, without a trailing slash (paths are
+    appended to it). ValueError naming the rule otherwise."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port  # the port is read, and checked, only when asked for
+    except ValueError:  # "[::1" (an IPv6 address not closed), a port that is no number from 0 to 65535
+        raise ValueError(
+            "must be an http(s) URL with a valid host and port, such as https://host.example.com"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL such as https://host.example.com")
+    if request_host(host or "") is None:
+        raise ValueError("must have a valid host name, such as https://host.example.com")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
     return value.rstrip("/")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
@@ -30,10 +29,9 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import idna
 from pydantic import AfterValidator, SecretStr
 
-from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret
+from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret, request_host
 from .fields import (
     CART_TOTAL,
     EMAIL,
@@ -327,13 +325,10 @@ def _device_of(os_name: str, kind: str, agent: str, default: str) -> str:
     return default
 
 
-_HOST = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
-
-
 @lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
 def origin_of(url: str | None) -> str | None:
-    """scheme://host[:port] of a URL, the host IDNA-encoded so that it can travel in a header
-    (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
+    """scheme://host[:port] of a URL, the host as a request carries it (`base.request_host`), so that it can
+    travel in a header (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
     if not url:
         return None
     try:
@@ -343,14 +338,8 @@ def origin_of(url: str | None) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not host:
         return None
-    if not host.isascii():
-        try:
-            host = idna.encode(host, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            return None
-    if ":" in host:  # an IPv6 address
-        host = f"[{host}]"
-    elif not _HOST.fullmatch(host):  # control characters, spaces: nothing a header can carry
+    host = request_host(host)
+    if host is None:  # control characters, spaces: nothing a header can carry
         return None
     return f"{parts.scheme}://{host}:{port}" if port is not None else f"{parts.scheme}://{host}"
 

@@ -255,3 +255,34 @@ def test_named_tuples_built_without_their_constructors_get_every_field() -> None
     assert request == HttpRequest(*request)
     assert request.secret_names == frozenset({"apikey"})
     assert type(handled) is Handled
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("https://a b.example com", "must not contain spaces or control characters"),
+        ("https://x\ny.example", "must not contain spaces or control characters"),
+        ("https://:80", "must have a valid host name"),
+        ("https://[::1", "must be an http(s) URL with a valid host and port"),
+        ("https://shop.example:99999", "must be an http(s) URL with a valid host and port"),
+        ("https://shop.example:port", "must be an http(s) URL with a valid host and port"),
+        ("https://sh<op>.example", "must have a valid host name"),
+        ("ftp://shop.example", "must be an http(s) URL"),
+    ],
+)
+def test_a_base_url_no_request_can_go_to_is_refused_with_its_rule(url: str, rule: str) -> None:
+    """Refused when the instance is made, naming the setting and the rule, rather than failing at each send with
+    an error that blames the vendor."""
+    for kind, setting in (("segmentify", "dataCenterUrl"), ("wigzo", "baseUrl"), ("esputnik", "baseUrl")):
+        key = "orgToken" if kind == "wigzo" else "apiKey"
+        with pytest.raises(ConfigurationError) as info:
+            get_destination(kind, {key: "k-123456", setting: url})
+        assert f"{setting} {rule}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://магазин.example", "http://127.0.0.1:8080", "https://[::1]:9000/api/", "https://Shop.Example"]
+)
+def test_a_base_url_with_an_international_name_an_address_or_a_port_is_taken(url: str) -> None:
+    dest = get_destination("segmentify", {"apiKey": "k-123456", "dataCenterUrl": url})
+    assert dest.base_url == url.rstrip("/")
