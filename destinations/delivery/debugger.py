@@ -83,9 +83,7 @@ def record(
     the message as received (`body`, the stored JSON text; made from `message` when None; cut to BODY_LIMIT
     characters, and any lone surrogate escaped, so SQLite can store it) and the outcomes by instance."""
     labels = message if isinstance(message, dict) else {}
-    event = labels.get("event")
-    if not isinstance(event, str) and message_type(labels) in ("page", "screen"):  # what such a call is named by
-        event = labels.get("name")
+    event = _name(labels) if message_type(labels) in ("page", "screen") else labels.get("event")
     if body is None:
         try:
             body = json_text(message)
@@ -104,6 +102,16 @@ def set_aside(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
     """A record whose message was set aside (nothing stored for anyone): every outcome says why."""
     names = list(json.loads(row[-1])) or ["every destination"]
     return (*row[:-1], json_text({name: {"outcome": "set aside", "reason": reason} for name in names}))
+
+
+def _name(call: dict[str, Any]) -> str | None:
+    """What a page or screen call is named by: its `name`, else `properties.name` (analytics.js sends both), as
+    text without surrounding spaces; None when neither names it."""
+    properties = call.get("properties")
+    for value in (call.get("name"), properties.get("name") if isinstance(properties, dict) else None):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _id(value: Any) -> str | None:
