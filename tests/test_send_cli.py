@@ -171,6 +171,32 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
     assert TOKEN.encode() not in data
 
 
+def test_drain_says_what_waits_for_instances_its_configuration_does_not_define(tmp_path: Path) -> None:
+    """Rows of an instance taken out of the file: `drain` delivers the others and says those wait (exit 1, not
+    "drained"); `dead` and `replay` can still name that instance; a name nowhere is refused with both lists."""
+    with RecordingServer() as seg, RecordingServer() as wz:
+        config = write_config(tmp_path, seg.url, wz.url)
+        res = run("send", "--config", str(config), "--no-wait", stdin="\n".join(json.dumps(e) for e in events(3)))
+        assert res.returncode == 0, res.stderr
+        only_seg = tmp_path / "only-segmentify.toml"
+        only_seg.write_text(config.read_text().split("[destinations.shop-wigzo]")[0])
+        drain = run("outbox", "drain", "--config", str(only_seg))
+        assert drain.returncode == 1
+        assert f"3 request(s) wait for instances {only_seg} does not define: shop-wigzo (3)" in drain.stderr
+        assert sorted(product_ids(seg.delivered())) == ["P0", "P1", "P2"]
+        assert wz.received == []
+        dead = run("outbox", "dead", "--config", str(only_seg), "--destination", "shop-wigzo")
+        assert dead.returncode == 0, dead.stderr
+        nowhere = run("outbox", "dead", "--config", str(only_seg), "--destination", "nope")
+        assert nowhere.returncode == 2
+        assert "no destination instance 'nope' (configured: shop-segmentify; in the outbox only: shop-wigzo)" in (
+            nowhere.stderr
+        )
+        again = run("outbox", "drain", "--config", str(config))  # the whole file: everything goes
+        assert again.returncode == 0, again.stderr
+        assert len(wz.received) > 0
+
+
 def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:
     """2,000 messages against a slow vendor; the first `send` is killed with SIGKILL mid-way, a
     second `send` of the same file drains the outbox. Every message arrives at least once; those

@@ -11,6 +11,7 @@ from itertools import islice
 from typing import Any, TextIO
 
 from ..config import Config
+from ..errors import ConfigurationError
 from .intake import IntakeReport, route
 from .outbox import Outbox, resolve_url
 from .worker import Counters, Delivery, tune_collector
@@ -148,8 +149,17 @@ def _when(ts: float | None) -> str:
 def cmd_outbox(
     config: Config, action: str, *, destination: str | None, limit: int, ids: list[int], events: Sequence[int] = ()
 ) -> int:
-    """`outbox stats|dead|replay|drain`; 2 when `replay --id/--event` names nothing dead."""
+    """`outbox stats|dead|replay|drain`; 2 when `replay --id/--event` names nothing dead. ConfigurationError when
+    `destination` is neither an instance of the configuration nor one the outbox has rows of."""
     outbox = Outbox.configured(config.outbox, debug_keep=config.debugger.keep_count)
+    if destination is not None and destination not in config.destinations and destination not in config.unconfigured:
+        stored = sorted(set(outbox.stats()) - set(config.destinations) - set(config.unconfigured))
+        if destination not in stored:  # an instance since taken out of the file still has its rows to read
+            known = ", ".join(sorted([*config.destinations, *config.unconfigured])) or "none"
+            also = f"; in the outbox only: {', '.join(stored)}" if stored else ""
+            raise ConfigurationError(
+                f"{config.source}: no destination instance {destination!r} (configured: {known}{also})"
+            )
     if action == "stats":
         stats = outbox.stats()
         print(f"{'destination':<24} {'pending':>8} {'retrying':>8} {'delivered':>9} {'dead':>6} {'oldest pending':>15}")
@@ -198,5 +208,12 @@ def cmd_outbox(
     if action == "drain":
         counters = deliver_until_drained(config, outbox, outbox.pending_count())
         print(summary_table(config, None, counters))
+        # Rows of instances this file does not define are delivered by none of its processes: not drained.
+        left = {name: s["pending"] for name, s in outbox.stats().items() if name not in config.destinations}
+        if any(left.values()):
+            names = ", ".join(f"{name} ({n})" for name, n in sorted(left.items()) if n)
+            print(f"{sum(left.values())} request(s) wait for instances {config.source} does not define: {names};"
+                  " a configuration that defines them delivers them", file=sys.stderr)  # fmt: skip
+            return 1
         return 1 if sum(counters.dead.values()) else 0
     raise ValueError(action)
