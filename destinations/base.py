@@ -3,6 +3,7 @@ event, and the one place a mapped body becomes an `HttpRequest`."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import traceback
@@ -127,40 +128,55 @@ class SettingsModel(ShapingSettings):
 
 # What a host name may hold in a request line or header, once IDNA-encoded (RFC 3986 reg-name, lower case).
 _HOST = re.compile(r"[a-z0-9._~!$&'()*+,;=%-]+")
+# An IPv6 address's zone id (`fe80::1%eth0`, written `%25eth0` in a URL): unreserved characters only, as urllib3.
+_ZONE = re.compile(r"(25)?[A-Za-z0-9._~-]+")
 
 
 def request_host(host: str) -> str | None:
     """A URL's host (as `urlsplit(...).hostname` gives it) in the form a request carries it: IDNA-encoded
-    (`магазин.example` -> `xn--80aairftm.example`), an IPv6 address bracketed; None when no request can carry it
-    (an empty host, spaces, control characters, a name IDNA refuses)."""
+    (`магазин.example` -> `xn--80aairftm.example`), an IPv6 address (with its zone id, if any) bracketed; None
+    when no request can carry it (an empty host, spaces, control characters, a name IDNA refuses, an address
+    that is no IPv6 address)."""
     if not host:
         return None
+    if ":" in host:  # an IPv6 address; nothing else in a host has a colon
+        address, _, zone = host.partition("%")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return None
+        return f"[{host}]" if not zone or _ZONE.fullmatch(zone) else None
     if not host.isascii():
         try:
             host = idna.encode(host, uts46=True).decode("ascii")
         except idna.IDNAError:
             return None
-    if ":" in host:  # an IPv6 address
-        return f"[{host}]"
     return host if _HOST.fullmatch(host) else None
 
 
+# C0 and C1 control characters and DEL: never in a URL a request can be sent to.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def http_url(value: str) -> str:
-    """An http(s) URL with a host a request can carry and a valid port, without a trailing slash (paths are
-    appended to it). ValueError naming the rule otherwise."""
-    if any(c.isspace() or not c.isprintable() for c in value):
-        raise ValueError("must not contain spaces or control characters")
+    """An http(s) URL with a host a request can carry and a port from 1 to 65535, without a trailing slash
+    (paths are appended to it). ValueError naming the rule otherwise."""
+    if _CONTROL.search(value):  # before urlsplit, which drops tabs and line breaks without a word
+        raise ValueError("must not contain control characters")
     try:
         parts = urlsplit(value)
-        host, _ = parts.hostname, parts.port  # the port is read, and checked, only when asked for
+        host, port = parts.hostname, parts.port  # the port is read, and checked, only when asked for
     except ValueError:  # "[::1" (an IPv6 address not closed), a port that is no number from 0 to 65535
         raise ValueError(
             "must be an http(s) URL with a valid host and port, such as https://host.example.com"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL such as https://host.example.com")
-    if request_host(host or "") is None:
+    bracketed = parts.netloc.rpartition("@")[2].startswith("[")  # an IP literal: an IPv6 address, or nothing
+    if any(c.isspace() for c in parts.netloc) or request_host(host or "") is None or (bracketed and ":" not in host):
         raise ValueError("must have a valid host name, such as https://host.example.com")
+    if port == 0:
+        raise ValueError("must have a port from 1 to 65535")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
     return value.rstrip("/")
@@ -195,6 +211,19 @@ def describe_settings_errors(exc: ValidationError) -> list[str]:
         rule = known.format(**(err.get("ctx") or {})) if known else str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"{format_path(err['loc']) or 'settings'} {rule}")
     return lines
+
+
+def _secret_strings(value: Any) -> list[str]:
+    """The values of every `SecretStr` in a settings value, walking models, mappings, lists and tuples."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, BaseModel):
+        value = value.__dict__
+    if isinstance(value, Mapping):
+        value = value.values()
+    if isinstance(value, list | tuple | type({}.values())):
+        return [secret for item in value for secret in _secret_strings(item)]
+    return []
 
 
 # --- destinations -------------------------------------------------------------------------------
@@ -399,12 +428,12 @@ class Destination:
         return dict(self._secret_params), dict(self._secret_headers)
 
     def secrets(self) -> list[str]:
-        """Every secret value of this instance, as set and as sent: each `SecretStr` setting (declared credential
-        or not) and each credential in its sent form (eSputnik's Basic header). What no log line may show; see
-        `redaction.secret_forms` for the other forms each may take."""
-        settings = self.settings.__dict__.values() if isinstance(self.settings, BaseModel) else ()
-        values = [v.get_secret_value() for v in settings if isinstance(v, SecretStr)]
-        return [*values, *self._secret_params.values(), *self._secret_headers.values()]
+        """Every secret value of this instance, as set and as sent: each `SecretStr` in its settings (declared
+        credential or not, in a list, a mapping or a nested model too) and each credential in its sent form
+        (eSputnik's Basic header). What no log line, stored answer or error may show; `redaction.secret_forms`
+        gives the other forms each may take."""
+        params, headers = self.credentials()
+        return [*_secret_strings(self.settings), *params.values(), *headers.values()]
 
     def credential_names(self) -> tuple[frozenset[str], frozenset[str]]:
         """The (query parameter, header) names, lower-cased, that carry this instance's secrets: what the outbox

@@ -260,9 +260,13 @@ def test_named_tuples_built_without_their_constructors_get_every_field() -> None
 @pytest.mark.parametrize(
     ("url", "rule"),
     [
-        ("https://a b.example com", "must not contain spaces or control characters"),
-        ("https://x\ny.example", "must not contain spaces or control characters"),
+        ("https://a b.example com", "must have a valid host name"),
+        ("https://x\ny.example", "must not contain control characters"),
+        ("https://shop.example/a\x85b", "must not contain control characters"),
         ("https://:80", "must have a valid host name"),
+        ("https://shop.example:0", "must have a port from 1 to 65535"),
+        ("https://[fe80::1%25\u00e9]", "must have a valid host name"),
+        ("https://[v1.x]", "must have a valid host name"),
         ("https://[::1", "must be an http(s) URL with a valid host and port"),
         ("https://shop.example:99999", "must be an http(s) URL with a valid host and port"),
         ("https://shop.example:port", "must be an http(s) URL with a valid host and port"),
@@ -281,8 +285,41 @@ def test_a_base_url_no_request_can_go_to_is_refused_with_its_rule(url: str, rule
 
 
 @pytest.mark.parametrize(
-    "url", ["https://магазин.example", "http://127.0.0.1:8080", "https://[::1]:9000/api/", "https://Shop.Example"]
-)
+    "url",
+    [
+        "https://магазин.example", "http://127.0.0.1:8080", "https://[::1]:9000/api/", "https://Shop.Example",
+        "http://vendor_mock:8080", "http://localhost:8080", "https://[fe80::1%25eth0]:9000",
+        "https://api.example/path with space",  # requests sends it as %20
+    ],
+)  # fmt: skip
 def test_a_base_url_with_an_international_name_an_address_or_a_port_is_taken(url: str) -> None:
     dest = get_destination("segmentify", {"apiKey": "k-123456", "dataCenterUrl": url})
     assert dest.base_url == url.rstrip("/")
+
+
+def test_an_instances_secrets_are_found_in_lists_mappings_and_nested_models() -> None:
+    """What every log, stored answer and error masks (`Destination.secrets`): each SecretStr wherever settings
+    hold it, and each credential as sent."""
+    from pydantic import BaseModel, Field, SecretStr
+
+    from destinations.base import Credential, SettingsModel
+
+    class Signing(BaseModel):
+        secret: SecretStr
+
+    class Settings(SettingsModel):
+        apiKey: SecretStr
+        fallbackKeys: list[SecretStr] = Field(default_factory=list)
+        signing: Signing | None = None
+        byRegion: dict[str, SecretStr] = Field(default_factory=dict)
+        baseUrl: str = "https://api.plugin.example"
+
+    class Plugin(Destination):
+        name = "plug"
+        display_name = "Plug"
+        credentials_declared = (Credential("apiKey", header="Authorization", form=lambda v: f"Token token={v}"),)
+
+    Plugin.Settings = Settings
+    dest = Plugin({"apiKey": "k-main", "fallbackKeys": ["k-old-1", "k-old-2"], "signing": {"secret": "s-sign"},
+                   "byRegion": {"eu": "k-eu"}})  # fmt: skip
+    assert sorted(dest.secrets()) == sorted(["k-main", "k-old-1", "k-old-2", "s-sign", "k-eu", "Token token=k-main"])

@@ -432,7 +432,7 @@ def test_a_page_or_screen_call_is_listed_and_found_by_its_name(tmp_path: Path) -
     `properties.name`, without surrounding spaces; never another field), which search finds too."""
     outbox = Outbox(tmp_path / "o.sqlite3", debug_keep=10)
     calls = [{"type": "Page", "name": " Checkout ", "event": "Other", "anonymousId": "a"},
-             {"type": "screen", "name": "", "properties": {"name": "Cart"}, "event": 7},
+             {"type": "screen", "name": "   ", "properties": {"name": "Cart"}, "event": 7},
              {"type": "identify", "name": "Ann", "userId": "u"}]  # fmt: skip
     records = [store.record(m, None, "send", 1.0, {}, message_id=f"m{i}", now=1.0) for i, m in enumerate(calls)]
     with outbox._write() as db:

@@ -192,9 +192,23 @@ def test_drain_says_what_waits_for_instances_its_configuration_does_not_define(t
         assert "no destination instance 'nope' (configured: shop-segmentify; in the outbox only: shop-wigzo)" in (
             nowhere.stderr
         )
+        replay = run("outbox", "replay", "--config", str(only_seg), "--destination", "shop-wigzo")
+        assert replay.returncode == 0, replay.stderr
+        assert f"shop-wigzo is not defined in {only_seg}: its requests wait for a configuration" in replay.stderr
         again = run("outbox", "drain", "--config", str(config))  # the whole file: everything goes
         assert again.returncode == 0, again.stderr
         assert len(wz.received) > 0
+        # Nothing of the instance left pending (its rows delivered): the smaller file drains, exit 0.
+        done = run("outbox", "drain", "--config", str(only_seg))
+        assert done.returncode == 0, done.stderr
+        assert "wait for instances" not in done.stderr
+    # A mistyped name where there is no outbox yet: refused, and no outbox made for it.
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(only_seg.read_text().replace(str(tmp_path / "outbox.sqlite3"), str(tmp_path / "new.sqlite3")))
+    mistyped = run("outbox", "dead", "--config", str(elsewhere), "--destination", "shop-segmentfy")
+    assert mistyped.returncode == 2
+    assert "no destination instance 'shop-segmentfy' (configured: shop-segmentify)" in mistyped.stderr
+    assert not (tmp_path / "new.sqlite3").exists()
 
 
 def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:

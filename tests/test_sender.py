@@ -184,6 +184,34 @@ def test_answers_are_masked_in_the_forms_vendors_echo_keys() -> None:
         assert echoed not in outcome.detail, echoed
 
 
+def test_a_plugins_secret_setting_that_is_no_credential_is_masked_in_answers_and_exceptions() -> None:
+    """An answer or exception text that quotes a plugin's signing secret (a SecretStr setting it never sends)
+    is stored masked, as its credentials are."""
+    from pydantic import SecretStr
+
+    from destinations.base import Credential, Destination, SettingsModel
+
+    class Settings(SettingsModel):
+        apiKey: SecretStr
+        signingSecret: SecretStr
+        baseUrl: str = "https://api.plugin.example"
+
+    class Plugin(Destination):
+        name = "plug"
+        display_name = "Plug"
+        credentials_declared = (Credential("apiKey", param="key"),)
+
+    Plugin.Settings = Settings
+    dest = Plugin({"apiKey": "k-123456", "signingSecret": "SIGN-secret-998877"})
+    outcome = classify(dest, 400, {}, b'{"error": "signature SIGN-secret-998877 does not match"}')
+    assert "SIGN-secret-998877" not in outcome.detail
+    assert "signature *** does not match" in outcome.detail
+    with rm.Mocker() as m:
+        m.post("https://api.plugin.example/e", exc=requests.ConnectionError("signing with SIGN-secret-998877 failed"))
+        sent = Sender(dest).send(HttpRequest("POST", "https://api.plugin.example/e", {}, {}, {}))
+    assert "SIGN-secret-998877" not in sent.detail
+
+
 def test_an_answer_the_vendor_rules_cannot_read_is_decided_by_its_status(caplog: pytest.LogCaptureFixture) -> None:
     """A 200 whose body is nested past what the JSON reader takes used to raise out of the classification: the
     batch went again after every lease, its outcome never recorded and nothing logged."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from itertools import islice
+from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import Config
@@ -142,6 +143,13 @@ def _print_json(value: dict[str, Any]) -> None:
     print(line)
 
 
+def _no_instance(config: Config, destination: str, stored: list[str]) -> None:
+    """ConfigurationError for `--destination` naming neither an instance of the file nor one with rows stored."""
+    known = ", ".join(sorted([*config.destinations, *config.unconfigured])) or "none"
+    also = f"; in the outbox only: {', '.join(stored)}" if stored else ""
+    raise ConfigurationError(f"{config.source}: no destination instance {destination!r} (configured: {known}{also})")
+
+
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
@@ -151,15 +159,17 @@ def cmd_outbox(
 ) -> int:
     """`outbox stats|dead|replay|drain`; 2 when `replay --id/--event` names nothing dead. ConfigurationError when
     `destination` is neither an instance of the configuration nor one the outbox has rows of."""
+    defined = {*config.destinations, *config.unconfigured}
+    if destination is not None and destination not in defined and not Path(config.outbox.path).exists():
+        _no_instance(config, destination, [])  # no outbox to read: none made for a mistyped name
     outbox = Outbox.configured(config.outbox, debug_keep=config.debugger.keep_count)
-    if destination is not None and destination not in config.destinations and destination not in config.unconfigured:
-        stored = sorted(set(outbox.stats()) - set(config.destinations) - set(config.unconfigured))
+    if destination is not None and destination not in defined:
+        stored = sorted(set(outbox.stats()) - defined)
         if destination not in stored:  # an instance since taken out of the file still has its rows to read
-            known = ", ".join(sorted([*config.destinations, *config.unconfigured])) or "none"
-            also = f"; in the outbox only: {', '.join(stored)}" if stored else ""
-            raise ConfigurationError(
-                f"{config.source}: no destination instance {destination!r} (configured: {known}{also})"
-            )
+            _no_instance(config, destination, stored)
+        if action == "replay":
+            print(f"{destination} is not defined in {config.source}: its requests wait for a configuration that"
+                  " defines it", file=sys.stderr)  # fmt: skip
     if action == "stats":
         stats = outbox.stats()
         print(f"{'destination':<24} {'pending':>8} {'retrying':>8} {'delivered':>9} {'dead':>6} {'oldest pending':>15}")
@@ -209,9 +219,9 @@ def cmd_outbox(
         counters = deliver_until_drained(config, outbox, outbox.pending_count())
         print(summary_table(config, None, counters))
         # Rows of instances this file does not define are delivered by none of its processes: not drained.
-        left = {name: s["pending"] for name, s in outbox.stats().items() if name not in config.destinations}
-        if any(left.values()):
-            names = ", ".join(f"{name} ({n})" for name, n in sorted(left.items()) if n)
+        left = {name: n for name, n in outbox.pending_by_destination().items() if name not in config.destinations}
+        if left:
+            names = ", ".join(f"{name} ({n})" for name, n in sorted(left.items()))
             print(f"{sum(left.values())} request(s) wait for instances {config.source} does not define: {names};"
                   " a configuration that defines them delivers them", file=sys.stderr)  # fmt: skip
             return 1

@@ -111,9 +111,9 @@ def classify_exception(destination: Destination, exc: Exception) -> Outcome:
 
 
 def _secret_values(destination: Destination) -> list[str]:
-    """Every form this instance's credentials can take in an answer or an exception text (`secret_forms`)."""
-    params, headers = destination.credentials()
-    return secret_forms([*params.values(), *headers.values()])
+    """Every form this instance's secrets can take in an answer or an exception text (`Destination.secrets`, in
+    each of its `secret_forms`)."""
+    return secret_forms(destination.secrets())
 
 
 def merge_bodies(bodies: list[str], batchable: bool) -> bytes:

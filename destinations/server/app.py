@@ -244,7 +244,7 @@ class JsonFormatter(logging.Formatter):
 
 def config_secrets(config: Config) -> list[str]:
     """Every secret of a configuration: write keys, webhook secret, the debugger's token, each destination's
-    credentials."""
+    secrets (`Destination.secrets`), each in every form it may be quoted."""
     out = [k.get_secret_value() for k in config.server.write_keys]
     out += [s.get_secret_value() for s in config.server.webhook_secret]
     if config.debugger.token is not None:
