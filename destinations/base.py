@@ -220,8 +220,8 @@ def _secret_strings(value: Any) -> list[str]:
     if isinstance(value, BaseModel):
         value = value.__dict__
     if isinstance(value, Mapping):
-        value = value.values()
-    if isinstance(value, list | tuple | type({}.values())):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
         return [secret for item in value for secret in _secret_strings(item)]
     return []
 
