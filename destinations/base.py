@@ -8,6 +8,7 @@ import logging
 import re
 import traceback
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
@@ -152,6 +153,25 @@ def request_host(host: str) -> str | None:
         except idna.IDNAError:
             return None
     return host if _HOST.fullmatch(host) else None
+
+
+@lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
+def origin_of(url: str | None) -> str | None:
+    """scheme://host[:port] of a URL, the host as a request carries it (`request_host`), so that it can
+    travel in a header (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    host = request_host(host)
+    if host is None:  # control characters, spaces: nothing a header can carry
+        return None
+    return f"{parts.scheme}://{host}:{port}" if port is not None else f"{parts.scheme}://{host}"
 
 
 # C0 and C1 control characters and DEL: never in a URL a request can be sent to.

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
-from .base import Destination, describe_settings_errors
+from .base import Destination, describe_settings_errors, http_url, origin_of
 from .errors import ConfigurationError
 from .registry import get_destination
 
@@ -95,12 +95,13 @@ class ServerConfig(_Table):
             if origin == "*":
                 out.append(origin)
                 continue
-            text = origin.strip().rstrip("/").lower() if isinstance(origin, str) else ""
-            if not re.fullmatch(r"https?://[^/?#\s]+", text):
+            text = origin.strip().rstrip("/") if isinstance(origin, str) else ""
+            found = origin_of(text) if re.fullmatch(r"https?://[^/?#\s]+", text, re.IGNORECASE) else None
+            if found is None:
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], without a path")
-            # As a browser writes it: lower case, without its scheme's default port.
-            default_port = ":80" if text.startswith("http:") else ":443"
-            out.append(text.removesuffix(default_port))
+            # As a browser writes it: lower case, the host IDNA-encoded, without its scheme's default port.
+            default_port = ":80" if found.startswith("http:") else ":443"
+            out.append(found.removesuffix(default_port))
         return out
 
 
@@ -169,9 +170,7 @@ class RudderConfig(_Table):
     def _upstream_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value.strip()):
-            raise ValueError("must be an http(s) URL such as http://rudder-transformer:9090")
-        return value.strip().rstrip("/")
+        return http_url(value.strip())  # a host and port a request can go to, as for a destination's base URL
 
     @field_validator("upstream_connect_timeout", "upstream_read_timeout", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, SecretStr
 
-from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret, request_host
+from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret, origin_of
 from .fields import (
     CART_TOTAL,
     EMAIL,
@@ -323,25 +323,6 @@ def _device_of(os_name: str, kind: str, agent: str, default: str) -> str:
     if "Mobi" in agent:
         return "MOBILE"
     return default
-
-
-@lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
-def origin_of(url: str | None) -> str | None:
-    """scheme://host[:port] of a URL, the host as a request carries it (`base.request_host`), so that it can
-    travel in a header (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not host:
-        return None
-    host = request_host(host)
-    if host is None:  # control characters, spaces: nothing a header can carry
-        return None
-    return f"{parts.scheme}://{host}:{port}" if port is not None else f"{parts.scheme}://{host}"
 
 
 # A 200 answer whose body has a `statusCode` other than SUCCESS is a failure (seed 004, API Errors).

@@ -213,6 +213,22 @@ def test_cors_origins_must_be_origins() -> None:
     assert config.server.cors_origins == ["https://shop.example", "http://127.0.0.1:5555"]
     with pytest.raises(ConfigurationError, match=r"cors_origins .*is not an origin"):
         parse_config({"server": {"cors_origins": ["https://shop.example/checkout"]}}, environ={})
+    # As a browser sends `Origin`: an international name IDNA-encoded, the default port left out.
+    idn = parse_config({"server": {"cors_origins": ["https://Магазин.example:443"]}}, environ={})
+    assert idn.server.cors_origins == ["https://xn--80aairftm.example"]
+    for bad in ("http://:9090", "https://shop.example:99999", "https://sh op.example"):
+        with pytest.raises(ConfigurationError, match=r"cors_origins .*is not an origin"):
+            parse_config({"server": {"cors_origins": [bad]}}, environ={})
+
+
+def test_the_rudder_upstream_is_a_url_a_request_can_go_to() -> None:
+    config = parse_config({"rudder": {"upstream": "http://rudder-transformer:9090/"}}, environ={})
+    assert config.rudder.upstream == "http://rudder-transformer:9090"
+    cases = (("http://:9090", "must have a valid host name"),
+             ("http://rudder-transformer:99999", r"must be an http\(s\) URL with a valid host and port"))  # fmt: skip
+    for bad, rule in cases:
+        with pytest.raises(ConfigurationError, match=rf"\[rudder\] upstream {rule}"):
+            parse_config({"rudder": {"upstream": bad}}, environ={})
 
 
 def test_webhook_secret_takes_one_text_or_a_list() -> None:
