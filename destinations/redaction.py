@@ -66,9 +66,9 @@ def guard_http_logs() -> None:
 def secret_forms(values: Iterable[str]) -> list[str]:
     """Every form a secret can take in a vendor's answer, an exception text or a log line. The plain secrets are
     each value as set and, for a Basic/Bearer value, its token and the password decoded from it (eSputnik's API
-    key); each is masked as it is, URL-encoded (either case of hex, `+` for spaces), as a JSON string with escaped
-    slashes (PHP's json_encode) and in base64. Forms shorter than 4 characters are left out (they would mask
-    ordinary text)."""
+    key); each is masked as it is, URL-encoded (all of it, or all but `/`; either case of hex; `+` for spaces),
+    as a JSON string with escaped slashes (PHP's json_encode) and in base64. Forms shorter than 4 characters are
+    left out (they would mask ordinary text)."""
     plain = [v for v in values if v]
     for v in list(plain):
         if v.startswith(("Basic ", "Bearer ")):
@@ -78,7 +78,10 @@ def secret_forms(values: Iterable[str]) -> list[str]:
                 plain.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
     out = []
     for v in plain:
-        encoded = quote(v, safe="")
-        out += [v, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded), quote_plus(v),
-                v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]  # fmt: skip
-    return [v for v in out if len(v) >= 4]
+        out.append(v)
+        # Every character encoded, or all but "/" (what urllib's `quote` and most URL builders leave), each in
+        # either case of hex; `+` for spaces.
+        for encoded in (quote(v, safe=""), quote(v)):
+            out += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
+        out += [quote_plus(v), v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]
+    return list(dict.fromkeys(v for v in out if len(v) >= 4))  # once each, in order

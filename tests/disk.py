@@ -38,11 +38,18 @@ def _inflated(data: bytes) -> list[bytes]:
     return out
 
 
+def inflated(database: Path) -> bytes:
+    """The text of every zlib stream in the database file and its WAL, live or on a free page."""
+    return b"\n".join(
+        text for f in sorted(database.parent.glob(database.name + "*")) for text in _inflated(f.read_bytes())
+    )
+
+
 def on_disk(database: Path) -> bytes:
     """The database file and its WAL as bytes, the zlib streams in them inflated, and its kept packs' entries."""
     files = sorted(database.parent.glob(database.name + "*"))
     raw = [f.read_bytes() for f in files]
-    parts = raw + [inflated for data in raw for inflated in _inflated(data)]
+    parts = [*raw, inflated(database)]
     with contextlib.closing(sqlite3.connect(database)) as db:
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pack_entries'").fetchone():
             parts += [repr(entries_of(v)).encode() for (v,) in db.execute("SELECT entries FROM pack_entries")]

@@ -6,13 +6,14 @@ import itertools
 import json
 import logging
 import random
+import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from disk import on_disk
+from disk import inflated, on_disk
 
 from destinations.config import Config, parse_config
 from destinations.delivery import Delivery, Outbox, route
@@ -154,6 +155,17 @@ def test_the_same_message_id_is_delivered_once(tmp_path: Path) -> None:
         assert len(sink.delivered()) == 1
 
 
+def test_the_never_stored_search_sees_inside_compressed_entries_whose_row_is_gone(tmp_path: Path) -> None:
+    """The disk search the never-stored checks use: a deleted pack's compressed entries stay on a free page until
+    SQLite reuses it, and the search still reads them, with no pack left to read back."""
+    config = make_config(tmp_path, "http://127.0.0.1:9")
+    route([message(7)], config.destinations, Outbox(config.outbox.path))
+    with sqlite3.connect(config.outbox.path) as db:
+        db.execute("DELETE FROM pack_entries")
+    assert b"P7" in inflated(config.outbox.path)
+    assert b"P7" not in b"".join(f.read_bytes() for f in tmp_path.glob("*.sqlite3*"))  # compressed: not as text
+
+
 def test_credentials_are_added_at_send_time_and_never_stored(tmp_path: Path) -> None:
     with RecordingServer() as sink:
         config = make_config(tmp_path, sink.url)
@@ -161,6 +173,7 @@ def test_credentials_are_added_at_send_time_and_never_stored(tmp_path: Path) -> 
         stored = on_disk(config.outbox.path)  # a pack waiting: its entries are on disk now
         assert b"P2" in stored
         assert SECRET.encode() not in stored
+        assert b"P2" in inflated(config.outbox.path)  # seen inside the compressed entries themselves
         deliver(config, [message(1)])
         (_, got) = sink.delivered()
     assert got.path == "/add/events/v1.json"
