@@ -200,8 +200,9 @@ def baseline_app() -> Any:
 def serve(which: str, port: int, cpu: int, *, tuned_baseline: bool = False) -> None:
     """Ours: what `destinations serve --no-deliver` runs (app.serve: the whole app, its middleware, the
     cycle collector tuned for a delivery process), on a configuration with an outbox and no destination
-    (rudder-server sends each event's destination with it: processor/types.TransformerEvent's `destination`). The baseline: a bare Starlette app on uvicorn, the collector
-    as Python sets it, or, with `tuned_baseline`, tuned as ours is."""
+    (rudder-server sends each event's destination with it: processor/types.TransformerEvent's `destination`).
+    The baseline: a bare Starlette app on uvicorn, the collector as Python sets it, or, with `tuned_baseline`,
+    tuned as ours is."""
     import tempfile
 
     import uvicorn
