@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import traceback
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from types import MappingProxyType
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
 from .fields import Call, Table
-from .redaction import mask_headers, mask_params, redact_text, secret_forms
+from .redaction import mask_headers, mask_params, masked_traceback
 from .shaping import Shaping, ShapingSettings
 from .spec import (
     Message,
@@ -197,8 +196,10 @@ def http_url(value: str) -> str:
         raise ValueError("must have a valid host name, such as https://host.example.com")
     if port == 0:
         raise ValueError("must have a port from 1 to 65535")
-    if parts.query or parts.fragment:
+    if "?" in value or "#" in value:  # even empty: the paths appended to it would become a query or fragment
         raise ValueError("must not carry a query string or fragment")
+    if "@" in parts.netloc:  # a password here would travel, and be kept, as plain text: it is no secret setting
+        raise ValueError("must not carry a user name or password (credentials go in their own settings)")
     return value.rstrip("/")
 
 
@@ -234,14 +235,14 @@ def describe_settings_errors(exc: ValidationError) -> list[str]:
 
 
 def _secret_strings(value: Any) -> list[str]:
-    """The values of every `SecretStr` in a settings value, walking models, mappings, lists and tuples."""
+    """The values of every `SecretStr` in a settings value, walking models, mappings, lists, tuples and sets."""
     if isinstance(value, SecretStr):
         return [value.get_secret_value()]
     if isinstance(value, BaseModel):
         value = value.__dict__
     if isinstance(value, Mapping):
         value = list(value.values())
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [secret for item in value for secret in _secret_strings(item)]
     return []
 
@@ -346,8 +347,7 @@ class Destination:
         except Exception as exc:  # a mapping bug must not take a caller's loop down with it
             # Its traceback as text, this instance's credentials masked: a plugin's exception may quote them, and a
             # library caller's log masks nothing (the server's masks every configured secret besides).
-            trace = "".join(traceback.format_exception(exc))
-            log.error("%s could not map a message\n%s", self.name, redact_text(trace, secret_forms(self.secrets())))
+            log.error("%s could not map a message\n%s", self.name, masked_traceback(exc, self.secrets()))
             label = raw_label(message) if isinstance(message, dict) else "message"
             raise InvalidMessage(
                 label, "", f"could not be mapped for {self.display_name} ({type(exc).__name__})", internal=True

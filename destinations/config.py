@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from .base import Destination, describe_settings_errors, http_url, origin_of
 from .errors import ConfigurationError
-from .registry import get_destination
+from .registry import destination_types, get_destination
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -96,7 +96,7 @@ class ServerConfig(_Table):
                 out.append(origin)
                 continue
             text = origin.strip().rstrip("/") if isinstance(origin, str) else ""
-            found = origin_of(text) if re.fullmatch(r"https?://[^/?#\s]+", text, re.IGNORECASE) else None
+            found = origin_of(text) if re.fullmatch(r"https?://[^/?#\s@]+", text, re.IGNORECASE) else None
             if found is None:
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], without a path")
             # As a browser writes it: lower case, the host IDNA-encoded, without its scheme's default port.
@@ -301,7 +301,7 @@ def _instance(name: str, table: Any, source: str, expand: Callable[[Any, str], A
     settings = expand(dict(table), f"[destinations.{name}]")
     kind = settings.pop("type", None)
     if not isinstance(kind, str) or not kind:
-        raise ConfigurationError(f"{where} type is required (one of: segmentify, dengage, wigzo, esputnik, ...)")
+        raise ConfigurationError(f"{where} type is required (one of: {', '.join(sorted(destination_types()))})")
     try:
         return get_destination(kind, settings)
     except ConfigurationError as exc:

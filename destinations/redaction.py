@@ -6,6 +6,7 @@ import base64
 import contextlib
 import logging
 import re
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -85,3 +86,9 @@ def secret_forms(values: Iterable[str]) -> list[str]:
             out += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
         out += [quote_plus(v), v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]
     return list(dict.fromkeys(v for v in out if len(v) >= 4))  # once each, in order
+
+
+def masked_traceback(exc: BaseException, secrets: Iterable[str]) -> str:
+    """`exc`'s traceback as text with every form of each secret masked (`secret_forms`): what a fault's log line
+    carries instead of the raw traceback, for a library caller's or a command's log, which masks nothing itself."""
+    return redact_text("".join(traceback.format_exception(exc)), secret_forms(secrets))

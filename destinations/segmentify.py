@@ -296,8 +296,8 @@ def device(call: Call, option: str | None, default: str) -> str:
     """options (`option`, as read) || from context.os.name, context.device.type, context.userAgent ||
     settings.device."""
     if option is not None:
-        if option.strip().upper() not in DEVICES:
-            raise call.fail(f"integrations.{call.vendor}.device", f"must be one of {', '.join(DEVICES)}")
+        if option.strip().upper() not in DEVICES:  # named where it was read: a field mapping may move it
+            raise call.fail(call.path_of(DEVICE_OPTION), f"must be one of {', '.join(DEVICES)} ({call.vendor} device)")
         return option.strip().upper()
     os_name, kind, agent = call.row(DEVICE_SIGNS)
     return _device_of(os_name or "", (kind or "").lower(), agent or "", default)

@@ -273,6 +273,9 @@ def test_named_tuples_built_without_their_constructors_get_every_field() -> None
         ("https://shop.example:port", "must be an http(s) URL with a valid host and port"),
         ("https://sh<op>.example", "must have a valid host name"),
         ("ftp://shop.example", "must be an http(s) URL"),
+        ("https://shop.example/?", "must not carry a query string or fragment"),  # an empty one too
+        ("https://shop.example#", "must not carry a query string or fragment"),
+        ("https://user:pw@shop.example", "must not carry a user name or password"),
     ],
 )
 def test_a_base_url_no_request_can_go_to_is_refused_with_its_rule(url: str, rule: str) -> None:
@@ -324,3 +327,20 @@ def test_an_instances_secrets_are_found_in_lists_mappings_and_nested_models() ->
     dest = Plugin({"apiKey": "k-main", "fallbackKeys": ["k-old-1", "k-old-2"], "signing": {"secret": "s-sign"},
                    "byRegion": {"eu": "k-eu"}})  # fmt: skip
     assert sorted(dest.secrets()) == sorted(["k-main", "k-old-1", "k-old-2", "s-sign", "k-eu", "Token token=k-main"])
+
+
+def test_an_unknown_device_option_is_named_where_it_was_read() -> None:
+    """The path is the one read: `integrations.Segmentify.device`, or where a field mapping moved it."""
+    settings = {"apiKey": "k-123456", "dataCenterUrl": "https://dce1.segmentify.com"}
+    message = {"type": "page", "userId": "u", "context": {"sessionId": "s"}, "properties": {"dev": "laptop"},
+               "integrations": {"Segmentify": {"device": "laptop"}}}  # fmt: skip
+    with pytest.raises(InvalidMessage) as info:
+        get_destination("segmentify", settings).handle(message)
+    assert (info.value.path, str(info.value)) == (
+        "integrations.Segmentify.device",
+        "page: integrations.Segmentify.device must be one of PC, TABLET, MOBILE, ANDROID, IOS (Segmentify device)",
+    )
+    moved = get_destination("segmentify", {**settings, "fieldMappings": {"device": "properties.dev"}})
+    with pytest.raises(InvalidMessage) as info:
+        moved.handle({**message, "integrations": {}})
+    assert info.value.path == "properties.dev"

@@ -9,8 +9,10 @@ recycleStateId. Expectations are written from the issue and seed 003, not from w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -292,7 +294,7 @@ def test_a_tracker_hands_on_a_message_id_no_text_can_hold_as_it_came(tmp_path: P
 
 
 def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug of this package met by one event (here, in the cart's bookkeeping) sets that event aside with a
     reason, not the round back (five rounds, then set aside as a process that died)."""
@@ -303,11 +305,14 @@ def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(
 
     def resent(self: CartBook, instance: str, destination: Any, parsed: Any, message_id: str | None) -> int:
         if message_id == "max-2":
-            raise RuntimeError("a bug")
+            raise RuntimeError(f"a bug, quoting {KEYS['esputnik']}")
         return real(self, instance, destination, parsed, message_id)
 
     monkeypatch.setattr(CartBook, "resent", resent)
-    report = map_inbox(outbox, config.destinations, Holder.new())
+    with caplog.at_level(logging.ERROR, logger="destinations"):
+        report = map_inbox(outbox, config.destinations, Holder.new())
+    assert "RuntimeError: a bug, quoting ***" in caplog.text  # logged with its traceback, the key masked
+    assert KEYS["esputnik"] not in caplog.text
     assert (report.messages, report.dead_events, sum(report.accepted.values())) == (3, 1, 2)
     (dead,) = outbox.dead_events()
     assert dead["message_id"] == "max-2"
@@ -315,6 +320,32 @@ def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(
         "it could not be mapped (RuntimeError: a fault of this package, logged with its traceback); once fixed, map"
         " it again with `destinations outbox replay --event ID`"
     )
+
+
+def test_a_database_error_while_mapping_fails_the_round_and_blames_no_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A locked or full database met while mapping (the cart's lookups read the outbox) is the file's state, not
+    the event's: the round fails and its events stay to be mapped again, none set aside to replay by hand."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", kinds=("esputnik",))
+    outbox = Outbox(config.outbox.path)
+    outbox.accept_events(session("ida")[:2])
+    real = CartBook.resent
+
+    def locked(self: CartBook, instance: str, destination: Any, parsed: Any, message_id: str | None) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(CartBook, "resent", locked)
+    holder = Holder.new()
+    for _ in range(6):  # more rounds than the attempts that set an event aside as its process's death
+        with pytest.raises(sqlite3.OperationalError):
+            map_inbox(outbox, config.destinations, holder)
+    assert outbox.dead_events() == []
+    assert outbox.inbox_count() == 2
+    monkeypatch.setattr(CartBook, "resent", real)
+    report = map_inbox(outbox, config.destinations, holder)  # the next round maps them, together
+    assert (report.messages, report.dead_events) == (2, 0)
+    assert outbox._db().execute("SELECT MAX(attempts) FROM inbox").fetchone()[0] in (None, 0)
 
 
 def test_a_session_sent_twice_is_counted_as_duplicates_not_filtered(tmp_path: Path) -> None:

@@ -482,21 +482,33 @@ def test_bodies_made_while_mapping_are_stored_as_made_and_one_that_cannot_be_mad
     outbox.close()
 
 
-def test_a_send_that_ends_without_an_outcome_becomes_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_send_that_ends_without_an_outcome_becomes_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """`send_raw` promises an outcome; if it ever raises, the batch (here a pack's) is recorded as a retry with its
-    backoff. Left to its lease, a pack out is renewed for as long as its process sends, so it would never go."""
+    backoff. Left to its lease, a pack out is renewed for as long as its process sends, so it would never go. The
+    fault's traceback is logged with the instance's key masked (a command's log masks nothing itself), and a fault
+    of the metrics callback does not keep the outcome from being recorded either."""
     config = make_config(tmp_path, "http://127.0.0.1:9")
     outbox = Outbox(config.outbox.path)
     route([message(1, "a"), message(2, "b")], config.destinations, outbox)
-    worker = InstanceWorker("shop", config.destinations["shop"], outbox, config.outbox, Counters())
+
+    def observe(*_: Any) -> None:
+        raise RuntimeError("a fault of the metrics")
+
+    worker = InstanceWorker("shop", config.destinations["shop"], outbox, config.outbox, Counters(), observe=observe)
 
     def raises(*_: Any, **__: Any) -> Any:
-        raise RuntimeError("a fault of the classification")
+        raise RuntimeError(f"a fault of the classification, quoting {SECRET}")
 
     monkeypatch.setattr(worker.sender, "send_raw", raises)
     (batch,) = outbox.claim("shop", max_batches=4, batch_size=100, batch_bytes=10**6, lease=60)
     assert batch[0].pack  # from a pack
-    worker._deliver(batch)
+    with caplog.at_level(logging.ERROR, logger="destinations"):
+        worker._deliver(batch)
+    assert "RuntimeError: a fault of the classification, quoting ***" in caplog.text
+    assert SECRET not in caplog.text
+    assert "the metrics could not note an outcome" in caplog.text
     rows = list(outbox._db().execute("SELECT message_id, state, attempts, last_status, last_error FROM requests"))
     assert sorted(rows) == [("a-m1", "pending", 1, "no outcome", "RuntimeError"),
                             ("b-m2", "pending", 1, "no outcome", "RuntimeError")]  # fmt: skip

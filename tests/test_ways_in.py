@@ -216,7 +216,7 @@ def test_cors_origins_must_be_origins() -> None:
     # As a browser sends `Origin`: an international name IDNA-encoded, the default port left out.
     idn = parse_config({"server": {"cors_origins": ["https://Магазин.example:443"]}}, environ={})
     assert idn.server.cors_origins == ["https://xn--80aairftm.example"]
-    for bad in ("http://:9090", "https://shop.example:99999", "https://sh op.example"):
+    for bad in ("http://:9090", "https://shop.example:99999", "https://sh op.example", "https://u:pw@shop.example"):
         with pytest.raises(ConfigurationError, match=r"cors_origins .*is not an origin"):
             parse_config({"server": {"cors_origins": [bad]}}, environ={})
 

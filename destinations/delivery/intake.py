@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -13,6 +15,7 @@ from ..base import CART, Destination, HttpRequest
 from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..fields import sharing
+from ..redaction import masked_traceback
 from ..spec import has_surrogate, json_text, json_value, message_id_of, parse_message
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
@@ -93,8 +96,11 @@ def _map(
     try:
         items, outcomes = _hand(message, parsed, ids, destinations, report, keep_errors=keep_errors, carts=carts,
                                 origin=origin)  # fmt: skip
+    except sqlite3.Error:  # the database's state (locked, full), not the event's: the round fails and is retried
+        raise
     except Exception as exc:  # a fault of this package, not of the message: set aside, said, and the round goes on
-        log.exception("%s could not be mapped", mid, extra={"messageId": mid})
+        secrets = [secret for destination in destinations.values() for secret in destination.secrets()]
+        log.error("%s could not be mapped\n%s", mid, masked_traceback(exc, secrets), extra={"messageId": mid})
         return MessageRequests([], inbox_id, f"it could not be mapped ({type(exc).__name__}: a fault of this"
                                              " package, logged with its traceback); once fixed, map it again"
                                              " with `destinations outbox replay --event ID`", mid)  # fmt: skip
@@ -248,24 +254,29 @@ def map_inbox(
     events: list[MessageRequests] = []
     carts = outbox.cart_book()
     renewed = time.monotonic()
-    for rid, body, source, received in claimed:
-        if time.monotonic() - renewed > lease / 3:  # a slow round keeps its lease: a live mapper is not replaced
-            outbox.renew_mapper(holder, lease)
-            renewed = time.monotonic()
-        try:
-            message = json_value(body)
-        except (ValueError, RecursionError) as exc:
-            report.messages += 1
-            # Where it breaks (line, column), never what it holds: the text may carry anything.
-            where = f": {exc}" if isinstance(exc, ValueError) else ": nested too deep"
-            events.append(MessageRequests([], rid, f"it is not readable JSON ({type(exc).__name__}{where})"))
-            continue
-        if not isinstance(message, dict):  # the server takes only objects: a damaged row, or one put there by hand
-            report.messages += 1
-            events.append(MessageRequests([], rid, "it is not a JSON object"))
-            continue
-        origin = (source, received, body) if outbox.debug_keep else None
-        events.append(_map(message, destinations, report, inbox_id=rid, carts=carts, origin=origin))
+    try:
+        for rid, body, source, received in claimed:
+            if time.monotonic() - renewed > lease / 3:  # a slow round keeps its lease: a live mapper is not replaced
+                outbox.renew_mapper(holder, lease)
+                renewed = time.monotonic()
+            try:
+                message = json_value(body)
+            except (ValueError, RecursionError) as exc:
+                report.messages += 1
+                # Where it breaks (line, column), never what it holds: the text may carry anything.
+                where = f": {exc}" if isinstance(exc, ValueError) else ": nested too deep"
+                events.append(MessageRequests([], rid, f"it is not readable JSON ({type(exc).__name__}{where})"))
+                continue
+            if not isinstance(message, dict):  # the server takes only objects: a damaged row, or one put there by hand
+                report.messages += 1
+                events.append(MessageRequests([], rid, "it is not a JSON object"))
+                continue
+            origin = (source, received, body) if outbox.debug_keep else None
+            events.append(_map(message, destinations, report, inbox_id=rid, carts=carts, origin=origin))
+    except sqlite3.Error:  # the database's state (locked, full), not an event's: no attempt to count
+        with contextlib.suppress(sqlite3.Error):  # else the claim counts once, as a process that stopped
+            outbox.unclaim_inbox(holder)
+        raise
     try:
         _commit(outbox, events, destinations, report, holder=holder, lease=lease, carts=carts)
     except LeaseLost:  # another mapper has these events now: their count is its business

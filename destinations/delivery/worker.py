@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..base import Destination
 from ..config import OutboxConfig
+from ..redaction import masked_traceback
 from .intake import IntakeReport, map_inbox
 from .outbox import Holder, LeaseLost, Outbox, Row, resolve_url
 from .sender import Outcome, Sender, merge_bodies
@@ -126,19 +127,22 @@ class InstanceWorker(threading.Thread):
             return
         started = time.monotonic()
         first = batch[0]
-        data = merge_bodies([row.body for row in batch], first.batchable)
-        # Stored as a path: the instance's base URL is today's, so a URL fixed in the settings applies on replay.
-        url = resolve_url(first.url, self.destination.base_url)
         try:
+            data = merge_bodies([row.body for row in batch], first.batchable)
+            # Stored as a path: the instance's base URL is today's, so a URL fixed in the settings applies on replay.
+            url = resolve_url(first.url, self.destination.base_url)
             outcome = self.sender.send_raw(first.method, url, first.params, first.headers, data)
         except Exception as exc:  # it promises an outcome; one it did not give is a retry, with its backoff
-            log.exception("%s: sending a batch of %d ended without an outcome; it goes again as a retry",
-                          self.instance, len(batch))  # fmt: skip
+            log.error("%s: sending a batch of %d ended without an outcome; it goes again as a retry\n%s",
+                      self.instance, len(batch), masked_traceback(exc, self.destination.secrets()))  # fmt: skip
             # Recorded, not left to a lease: a pack's lease is renewed while its process sends, so a batch
             # without an outcome would hold its pack, and its users, for as long as this process runs.
             outcome = Outcome("retry", "no outcome", type(exc).__name__)
         if self.observe:
-            self.observe(self.instance, outcome, time.monotonic() - started)
+            try:  # the metrics: a fault there must not keep the outcome from being recorded
+                self.observe(self.instance, outcome, time.monotonic() - started)
+            except Exception:
+                log.exception("%s: the metrics could not note an outcome", self.instance)
         try:
             self._record(batch, outcome)
         except Exception:  # the lease will give these rows back; nothing is lost
