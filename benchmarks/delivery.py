@@ -3,8 +3,11 @@
 For a batched destination (Segmentify) and an unbatched one (Wigzo), against a local sink running in
 its own process: the outbox path (route -> SQLite outbox -> workers -> sender) and a baseline measured
 in the same run, a plain loop of `requests` posts of the same payloads with the same concurrency and no
-outbox. Then the outbox's enqueue rate and the peak memory of enqueueing 10k, 50k and 100k messages
-(each in a fresh process), which must stay flat as the count grows.
+outbox. Then the enqueue rate (route + commit) and the peak memory of enqueueing 10k, 50k and 100k messages, each
+in a fresh process: the memory must stay flat as the count grows, and the rate is printed beside a baseline run the
+same way in a fresh process of its own: the same chunks of 500 mapped by a hand-written dict (no validation),
+serialised with orjson and written in one SQLite transaction a chunk, a row per request with a unique key for
+dedupe (benchmarks/mapping.py's baseline table).
 
 Run: python benchmarks/delivery.py [--events N]
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 
 from destinations.config import parse_config
@@ -31,6 +36,10 @@ from destinations.delivery.outbox import MessageRequests
 from destinations.delivery.sender import merge
 from destinations.delivery.worker import tune_collector
 from destinations.spec import json_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mapping import BASELINE_TABLE  # the baseline's table: a request a row, a unique key for dedupe
 
 
 def messages(n: int, users: int = 5000) -> list[dict[str, Any]]:
@@ -121,21 +130,56 @@ def baseline(kind: str, url: str, msgs: list[dict[str, Any]], concurrency: int, 
     return len(msgs) / (time.perf_counter() - started)
 
 
-def enqueue_child(n: int) -> None:
-    """In a fresh process: enqueue n messages for Segmentify; print rate and peak RSS."""
+def hand_written(m: dict[str, Any]) -> dict[str, Any]:
+    """The Segmentify body of one of `messages`, written by hand for the enqueue baseline (no validation)."""
+    p, c = m["properties"], m["context"]
+    return {
+        "name": "PRODUCT_VIEW", "userId": m["userId"], "sessionId": c["sessionId"], "device": "PC",
+        "pageUrl": c["page"]["url"], "productId": p["product_id"], "title": p["name"], "url": p["url"],
+        "image": p["image_url"], "category": p["category"], "price": p["price"],
+    }  # fmt: skip
+
+
+def enqueue_child(n: int, which: str) -> None:
+    """In a fresh process: enqueue n messages for Segmentify, ours (`route`) or the baseline; print the rate and the
+    peak RSS."""
     msgs_per_chunk = 500
     with tempfile.TemporaryDirectory() as tmp:
         config = config_for("segmentify", "http://127.0.0.1:9", Path(tmp) / "o.sqlite3", 4, 100)
-        outbox = Outbox(config.outbox.path)
+        if which == "ours":
+            outbox = Outbox(config.outbox.path)
+        else:
+            db = sqlite3.connect(config.outbox.path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(BASELINE_TABLE)
+        insert = (
+            "INSERT OR IGNORE INTO baseline_requests (destination, message_id, idx, user_key, url, body, size,"
+            " created_at) VALUES ('segmentify', ?, 0, ?, ?, ?, ?, ?)"
+        )
+        url = f"{config.destinations['segmentify'].base_url}/add/events/v1.json"
         started = time.perf_counter()
         for i in range(0, n, msgs_per_chunk):
             # Built per chunk, as an intake would receive them: memory must not grow with n.
             chunk = messages(min(msgs_per_chunk, n - i))
             for j, m in enumerate(chunk):
                 m["messageId"] = f"e-{i + j}"
-            route(chunk, config.destinations, outbox)
+            if which == "ours":
+                route(chunk, config.destinations, outbox)
+                continue
+            now = time.time()
+            rows = []
+            for m in chunk:
+                body = orjson.dumps([hand_written(m)]).decode()
+                rows.append((m["messageId"], m["userId"], url, body, len(body), now))
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(insert, rows)
+            db.execute("COMMIT")
         rate = n / (time.perf_counter() - started)
-        assert outbox.pending_count() == n
+        if which == "ours":
+            assert outbox.pending_count() == n
+        else:
+            assert db.execute("SELECT COUNT(*) FROM baseline_requests").fetchone()[0] == n
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"n": n, "rate": rate, "peak_mb": peak_mb}))
 
@@ -146,9 +190,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--enqueue-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--enqueue-which", choices=("ours", "baseline"), default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.enqueue_child:
-        enqueue_child(args.enqueue_child)
+        enqueue_child(args.enqueue_child, args.enqueue_which)
         return
 
     # As a delivery process does at start (`serve`, `worker`); the baseline, in this process too, runs under it.
@@ -167,13 +212,19 @@ def main() -> None:
         sink.terminate()
         sink.wait()
 
-    print("\nenqueue (route + commit, 500 messages a transaction), each size in a fresh process:")
+    print("\nenqueue (route + commit, 500 messages a transaction), each size and each side in a fresh process:")
+    print(f"  {'messages':>8} {'ours msg/s':>11} {'peak RSS':>9} {'baseline msg/s':>15} {'peak RSS':>9} {'ratio':>6}")
     for n in (10_000, 50_000, 100_000):
-        out = subprocess.run(
-            [sys.executable, __file__, "--enqueue-child", str(n)], capture_output=True, text=True, check=True
-        ).stdout
-        result = json.loads(out)
-        print(f"  {n:>7} messages: {result['rate']:>8,.0f} messages/s committed, peak RSS {result['peak_mb']:.0f} MB")
+        result = {}
+        for which in ("ours", "baseline"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--enqueue-child", str(n), "--enqueue-which", which],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            result[which] = json.loads(out)
+        ours, base = result["ours"], result["baseline"]
+        print(f"  {n:>8} {ours['rate']:>11,.0f} {ours['peak_mb']:>6.0f} MB {base['rate']:>15,.0f}"
+              f" {base['peak_mb']:>6.0f} MB {ours['rate'] / base['rate']:>6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

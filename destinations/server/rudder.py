@@ -379,9 +379,10 @@ _EVENTS_SCHEMA = {
 async def destination_transform(
     name: str,
     request: Request,
-    intake: Intake | None = Depends(find_intake),  # noqa: B008
 ) -> Response:
     """One output item per vendor request (an event may mean several), each echoing its metadata."""
+    # Called, not a dependency: FastAPI resolves a dependency on every request, and this route takes the most.
+    intake = await find_intake(request)
     what = "a JSON array of {message, metadata, destination}"
     taken = await _ours(request, intake, name, "/v0/destinations", shape=list, what=what)
     if isinstance(taken, Response):
