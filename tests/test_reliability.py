@@ -137,6 +137,8 @@ def test_an_event_whose_process_dies_mapping_it_is_retried_alone_then_set_aside(
     (dead,) = outbox.dead_events()
     assert dead["id"] == 1
     assert f"stopped each of {MAX_MAPPING_ATTEMPTS} times" in dead["reason"]
+    # What `outbox replay --event` names for an id it leaves: dead, waiting to be mapped, or gone from the inbox.
+    assert outbox.inbox_states([1, 2, 3, 9]) == {1: True, 2: False, 3: False}
     assert outbox.replay_events() == 1
     assert outbox.inbox_count() == 3
 

@@ -171,6 +171,37 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
     assert TOKEN.encode() not in data
 
 
+def test_replay_names_each_id_given_that_names_nothing_dead(tmp_path: Path) -> None:
+    """`replay --id/--event` with ids of no dead request (pending, another instance's dead one, none at all) or of
+    no dead inbox event: the dead ones go back, and each other id is named with what it is, exit 2."""
+
+    def refuse(_: Received) -> Answer:
+        return Answer(400, {"error": "refused"})
+
+    with RecordingServer(refuse) as seg, RecordingServer(refuse) as wz:
+        config = write_config(tmp_path, seg.url, wz.url)
+        res = run("send", "--config", str(config), stdin="\n".join(json.dumps(e) for e in events(2)))
+        assert res.returncode == 1
+        dead = run("outbox", "dead", "--config", str(config))
+        rows = [json.loads(line) for line in dead.stdout.splitlines()]
+        by_instance = {(r["destination"], r["messageId"]): r["id"] for r in rows}
+        seg_dead, wigzo_dead = by_instance[("shop-segmentify", "m0")], by_instance[("shop-wigzo", "m0")]
+        missing = max(r["id"] for r in rows) + 100
+        replay = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify", "--id",
+                     str(seg_dead), str(wigzo_dead), str(missing))  # fmt: skip
+        assert replay.returncode == 2, replay.stderr
+        assert replay.stderr.startswith("1 replayed; left as they are: ")
+        assert f"request {wigzo_dead}: a dead request of shop-wigzo, not of shop-segmentify" in replay.stderr
+        assert f"request {missing}: no such request (delivered and forgotten, or never stored)" in replay.stderr
+        assert f"request {seg_dead}:" not in replay.stderr
+        again = run("outbox", "replay", "--config", str(config), "--id", str(seg_dead))  # pending now
+        assert again.returncode == 2
+        assert f"0 replayed; left as they are: request {seg_dead}: pending, not dead" in again.stderr
+        events_given = run("outbox", "replay", "--config", str(config), "--event", "7")
+        assert events_given.returncode == 2
+        assert "inbox event 7: not in the inbox (mapped already, or never accepted)" in events_given.stderr
+
+
 def test_drain_says_what_waits_for_instances_its_configuration_does_not_define(tmp_path: Path) -> None:
     """Rows of an instance taken out of the file: `drain` delivers the others and says those wait (exit 1, not
     "drained"); `dead` and `replay` can still name that instance; a name nowhere is refused with both lists."""

@@ -154,6 +154,28 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def _not_replayable(outbox: Outbox, destination: str | None, ids: list[int], events: Sequence[int]) -> list[str]:
+    """Each id given to `replay --id/--event` that names nothing dead (of `destination`, when given), with what it
+    names instead."""
+    out = []
+    states = outbox.request_states(ids)
+    for rid in sorted(set(ids)):
+        state, instance = states.get(rid, (None, None))
+        if state is None:
+            out.append(f"request {rid}: no such request (delivered and forgotten, or never stored)")
+        elif state != "dead":
+            out.append(f"request {rid}: {state}, not dead")
+        elif destination is not None and instance != destination:
+            out.append(f"request {rid}: a dead request of {instance}, not of {destination}")
+    dead = outbox.inbox_states(list(events))
+    for rid in sorted(set(events)):
+        if rid not in dead:
+            out.append(f"inbox event {rid}: not in the inbox (mapped already, or never accepted)")
+        elif not dead[rid]:
+            out.append(f"inbox event {rid}: waiting to be mapped, not dead")
+    return out
+
+
 def cmd_outbox(
     config: Config, action: str, *, destination: str | None, limit: int, ids: list[int], events: Sequence[int] = ()
 ) -> int:
@@ -203,11 +225,12 @@ def cmd_outbox(
         print(f"{shown}{len(rows)} dead request(s) shown", file=sys.stderr)
         return 0
     if action == "replay":
+        left = _not_replayable(outbox, destination, ids, events)  # read first: what the replay leaves as it is
         n = 0 if events else outbox.replay(destination, ids or None)
         again = 0 if destination or ids else outbox.replay_events(list(events) or None)
-        if (ids and n < len(set(ids))) or (events and again < len(set(events))):
-            print(f"{n + again} replayed; the other ids given are not dead (see `destinations outbox dead`)",
-                  file=sys.stderr)  # fmt: skip
+        if left:
+            print(f"{n + again} replayed; left as they are: {'; '.join(left)} (`destinations outbox dead` lists"
+                  " what is dead)", file=sys.stderr)  # fmt: skip
             return 2
         print(
             f"{n} dead request(s) back in the outbox and {again} inbox event(s) back to be mapped; run"

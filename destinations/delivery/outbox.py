@@ -924,6 +924,25 @@ class Outbox:
         """Inbox events set aside."""
         return int(self._db().execute("SELECT COUNT(*) FROM inbox WHERE dead_reason IS NOT NULL").fetchone()[0])
 
+    def inbox_states(self, ids: list[int]) -> dict[int, bool]:
+        """Whether each of these inbox events still in the inbox is dead (True) or waits to be mapped (False); a
+        mapped event has left the inbox."""
+        db, out = self._db(), {}
+        for part in _chunks(sorted(set(ids))):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT id, dead_reason IS NOT NULL FROM inbox WHERE id IN ({marks})"
+            out.update((rid, bool(dead)) for rid, dead in db.execute(sql, part))
+        return out
+
+    def request_states(self, ids: list[int]) -> dict[int, tuple[str, str]]:
+        """(state, instance) of each of these request rows that exists (`outbox dead` names dead ones by row id)."""
+        db, out = self._db(), {}
+        for part in _chunks(sorted(set(ids))):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT id, state, destination FROM requests WHERE id IN ({marks})"
+            out.update((rid, (state, destination)) for rid, state, destination in db.execute(sql, part))
+        return out
+
     def replay_events(self, ids: list[int] | None = None) -> int:
         """Dead inbox events back to be mapped again (after the fault that stopped them is fixed)."""
         sql = "UPDATE inbox SET dead_reason = NULL, dead_at = NULL, attempts = 0 WHERE dead_reason IS NOT NULL"
