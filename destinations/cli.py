@@ -318,7 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
-    except (UsageError, ConfigurationError) as exc:
+    except ConfigurationError as exc:
+        if len(exc.problems) > 1:  # a line each, so that a file's every problem can be read and fixed in one go
+            print(f"destinations {args.command}: {len(exc.problems)} problems:", file=sys.stderr)
+            print("\n".join(f"  {problem}" for problem in exc.problems), file=sys.stderr)
+        else:
+            print(f"destinations {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
         print(f"destinations {args.command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`

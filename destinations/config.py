@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
@@ -245,6 +245,9 @@ def _validate(model: type[_Table], data: Any, where: str) -> Any:
         raise ConfigurationError("; ".join(problems), problems) from None
 
 
+_T = TypeVar("_T")
+
+
 def parse_config(
     data: dict[str, Any],
     source: str = "destinations.toml",
@@ -266,20 +269,34 @@ def parse_config(
         except ConfigurationError as exc:  # name the file too
             raise ConfigurationError(f"{source}: {exc}") from None
 
+    # Every table is checked, and every problem found is reported at once, a line a table (or instance): a user
+    # fixing a file should not learn of its problems one run at a time.
+    problems: list[str] = []
+
+    def checked(make: Callable[[], _T]) -> _T | None:
+        try:
+            return make()
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+            return None
+
     unknown = sorted(set(data) - {"server", "outbox", "destinations", "rudder", "debugger"})
     if unknown:
-        raise ConfigurationError(
+        problems.append(
             f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations, rudder, debugger)"
         )
-    rudder = _validate(RudderConfig, expand(data.get("rudder", {}), "rudder"), f"{source}: [rudder]")
-    debugger_table = expand(data.get("debugger", {}), "debugger", lenient=not server_needed)
-    debugger = _validate(DebuggerConfig, debugger_table, f"{source}: [debugger]")
-    server_table = expand(data.get("server", {}), "server", lenient=not server_needed)
-    server = _validate(ServerConfig, server_table, f"{source}: [server]")
-    outbox = _validate(OutboxConfig, expand(data.get("outbox", {}), "outbox"), f"{source}: [outbox]")
+    rudder = checked(lambda: _validate(RudderConfig, expand(data.get("rudder", {}), "rudder"), f"{source}: [rudder]"))
+    debugger = checked(lambda: _validate(
+        DebuggerConfig, expand(data.get("debugger", {}), "debugger", lenient=not server_needed), f"{source}: [debugger]"
+    ))  # fmt: skip
+    server = checked(lambda: _validate(
+        ServerConfig, expand(data.get("server", {}), "server", lenient=not server_needed), f"{source}: [server]"
+    ))  # fmt: skip
+    outbox = checked(lambda: _validate(OutboxConfig, expand(data.get("outbox", {}), "outbox"), f"{source}: [outbox]"))
     tables = data.get("destinations", {})
     if not isinstance(tables, dict):
-        raise ConfigurationError(f"{source}: [destinations] must hold one table per destination instance")
+        problems.append(f"{source}: [destinations] must hold one table per destination instance")
+        tables = {}
     instances: dict[str, Destination] = {}
     unconfigured: dict[str, str] = {}
     for name, table in tables.items():
@@ -287,8 +304,11 @@ def parse_config(
             instances[name] = _instance(name, table, source, expand)
         except ConfigurationError as exc:
             if instances_needed:
-                raise
-            unconfigured[name] = str(exc)
+                problems.append(str(exc))
+            else:
+                unconfigured[name] = str(exc)
+    if problems or server is None or outbox is None or rudder is None or debugger is None:
+        raise ConfigurationError("; ".join(problems), problems)
     return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder,
                   debugger=debugger, unconfigured=unconfigured)  # fmt: skip
 

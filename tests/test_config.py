@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from destinations import ConfigurationError
 from destinations.config import duration, load_config, parse_config
+
+SCRIPT = shutil.which("destinations", path=str(Path(sys.executable).parent)) or "destinations"
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-config-4a5b6c7d8e"
@@ -71,6 +76,48 @@ def test_validation_errors(data: dict, message: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         parse_config(data, "d.toml", environ={})
     assert message in str(info.value)
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    """A file with problems in several tables and instances: each is named, in one error, a line a table or instance
+    (the library's message joins them), never the first alone; `outbox` commands still leave bad instances out."""
+    data = {
+        "servers": {},
+        "outbox": {"batch_size": 0},
+        "server": {"delivery": "later"},
+        "destinations": {
+            "shop": {"type": "segmentify", "apiKey": SECRET, "dataCenterUrl": "ftp://x"},
+            "good": {"type": "segmentify", "apiKey": SECRET, "dataCenterUrl": "https://dce1.segmentify.com"},
+            "other": {"type": "wigzo", "orgToken": "${NOPE}", "token": SECRET},
+        },
+    }
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(data, "d.toml", environ={})
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    assert problems[0].startswith("d.toml: unknown table [servers]")
+    assert problems[1].startswith("d.toml: [server] delivery must be one of 'outbox' or 'direct'")
+    assert problems[2].startswith("d.toml: [outbox] batch_size Input should be greater than or equal to 1")
+    assert problems[3].startswith("d.toml: [destinations.shop] segmentify settings: dataCenterUrl must be an http(s)")
+    assert problems[4] == "d.toml: [destinations.other].orgToken: environment variable NOPE is not set"
+    assert str(info.value) == "; ".join(problems)
+    assert SECRET not in str(info.value)
+    # Without the file's own problems, the commands that read rows alone leave the bad instances out, named.
+    rows_only = {"destinations": data["destinations"]}
+    config = parse_config(rows_only, "d.toml", environ={}, instances_needed=False)
+    assert sorted(config.destinations) == ["good"]
+    assert sorted(config.unconfigured) == ["other", "shop"]
+
+    path = tmp_path / "d.toml"
+    path.write_text('[outbox]\nbatch_size = 0\n[destinations.shop]\ntype = "segmentfy"\n')
+    res = subprocess.run([SCRIPT, "outbox", "drain", "--config", str(path)], capture_output=True, text=True,
+                         check=False, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        "destinations outbox: 2 problems:",
+        f"  {path}: [outbox] batch_size Input should be greater than or equal to 1",
+        f"  {path}: [destinations.shop] unknown destination 'segmentfy'; known: dengage, esputnik, segmentify, wigzo",
+    ]
 
 
 def test_not_toml_and_unreadable(tmp_path: Path) -> None:
