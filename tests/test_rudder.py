@@ -450,7 +450,10 @@ def test_metadata_too_deep_to_echo_is_a_400_for_the_call(base_url: str, http: re
     second = second.replace(b'"metadata": {', b'"metadata": ' + deep + b', "was": {', 1)
     answer = post(http, f"{base_url}/v0/destinations/segmentify", b"[" + first + b"," + second + b"]")
     assert answer.status_code == 400
-    assert answer.json() == {"error": "the answer could not be written as JSON: event 1's metadata nested too deeply"}
+    assert answer.json() == {
+        "error": "the answer could not be written as JSON: event 1 (f2e4d1c0-1111-4aaa-8bbb-000000000001): metadata"
+        " nested too deeply"
+    }
 
 
 def test_metadata_with_a_lone_surrogate_is_echoed_as_its_escape(base_url: str, http: requests.Session) -> None:

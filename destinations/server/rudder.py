@@ -95,10 +95,13 @@ def _ok(content: Any) -> JSONResponse:
         return _unwritable()
 
 
-def _unwritable(index: int | None = None) -> JSONResponse:
+def _unwritable(index: int | None = None, item: Any = None) -> JSONResponse:
     """The answer to a call whose echoed metadata is nested too deeply to write back (what `dumps` refuses),
-    naming the event (its place in the call) when known."""
-    which = f"event {index}'s metadata" if index is not None else "metadata"
+    naming the event (its place in the call, and its messageId when it has one of text) when known."""
+    message = item.get("message") if isinstance(item, dict) else None
+    mid = message.get("messageId") if isinstance(message, dict) else None
+    named = f" ({mid[:100]})" if isinstance(mid, str) and mid.strip() else ""
+    which = f"event {index}{named}: metadata" if index is not None else "metadata"
     return _error(400, f"the answer could not be written as JSON: {which} nested too deeply")
 
 
@@ -396,6 +399,7 @@ async def destination_transform(
     parts: list[bytes] = []
     append = parts.append
     unwritable: int | None = None  # the first event whose answer cannot be written: the call is a 400
+    unwritable_item: Any = None
     report = IntakeReport()
     for index, item in enumerate(events):
         events[index] = None
@@ -410,10 +414,10 @@ async def destination_transform(
             for request_ in result:
                 append(dumps({"output": _payload(request_, user_id), "metadata": metadata, "statusCode": 200}))
         except (TypeError, ValueError, RecursionError):
-            unwritable = index
+            unwritable, unwritable_item = index, item
     _count(intake, report)
     if unwritable is not None:
-        return _unwritable(unwritable)
+        return _unwritable(unwritable, unwritable_item)
     return Response(b"[" + b",".join(parts) + b"]", media_type=JSONResponse.media_type, headers=API_VERSION_HEADERS)
 
 
