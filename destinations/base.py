@@ -15,17 +15,20 @@ from urllib.parse import urlsplit
 import idna
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from . import fields
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
-from .fields import Call, Table
+from .fields import Call, Table, plain_roots
 from .redaction import mask_headers, mask_params, masked_traceback
 from .shaping import Shaping, ShapingSettings
 from .spec import (
     Message,
     Track,
+    canonical_event,
     check_envelope,
     format_path,
     integration_setting,
     new_tuple,
+    plain_parts,
     raw_label,
     validate_message,
 )
@@ -101,6 +104,24 @@ class Mapped(NamedTuple):
 
 # A mapper returns one Mapped, or several when one message means several vendor calls.
 Mapper = Callable[[Call], Any]
+# Straight-line code for plain messages (`FastMapper`): (destination, roots of the raw message, the raw message) ->
+# the Mapped, or None for the general path.
+Fast = Callable[["Destination", list[Any], dict[str, Any]], "Mapped | None"]
+
+
+class FastMapper:
+    """A mapper (a value of `Destination.calls` or `events`) with straight-line code beside it, made from the same
+    declarations (fields.Body), for raw messages of plain values: `Destination.handle` tries `fast` first and maps
+    anything it gives up (None) with the mapper itself."""
+
+    __slots__ = ("fast", "mapper")
+
+    def __init__(self, mapper: Mapper, fast: Fast) -> None:
+        self.mapper = mapper
+        self.fast = fast
+
+    def __call__(self, call: Call) -> Any:
+        return self.mapper(call)
 
 
 class Credential(NamedTuple):
@@ -256,7 +277,9 @@ class Destination:
     A vendor module declares `name`, `display_name` (its key in `integrations`), `Settings`,
     `credentials_declared`, `url_setting` (the setting holding the base URL), `headers`, `batchable`,
     the tables `calls` (message type -> mapper) and `events` (canonical track event -> mapper) with
-    `other_event` for any other track, and `fields` (its declared tables, for `destinations list`).
+    `other_event` for any other track, and `fields` (its declared tables, for `destinations list`). A mapper
+    of `events`, or of `calls` for page and screen, may be a `FastMapper`, whose straight-line code `handle`
+    tries first on a raw message.
     """
 
     name: ClassVar[str]
@@ -300,6 +323,13 @@ class Destination:
         self._request_headers = {**headers, **self.headers}
         self._urls: dict[str, str] = {}  # path -> base URL + path
         self._own_build = type(self).build is Destination.build
+        # The straight-line code of this class's own mappers (`FastMapper`), for an instance that renames, filters
+        # and moves nothing (its shaping settings) and builds its requests as declared.
+        plain = self._own_build and not self.shaping.active and not self.shaping.overrides
+        self._fast_events = {e: m.fast for e, m in self.events.items() if isinstance(m, FastMapper)} if plain else {}
+        self._fast_calls = {
+            kind: m.fast for kind, m in self.calls.items() if isinstance(m, FastMapper) and kind in ("page", "screen")
+        } if plain else {}  # fmt: skip
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -341,6 +371,12 @@ class Destination:
         Raises what `handle` raises.
         """
         try:
+            # A raw message first to its event's straight-line code, if it has one (`FastMapper`); the mapping
+            # stage hands on the parsed model, read once for every instance, which the general path maps.
+            if (self._fast_events or self._fast_calls) and type(message) is dict and fields.FAST_PATHS:
+                mapped = self._fast_map(message)
+                if mapped is not None:
+                    return new_tuple(Handled, ([self.request(mapped)], []))
             return self._handle(message)
         except DestinationError:
             raise
@@ -361,6 +397,23 @@ class Destination:
         except DestinationError:
             return False
         return True
+
+    def _fast_map(self, message: dict[str, Any]) -> Mapped | None:
+        """A raw message mapped by its event's straight-line code (`FastMapper`) when the message is plain
+        (`spec.plain_parts`), this instance takes it and the code takes every value it reads; else None."""
+        parts = plain_parts(message)
+        if parts is None:
+            return None
+        kind, event, properties, context, integrations = parts
+        options: dict[str, Any] = {}
+        if integrations:
+            enabled, options, _ = integration_setting(integrations, self.display_name)
+            if not enabled:  # the general path says why
+                return None
+        fast = self._fast_events.get(canonical_event(event)) if event is not None else self._fast_calls.get(kind)
+        if fast is None:
+            return None
+        return fast(self, plain_roots(properties, context, options, message), message)
 
     def _gate(self, message: Mapping[str, Any] | Message) -> tuple[Message, dict[str, Any]]:
         """The parsed message and this instance's options, or Filtered/InvalidMessage when it does not take it."""

@@ -4,7 +4,9 @@ A vendor module declares each event's fields once, as a `Table` of `Field`s: the
 its Segment sources in order, its kind and whether it is required (DESIGN.md section 9). `Call.read`
 is the only place a declared value is read: it tries the sources in order, converts the value by its
 kind, and names the path it was read from in every error and warning. Computed values (session ids,
-vendor user ids, sums) stay functions in the vendor modules, built on the same `Call`.
+vendor user ids, sums) stay functions in the vendor modules, built on the same `Call`. A vendor event whose body
+is its fields alone is declared whole as a `Body` (constants, a table, lists of a table over the products), which
+`Call.body` builds and which is also made into code for raw messages of plain values (`Body.fast`).
 
 Source paths are Segment paths with one of these roots:
 
@@ -269,13 +271,20 @@ _PLAIN: dict[Callable[[Any], Any], tuple[str, str]] = {
 }
 
 
-def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], *, take: Take) -> list[str]:
+def _field_lines(
+    f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], *, take: Take, bail: bool = False
+) -> list[str]:  # fmt: skip
     """Straight-line code for one field: its sources looked up in order with exact type checks; a plain
     value of its kind (`_PLAIN`: ASCII text, a valid URL, a finite number, a boolean, an ISO day) taken as
     `Call.read` takes it, and a constant default when no source is present; anything else handed to
-    `Call._read`. `take(value, may_be_none)` gives the lines that use a value."""
+    `Call._read`. `take(value, may_be_none)` gives the lines that use a value.
+
+    `bail`: for code without a Call, on the raw message (`Body.fast`): anything `Call._read` or `Call._absent`
+    would be asked is given up instead (`return BAIL`), and the message root is the raw message's dict."""
     ns[f"F{i}"], ns[f"T{i}"], ns[f"TO{i}"], ns[f"D{i}"] = f, target, f.to, f.default
     general = ["v = call._read(F" + str(i) + ", item, T" + str(i) + ")", *take("v", True)]
+    if bail:
+        general = ["return BAIL"]
     if f.reader not in _PLAIN:
         if probe is not None:
             test = " or ".join(f"R{index}.get({key!r}) is not None" for index, key in probe)
@@ -286,7 +295,7 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
         pad = "    " * depth
         if depth:
             lines.append(f"{pad[4:]}if x is None:")
-        if source.index == _MESSAGE_ROOT:  # the parsed message model: its fields are attributes
+        if source.index == _MESSAGE_ROOT and not bail:  # the parsed message model: its fields are attributes
             lines.append(f"{pad}x = getattr(R{source.index}, {source.key!r}, None)")
         else:
             lines.append(f"{pad}x = R{source.index}.get({source.key!r})")
@@ -299,7 +308,7 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
     if f.default is not None and not callable(f.default):
         absent = [f"v = TO{i}(D{i})" if f.to is not None else f"v = D{i}", *take("v", True)]
     elif f.required or f.default is not None:
-        absent = [f"v = call._absent(F{i}, item, T{i})", *take("v", True)]
+        absent = ["return BAIL"] if bail else [f"v = call._absent(F{i}, item, T{i})", *take("v", True)]
     else:
         absent = ["pass"]
     lines += ["if x is None:", *("    " + line for line in absent)]
@@ -318,9 +327,18 @@ def _field_lines(f: Field, i: int, target: str, probe: Any, ns: dict[str, Any], 
 _UNPACK_ROOTS = "    " + ", ".join(f"R{i}" for i in range(len(ROOTS))) + " = R"
 
 
+#: What straight-line code without a Call (`bail`) gives for a message it leaves to the general path.
+BAIL: Any = object()
+
+
 def _compiled(name: str, lines: list[str], ns: dict[str, Any]) -> Callable[..., Any]:
     ns.update(
-        isfinite=math.isfinite, valid_url=_valid_url, plain_day=_plain_day, LIMIT=NUMBER_LIMIT, NEG_LIMIT=-NUMBER_LIMIT
+        isfinite=math.isfinite,
+        valid_url=_valid_url,
+        plain_day=_plain_day,
+        LIMIT=NUMBER_LIMIT,
+        NEG_LIMIT=-NUMBER_LIMIT,
+        BAIL=BAIL,
     )
     exec(compile("\n".join(lines), f"<fields of {name}>", "exec"), ns)  # noqa: S102 - made from our declarations
     return ns["fast"]  # type: ignore[no-any-return]
@@ -352,18 +370,62 @@ def _straight_read(f: Field) -> Callable[[Call, list[Any], Item | None, str], An
     return _compiled(f.name, lines, ns)
 
 
-def _straight_row(row: Row) -> Callable[[Call, list[Any], None], tuple[Any, ...]]:
-    """`Call.read` of each field of a row, in order, as one piece of straight-line code (see `_straight_line`)."""
+def _straight_row(row: Row, *, bail: bool = False) -> Callable[..., Any]:
+    """`Call.read` of each field of a row, in order, as one piece of straight-line code (see `_straight_line`).
+    `bail`: the row's values from the roots of a raw message alone, or BAIL (`Row.plain`)."""
     ns: dict[str, Any] = {}
-    lines = ["def fast(call, R, item):", _UNPACK_ROOTS]
+    lines = ["def fast(R):" if bail else "def fast(call, R, item):", _UNPACK_ROOTS]
     for i, (f, target) in enumerate(row.reads):
         lines.append(f"    v{i} = None")
         lines += [
             "    " + line
-            for line in _field_lines(f, i, target, None, ns, take=lambda value, _, i=i: [f"v{i} = {value}"])
+            for line in _field_lines(f, i, target, None, ns, take=lambda value, _, i=i: [f"v{i} = {value}"], bail=bail)
         ]
     lines.append(f"    return ({''.join(f'v{i}, ' for i in range(len(row.reads)))})")
     return _compiled(row.name, lines, ns)
+
+
+def _straight_body(body: Body) -> Callable[[list[Any]], Any]:
+    """`Call.body` of `body` on the roots of a raw message (`plain_roots`) as straight-line code without a Call,
+    made from its declarations once: the body when every value it reads is plain (`_PLAIN`), else BAIL, and the
+    general path maps the message (so the two give the same, or this gives nothing)."""
+    ns: dict[str, Any] = {"CONSTANTS": body.constants}
+    lines = ["def fast(R):", _UNPACK_ROOTS, "    out = dict(CONSTANTS)"]
+    if body.product:  # `Call.product`: `properties` when it names a product; one item of `products` is left to it
+        test = " and ".join(f"R0.get({key!r}) is None" for key in _PRODUCT_KEYS)
+        lines += [f"    if {test}:", "        return BAIL", f"    R{_PRODUCT_ROOT} = R0"]
+
+    def fields_of(table: Table, out: str, pad: str, first: int) -> list[str]:
+        code = []
+        for i, (f, target, probe) in enumerate(table.targets, first):
+
+            def take(value: str, may_be_none: bool, name: str = f.name) -> list[str]:
+                put = f"{out}[{name!r}] = {value}"
+                return [f"if {value} is not None:", f"    {put}"] if may_be_none else [put]
+
+            code += [pad + line for line in _field_lines(f, i, target, probe, ns, take=take, bail=True)]
+        return code
+
+    lines += fields_of(body.table, "out", "    ", 0)
+    first = len(body.table.targets)
+    for n, (key, table) in enumerate(body.each):
+        # `Call.products`: a list of objects; one object, or none at all, is left to the general path.
+        lines += [
+            "    P = R0.get('products')",
+            "    if type(P) is not list or not P:",
+            "        return BAIL",
+            f"    L{n} = []",
+            f"    for R{_PRODUCT_ROOT} in P:",
+            f"        if type(R{_PRODUCT_ROOT}) is not dict:",
+            "            return BAIL",
+            "        o = {}",
+            *fields_of(table, "o", "        ", first),
+            f"        L{n}.append(o)",
+            f"    out[{key!r}] = L{n}",
+        ]
+        first += len(table.targets)
+    lines.append("    return out")
+    return _compiled(body.name, lines, ns)
 
 
 def _probe(f: Field) -> tuple[tuple[int, str], ...] | None:
@@ -429,6 +491,40 @@ class Row:
         self.name = name
         self.reads = reads
         self.fast = _straight_row(self)
+        #: The values on the roots of a raw message alone (`plain_roots`), or BAIL where the general path must read.
+        self.plain = _straight_row(self, bail=True)
+
+
+@dataclass(frozen=True)
+class Body:
+    """One vendor event's body as declared: `constants` first (`{"name": "CHECKOUT", "step": "purchase"}`), then
+    the fields of `table` that have a value (read for the event's product when `product`: `Call.product`), then
+    each `(key, table)` of `each` as a list, the table's fields for each item of `properties.products`
+    (`each_required`: an InvalidMessage when there is none, naming `name` and the key).
+
+    `Call.body` builds it for any message; `fast`, made once from the same declarations, builds it from the roots
+    of a raw message (`plain_roots`) when every value it reads is plain, and gives BAIL otherwise."""
+
+    name: str
+    constants: Mapping[str, Any]
+    table: Table
+    product: bool = False
+    each: tuple[tuple[str, Table], ...] = ()
+    each_required: bool = False
+    fast: Callable[[list[Any]], Any] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fast", _straight_body(self))
+
+
+def plain_roots(properties: dict[str, Any], context: dict[str, Any], options: dict[str, Any],
+                message: dict[str, Any]) -> list[Any]:  # fmt: skip
+    """The roots (ROOTS order) of a raw track, page or screen message whose parts `spec.plain_parts` gave, as a
+    Call derives them from its parsed form (`_Parts`): no traits of its own, `context.traits` when an object."""
+    context_traits = context.get("traits")
+    if type(context_traits) is not dict:
+        context_traits = context_traits if isinstance(context_traits, dict) else {}
+    return [properties, {}, context_traits, options, None, context, message]
 
 
 # Sources shared by every vendor (MAPPINGS "Shared" and "Real traffic"), declared once.
@@ -596,6 +692,26 @@ def _share(message: Message) -> _Parts:
     parts = _Parts(message)
     _SHARED.slot = (message, parts)
     return parts
+
+
+def moment_of(value: Any) -> datetime:
+    """A message time (`Call.time`) in UTC: a datetime, or ISO-8601 text (naive taken as UTC). ValueError else."""
+    moment = value if isinstance(value, datetime) else parse_iso_datetime(value)
+    return utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def plain_time(message: dict[str, Any]) -> Any:
+    """`Call.time` of a raw message (`spec.plain_parts` took its top level as the model keeps it): the first present
+    time in UTC, None when none is, or BAIL when it cannot be read (the general path says so)."""
+    for key in _TIME_SOURCES:
+        value = message.get(key)
+        if value is None or value == "":
+            continue
+        try:
+            return moment_of(value)
+        except ValueError:
+            return BAIL
+    return None
 
 
 class Call:
@@ -839,6 +955,20 @@ class Call:
                 out[f.name] = value
         return out
 
+    def body(self, declared: Body) -> dict[str, Any]:
+        """A declared body (`Body`) for this message: its lists' products read first, then its constants, its
+        table's fields and its lists, in that order."""
+        lists = [(key, table, self.products) for key, table in declared.each]
+        if declared.each_required:
+            for key, _, items in lists:
+                if not items:
+                    raise self.fail("properties.products", f"is required by {self.vendor} {declared.name} ({key})")
+        out = dict(declared.constants)
+        out.update(self.map(declared.table, self.product() if declared.product else None))
+        for key, table, items in lists:
+            out[key] = self.map_each(table, items)
+        return out
+
     def map_each(self, table: Table, items: list[Item]) -> list[dict[str, Any]]:
         """`map` of `table` for each item, in order (a product list): one loop over the straight-line code."""
         if self.overrides or not FAST_PATHS or not table.uses_product:
@@ -985,8 +1115,7 @@ class Call:
             if value is None or value == "":
                 continue
             try:
-                moment = value if isinstance(value, datetime) else parse_iso_datetime(value)
-                parts.moment = utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+                parts.moment = moment_of(value)
                 return parts.moment
             except ValueError as exc:  # not kept: each destination warns, or fails, on its own
                 rule = str(exc)

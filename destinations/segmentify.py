@@ -16,6 +16,9 @@
 | group, alias                              | filtered                        |                               |
 
 Every request: POST {dataCenterUrl}/add/events/v1.json?apiKey=..., a JSON array body (batchable).
+
+The events of declared fields alone are declared bodies (`fields.Body`); `event` wraps each into the request, by the
+general path and by the straight-line code made from the same body for raw messages of plain values.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
@@ -31,8 +34,19 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, SecretStr
 
-from .base import Credential, Destination, Mapped, Mapper, SettingsModel, http_url, non_empty_secret, origin_of
+from .base import (
+    Credential,
+    Destination,
+    FastMapper,
+    Mapped,
+    Mapper,
+    SettingsModel,
+    http_url,
+    non_empty_secret,
+    origin_of,
+)
 from .fields import (
+    BAIL,
     CART_TOTAL,
     EMAIL,
     FIRST_NAME,
@@ -44,12 +58,14 @@ from .fields import (
     ORDER_TOTAL,
     PHONE,
     PRODUCT_ID,
+    Body,
     Call,
     F,
     Row,
     Table,
     full_name,
     line_item_sum,
+    plain_time,
     present,
 )  # fmt: skip
 from .spec import Number, has_words, language
@@ -170,46 +186,24 @@ GENDER_TABLE = Table("USER_OPERATIONS.update", GENDER)
 _PROFILE_TRAITS = USER_UPDATE.keys_of("traits") | Table("", FIRST_NAME, LAST_NAME).keys_of("traits")
 _PROFILE_TRAITS_AND_GENDER = _PROFILE_TRAITS | GENDER_TABLE.keys_of("traits")
 
-# --- mappers: one per vendor event --------------------------------------------------------------
+# --- mappers: one per vendor event; those of declared fields alone are declared bodies ---------------
+
+PAGE_VIEW_BODY = Body("PAGE_VIEW", {"name": "PAGE_VIEW"}, PAGE_VIEW)
+PRODUCT_VIEW_BODY = Body("PRODUCT_VIEW", {"name": "PRODUCT_VIEW"}, PRODUCT_VIEW, product=True)
 
 
-def page_view(call: Call) -> dict[str, Any]:
-    return {"name": "PAGE_VIEW", **call.map(PAGE_VIEW)}
+def basket(step: str) -> Body:
+    return Body("BASKET_OPERATIONS", {"name": "BASKET_OPERATIONS", "step": step}, BASKET_OPERATIONS, product=True)
 
 
-def product_view(call: Call) -> dict[str, Any]:
-    return {"name": "PRODUCT_VIEW", **call.map(PRODUCT_VIEW, call.product())}
+def checkout(step: str) -> Body:
+    """A checkout step's products are its productList; every step but the basket's needs one at least."""
+    return Body("CHECKOUT", {"name": "CHECKOUT", "step": step}, PURCHASE if step == "purchase" else CHECKOUT,
+                each=(("productList", PRODUCT_LIST),), each_required=step != "basket")  # fmt: skip
 
 
-def basket(step: str) -> Mapper:
-    def mapper(call: Call) -> dict[str, Any]:
-        return {"name": "BASKET_OPERATIONS", "step": step, **call.map(BASKET_OPERATIONS, call.product())}
-
-    return mapper
-
-
-def checkout(step: str) -> Mapper:
-    table = PURCHASE if step == "purchase" else CHECKOUT
-
-    def mapper(call: Call) -> dict[str, Any]:
-        products = call.products
-        if not products and step != "basket":
-            raise call.fail("properties.products", f"is required by {call.vendor} CHECKOUT (productList)")
-        return {
-            "name": "CHECKOUT",
-            "step": step,
-            **call.map(table),
-            "productList": call.map_each(PRODUCT_LIST, products),
-        }
-
-    return mapper
-
-
-def user_operation(step: str) -> Mapper:
-    def mapper(call: Call) -> dict[str, Any]:
-        return {"name": "USER_OPERATIONS", "step": step, **call.map(USER_OPERATIONS)}
-
-    return mapper
+def user_operation(step: str) -> Body:
+    return Body("USER_OPERATIONS", {"name": "USER_OPERATIONS", "step": step}, USER_OPERATIONS)
 
 
 def user_update(call: Call) -> dict[str, Any]:
@@ -238,9 +232,9 @@ def custom_event(call: Call) -> dict[str, Any]:
     return custom
 
 
-EVENTS: dict[str, Callable[[Call], dict[str, Any]]] = {
-    "Product Viewed": product_view,
-    "Product Clicked": product_view,
+EVENTS: dict[str, Body] = {
+    "Product Viewed": PRODUCT_VIEW_BODY,
+    "Product Clicked": PRODUCT_VIEW_BODY,
     "Product Added": basket("add"),
     "Wishlist Product Added to Cart": basket("add"),
     "Product Removed": basket("remove"),
@@ -277,8 +271,12 @@ def session_id(call: Call, option: str | None) -> str:
     explicit = (option or "").strip()
     if explicit:
         return explicit
-    visitor = call.message.anonymousId or call.message.userId or ""
     moment = call.time("event (sessionId, derived from the message time)", required=True)
+    return daily_session(call.message.anonymousId or call.message.userId or "", moment)
+
+
+def daily_session(visitor: str, moment: datetime | None) -> str:
+    """The session of a visitor (anonymousId || userId) on the UTC day of `moment` (none: the empty day)."""
     return _daily_session(visitor, moment.date().isoformat() if moment else "")
 
 
@@ -296,11 +294,18 @@ def device(call: Call, option: str | None, default: str) -> str:
     """options (`option`, as read) || from context.os.name, context.device.type, context.userAgent ||
     settings.device."""
     if option is not None:
-        if option.strip().upper() not in DEVICES:  # named where it was read: a field mapping may move it
+        chosen = _option_device(option)
+        if chosen is None:  # named where it was read: a field mapping may move it
             raise call.fail(call.path_of(DEVICE_OPTION), f"must be one of {', '.join(DEVICES)} ({call.vendor} device)")
-        return option.strip().upper()
+        return chosen
     os_name, kind, agent = call.row(DEVICE_SIGNS)
     return _device_of(os_name or "", (kind or "").lower(), agent or "", default)
+
+
+def _option_device(option: str) -> str | None:
+    """The Segmentify device an `integrations` option names (any case, spaces around), or None."""
+    chosen = option.strip().upper()
+    return chosen if chosen in DEVICES else None
 
 
 @lru_cache(maxsize=2048)  # a shop's traffic has a few hundred user agents: classify each once
@@ -332,42 +337,81 @@ CONFIGURATION_CODES = frozenset(
 )
 
 
-def event(mapper: Callable[[Call], dict[str, Any]]) -> Mapper:
-    """A Segmentify mapper wrapped into the request body: the common and derived fields, then the
-    event's own, nulls left out, as a one-event JSON array (batchable), with the `Origin` header."""
+def event(own: Body | Callable[[Call], dict[str, Any]]) -> Mapper:
+    """A Segmentify mapper (a declared body, or a function of the call) wrapped into the request body: the common
+    and derived fields, then the event's own, nulls left out, as a one-event JSON array (batchable), with the
+    `Origin` header. A declared body also gets its straight-line code for plain messages (`FastMapper`)."""
+    mapper = own if callable(own) else None
 
     def mapped(call: Call) -> Mapped:
         settings: Settings = call.settings
-        own = mapper(call)
-        locale, session_option, device_option = call.row(EVENT_READS)
-        lang = language(locale)
-        body = {
-            "name": own.pop("name"),
-            "userId": call.visitor_id,
-            "sessionId": session_id(call, session_option),
-            "device": device(call, device_option, settings.device),
-        }
-        if lang:
-            body["lang"] = lang.upper()
-        if settings.testMode:
-            body["testMode"] = True
-        body.update(own)
-        if any(v is None for v in own.values()):  # a mapper's own null (a plugin's, wrapped by `event`): left out
+        body = call.body(own) if mapper is None else mapper(call)  # type: ignore[arg-type]
+        if any(v is None for v in body.values()):  # a mapper's own null (a plugin's, wrapped by `event`): left out
             body = present(body)
-        # pageUrl, when the event has one, was read and checked with the common fields.
-        origin = settings.origin or origin_of(body.get("pageUrl"))
-        headers = {"Origin": origin} if origin else {}
-        return Mapped(EVENTS_PATH, [body], headers)
+        locale, session_option, device_option = call.row(EVENT_READS)
+        session = session_id(call, session_option)
+        chosen = device(call, device_option, settings.device)
+        return _request(settings, body, visitor=call.visitor_id, session=session, chosen=chosen, locale=locale)
 
-    return mapped
+    if mapper is not None:
+        return mapped
+    declared: Body = own  # type: ignore[assignment]
+
+    def fast(destination: Destination, roots: list[Any], message: dict[str, Any]) -> Mapped | None:
+        """`mapped` for a raw message whose every value read is plain, or None (see `Body.fast`)."""
+        settings: Settings = destination.settings
+        reads = EVENT_READS.plain(roots)
+        if reads is BAIL:
+            return None
+        locale, session_option, device_option = reads
+        session = (session_option or "").strip()
+        if not session:
+            moment = plain_time(message)
+            if moment is BAIL:
+                return None
+            session = daily_session(message.get("anonymousId") or message.get("userId") or "", moment)
+        if device_option is None:
+            signs = DEVICE_SIGNS.plain(roots)
+            if signs is BAIL:
+                return None
+            chosen = _device_of(signs[0] or "", (signs[1] or "").lower(), signs[2] or "", settings.device)
+        else:
+            chosen = _option_device(device_option)
+            if chosen is None:  # the general path says why
+                return None
+        body = declared.fast(roots)
+        if body is BAIL:
+            return None
+        # `plain_parts` took the ids as the model keeps them: userId || anonymousId, as `Call.visitor_id` reads.
+        visitor = message.get("userId") or message["anonymousId"]
+        return _request(settings, body, visitor=visitor, session=session, chosen=chosen, locale=locale)
+
+    return FastMapper(mapped, fast)
+
+
+def _request(
+    settings: Settings, own: dict[str, Any], *, visitor: str, session: str, chosen: str, locale: str | None
+) -> Mapped:
+    """The request of a mapped event (`own`, without nulls): its name, the visitor, session and device, the
+    language when known and the test flag when set, then the event's own fields; the `Origin` header."""
+    lang = language(locale)
+    body = {"name": own.pop("name"), "userId": visitor, "sessionId": session, "device": chosen}
+    if lang:
+        body["lang"] = lang.upper()
+    if settings.testMode:
+        body["testMode"] = True
+    body.update(own)
+    # pageUrl, when the event has one, was read and checked with the common fields.
+    origin = settings.origin or origin_of(body.get("pageUrl"))
+    return Mapped(EVENTS_PATH, [body], {"Origin": origin} if origin else {})
 
 
 class SegmentifyDestination(Destination):
     name = "segmentify"
     display_name = "Segmentify"
     Settings = Settings
-    calls = {"page": event(page_view), "screen": event(page_view), "identify": event(user_update)}  # noqa: RUF012
-    events = {name: event(mapper) for name, mapper in EVENTS.items()}  # noqa: RUF012
+    calls = {"page": event(PAGE_VIEW_BODY), "screen": event(PAGE_VIEW_BODY), "identify": event(user_update)}  # noqa: RUF012
+    events = {name: event(body) for name, body in EVENTS.items()}  # noqa: RUF012
     other_event = event(custom_event)
     fields = (EVENT, PAGE_VIEW, PRODUCT_VIEW, BASKET_OPERATIONS, CHECKOUT, PURCHASE, PRODUCT_LIST, USER_OPERATIONS,
               USER_UPDATE, GENDER_TABLE, CUSTOM_EVENT)  # fmt: skip

@@ -258,6 +258,44 @@ def message_id_of(message: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def _plain_id(value: Any) -> bool:
+    """An id `_id` keeps as it is: ASCII text, not blank, without spaces around it."""
+    return type(value) is str and value.isascii() and value != "" and not value[0].isspace() and not value[-1].isspace()
+
+
+def plain_parts(raw: Any) -> tuple[str, str | None, dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """(type, event, properties, context, integrations) of a raw track, page or screen message that its model takes
+    exactly as it is, so that reading the raw message reads what `parse_message` gives: the type as the model names
+    it, userId and anonymousId absent or plain ids (`_plain_id`, one at least), a track's event ASCII text that is
+    not blank, properties, context and integrations objects or absent ({}). None for anything else, which
+    `parse_message` reads (and may refuse)."""
+    if type(raw) is not dict:
+        return None
+    kind = raw.get("type")
+    if kind == "track":
+        event = raw.get("event")
+        if type(event) is not str or not event.isascii() or event.isspace() or not event:
+            return None
+    elif kind == "page" or kind == "screen":  # noqa: PLR1714 - the common case first, without a set
+        event = None
+    else:
+        return None
+    user, anonymous = raw.get("userId"), raw.get("anonymousId")
+    if (
+        (user is None and anonymous is None)
+        or (user is not None and not _plain_id(user))
+        or (anonymous is not None and not _plain_id(anonymous))
+    ):
+        return None
+    parts = [raw.get(key) for key in ("properties", "context", "integrations")]
+    for i, value in enumerate(parts):
+        if value is None:
+            parts[i] = {}
+        elif type(value) is not dict:
+            return None
+    return kind, event, *parts  # type: ignore[return-value]
+
+
 def raw_label(raw: Mapping[str, Any]) -> str:
     """The label of a raw message for errors raised before it is parsed."""
     kind = message_type(raw)
