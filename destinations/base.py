@@ -330,6 +330,9 @@ class Destination:
         self._fast_calls = {
             kind: m.fast for kind, m in self.calls.items() if isinstance(m, FastMapper) and kind in ("page", "screen")
         } if plain else {}  # fmt: skip
+        # The general path's mappers, a FastMapper's own function called without its wrapper's frame.
+        self._event_mappers = {e: m.mapper if isinstance(m, FastMapper) else m for e, m in self.events.items()}
+        self._call_mappers = {k: m.mapper if isinstance(m, FastMapper) else m for k, m in self.calls.items()}
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -446,11 +449,11 @@ class Destination:
             call.custom_name = shaping.custom_name(parsed.event)
         if parsed.type == "track":
             # Through the class: a plain function stored on it must not become a bound method.
-            mapper = self.events.get(call.event) or type(self).other_event
+            mapper = self._event_mappers.get(call.event) or type(self).other_event
             if mapper is None:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
-            mapper = self.calls[parsed.type]
+            mapper = self._call_mappers[parsed.type]
         mapped = mapper(call)
         # The common case, one Mapped, without `build`'s list and checks (unless a plugin overrides `build`).
         if type(mapped) is Mapped and self._own_build:

@@ -958,13 +958,14 @@ class Call:
     def body(self, declared: Body) -> dict[str, Any]:
         """A declared body (`Body`) for this message: its lists' products read first, then its constants, its
         table's fields and its lists, in that order."""
+        if not declared.each:
+            return {**declared.constants, **self.map(declared.table, self.product() if declared.product else None)}
         lists = [(key, table, self.products) for key, table in declared.each]
         if declared.each_required:
             for key, _, items in lists:
                 if not items:
                     raise self.fail("properties.products", f"is required by {self.vendor} {declared.name} ({key})")
-        out = dict(declared.constants)
-        out.update(self.map(declared.table, self.product() if declared.product else None))
+        out = {**declared.constants, **self.map(declared.table, self.product() if declared.product else None)}
         for key, table, items in lists:
             out[key] = self.map_each(table, items)
         return out

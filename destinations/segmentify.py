@@ -351,7 +351,7 @@ def event(own: Body | Callable[[Call], dict[str, Any]]) -> Mapper:
         locale, session_option, device_option = call.row(EVENT_READS)
         session = session_id(call, session_option)
         chosen = device(call, device_option, settings.device)
-        return _request(settings, body, visitor=call.visitor_id, session=session, chosen=chosen, locale=locale)
+        return _request(settings, body, call.visitor_id, session, chosen, locale)
 
     if mapper is not None:
         return mapped
@@ -384,13 +384,13 @@ def event(own: Body | Callable[[Call], dict[str, Any]]) -> Mapper:
             return None
         # `plain_parts` took the ids as the model keeps them: userId || anonymousId, as `Call.visitor_id` reads.
         visitor = message.get("userId") or message["anonymousId"]
-        return _request(settings, body, visitor=visitor, session=session, chosen=chosen, locale=locale)
+        return _request(settings, body, visitor, session, chosen, locale)
 
     return FastMapper(mapped, fast)
 
 
-def _request(
-    settings: Settings, own: dict[str, Any], *, visitor: str, session: str, chosen: str, locale: str | None
+def _request(  # noqa: PLR0917 - on every event's path, where keyword arguments cost
+    settings: Settings, own: dict[str, Any], visitor: str, session: str, chosen: str, locale: str | None
 ) -> Mapped:
     """The request of a mapped event (`own`, without nulls): its name, the visitor, session and device, the
     language when known and the test flag when set, then the event's own fields; the `Origin` header."""
