@@ -171,7 +171,12 @@ def request_host(host: str) -> str | None:
         try:
             host = idna.encode(host, uts46=True).decode("ascii")
         except idna.IDNAError:
-            return None
+            # A symbol IDNA 2008 leaves out and browsers take (the WHATWG URL standard reads a host by UTS 46,
+            # which keeps them: `i❤.ws`), as their Origin carries it: the IDNA 2003 codec, which takes them alike.
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError:
+                return None
     return host if _HOST.fullmatch(host) else None
 
 

@@ -159,6 +159,14 @@ def test_origin_setting_is_idna_encoded_and_must_be_an_origin() -> None:
         get_destination("segmentify", {**settings, "origin": "https://shop.example/some/path"})
 
 
+def test_a_page_on_a_host_of_symbols_gets_the_origin_a_browser_sends() -> None:
+    """`i❤.ws`: a name IDNA 2008 refuses and browsers take (UTS 46), sending `Origin: https://xn--i-7iq.ws`."""
+    message = {"type": "page", "userId": "u", "context": {"sessionId": "s", "page": {"url": "https://i❤.ws/p"}}}
+    (request,), _ = handle("segmentify", message)
+    assert request.headers["Origin"] == "https://xn--i-7iq.ws"
+    assert request.json[0]["pageUrl"] == "https://i❤.ws/p"
+
+
 @pytest.mark.parametrize("url", ["http://exa\x00mple.com/", "http://exa mple.com/", "http://[::1", "http://h:99999/"])
 def test_a_page_url_no_header_can_carry_gives_no_origin(url: str) -> None:
     message = {"type": "page", "userId": "u", "context": {"sessionId": "s", "page": {"url": url}}}
