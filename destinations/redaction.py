@@ -85,7 +85,20 @@ def secret_forms(values: Iterable[str]) -> list[str]:
         for encoded in (quote(v, safe=""), quote(v)):
             out += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
         out += [quote_plus(v), v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]
+        out += _base64_inside(v.encode())
     return list(dict.fromkeys(v for v in out if len(v) >= 4))  # once each, in order
+
+
+def _base64_inside(secret: bytes) -> list[str]:
+    """The base64 characters that `secret` alone decides wherever it starts inside longer encoded text (an echoed
+    URL or body in base64): its encoding after 0, 1 and 2 bytes of anything, less the characters at either end that
+    it shares with its neighbours."""
+    forms = []
+    for before in range(3):
+        encoded = base64.b64encode(bytes(before) + secret).decode("ascii").rstrip("=")
+        first, end = -(-8 * before // 6), 8 * (before + len(secret)) // 6  # whole characters of the secret's bits
+        forms.append(encoded[first:end])
+    return forms
 
 
 def masked_traceback(exc: BaseException, secrets: Iterable[str]) -> str:
