@@ -242,20 +242,32 @@ def non_empty_secret(value: SecretStr) -> SecretStr:
 
 _SETTING_RULES = {
     "missing": "is required",
-    "extra_forbidden": "is not a setting of this destination",
+    "extra_forbidden": "is not a setting of {owner}",
     "string_type": "must be a string",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
     "literal_error": "must be one of {expected}",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "greater_than_equal": "must be {ge} or more",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be {le} or less",
+    "less_than": "must be less than {lt}",
+    "list_type": "must be a list",
 }
 
 
-def describe_settings_errors(exc: ValidationError) -> list[str]:
-    """One line per bad key; never the value (a secret's value must not reach an error text)."""
+def describe_settings_errors(exc: ValidationError, owner: str = "this destination") -> list[str]:
+    """One line per bad key (`key rule`), a key that is none of `owner`'s named so; never the value (a secret's
+    value must not reach an error text)."""
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
         known = _SETTING_RULES.get(err["type"])
-        rule = known.format(**(err.get("ctx") or {})) if known else str(err["msg"]).removeprefix("Value error, ")
+        ctx = {"owner": owner, **(err.get("ctx") or {})}
+        rule = known.format(**ctx) if known else str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"{format_path(err['loc']) or 'settings'} {rule}")
     return lines
 

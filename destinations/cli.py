@@ -319,9 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigurationError as exc:
-        if len(exc.problems) > 1:  # a line each, so that a file's every problem can be read and fixed in one go
+        # A configuration's problems (each a whole line, naming its file, table and key), a line each, so that every
+        # one can be read and fixed in one go; a line break inside one (a quoted key) shown as its escape.
+        if len(exc.problems) > 1 and str(exc) == "; ".join(exc.problems):
             print(f"destinations {args.command}: {len(exc.problems)} problems:", file=sys.stderr)
-            print("\n".join(f"  {problem}" for problem in exc.problems), file=sys.stderr)
+            print("\n".join(f"  {problem}".replace("\n", "\\n") for problem in exc.problems), file=sys.stderr)
         else:
             print(f"destinations {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
@@ -215,8 +215,9 @@ class Config:
     unconfigured: dict[str, str] = field(default_factory=dict)
 
 
-def expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
-    """Replace `${VAR}` and `${VAR:-default}` in every string; a missing variable is an error naming `where`."""
+def expand_env(value: Any, where: str, environ: Mapping[str, str], unset: list[str] | None = None) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string; a missing variable is an error naming `where`, or,
+    with `unset`, that error's text noted there and the variable read as empty."""
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -225,27 +226,53 @@ def expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
                 return environ[name]
             if default is not None:
                 return default
-            raise ConfigurationError(f"{where}: environment variable {name} is not set")
+            problem = f"{where}: environment variable {name} is not set"
+            if unset is None:
+                raise ConfigurationError(problem)
+            unset.append(problem)
+            return ""
 
         return _ENV_REF.sub(replace, value)
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+        return [expand_env(v, f"{where}[{i}]", environ, unset) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}", environ) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}", environ, unset) for k, v in value.items()}
     return value
 
 
-def _validate(model: type[_Table], data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{where} must be a table")
+def _expanded(table: dict[str, Any], where: str, environ: Mapping[str, str], problems: list[str]
+              ) -> tuple[dict[str, Any], frozenset[str]]:  # fmt: skip
+    """A table's keys with their variables expanded, less the keys holding a variable that is not set (each such
+    variable a problem: `<where> <key>: environment variable X is not set`), so that the others are still checked;
+    and those keys."""
+    out: dict[str, Any] = {}
+    left_out: set[str] = set()
+    for key, value in table.items():
+        unset: list[str] = []
+        expanded = expand_env(value, f"{where} {key}", environ, unset)
+        if unset:
+            problems.extend(unset)
+            left_out.add(key)
+        else:
+            out[key] = expanded
+    return out, frozenset(left_out)
+
+
+_ROOT_KEY = re.compile(r"[ .\[]")
+
+
+def _about_others(lines: list[str], left_out: frozenset[str]) -> list[str]:
+    """Validation problems (`key rule`) but those about keys left out for a variable not set (a key left out is
+    required, or would have been checked: the variable is what to fix)."""
+    return [line for line in lines if _ROOT_KEY.split(line, maxsplit=1)[0] not in left_out]
+
+
+def _validate(model: type[_Table], data: dict[str, Any], where: str, left_out: frozenset[str] = frozenset()) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{where} {line}" for line in describe_settings_errors(exc)]
+        problems = [f"{where} {line}" for line in _about_others(describe_settings_errors(exc, "this table"), left_out)]
         raise ConfigurationError("; ".join(problems), problems) from None
-
-
-_T = TypeVar("_T")
 
 
 def parse_config(
@@ -256,76 +283,82 @@ def parse_config(
     server_needed: bool = True,
     instances_needed: bool = True,
 ) -> Config:
-    """Validate a configuration. With `server_needed` False (`send`, `outbox`), a `${VAR}` of `[server]` that
-    is not set counts as empty: those commands never use the server's write keys or webhook secret. With
+    """Validate a configuration, every table and instance, raising one ConfigurationError that lists every problem
+    found (`problems`, a line each: a user fixing a file should not learn of its problems one run at a time).
+
+    With `server_needed` False (`send`, `outbox`), a `${VAR}` of `[server]` and `[debugger]` that is not set counts
+    as empty: those commands never use the server's write keys, webhook secret or debugger token. With
     `instances_needed` False (the `outbox` commands that only read and change rows), an instance that cannot be
     made (a vendor key's variable not set here, any setting refused) is left out and named in `unconfigured`, with
     why."""
     env = dict(os.environ) if environ is None else environ
+    problems = [
+        f"{source}: unknown table [{unknown}] (known: server, outbox, destinations, rudder, debugger)"
+        for unknown in sorted(set(data) - {"server", "outbox", "destinations", "rudder", "debugger"})
+    ]
 
-    def expand(value: Any, where: str, lenient: bool = False) -> Any:
+    def table(name: str, model: type[_Table], lenient: bool = False) -> Any:
+        where = f"{source}: [{name}]"
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            problems.append(f"{where} must be a table")
+            return None
+        settings, left_out = _expanded(raw, where, _Lenient(env) if lenient else env, problems)
         try:
-            return expand_env(value, where, _Lenient(env) if lenient else env)
-        except ConfigurationError as exc:  # name the file too
-            raise ConfigurationError(f"{source}: {exc}") from None
-
-    # Every table is checked, and every problem found is reported at once, a line a table (or instance): a user
-    # fixing a file should not learn of its problems one run at a time.
-    problems: list[str] = []
-
-    def checked(make: Callable[[], _T]) -> _T | None:
-        try:
-            return make()
+            return _validate(model, settings, where, left_out)
         except ConfigurationError as exc:
-            problems.append(str(exc))
+            problems.extend(exc.problems)
             return None
 
-    unknown = sorted(set(data) - {"server", "outbox", "destinations", "rudder", "debugger"})
-    if unknown:
-        problems.append(
-            f"{source}: unknown table [{unknown[0]}] (known: server, outbox, destinations, rudder, debugger)"
-        )
-    rudder = checked(lambda: _validate(RudderConfig, expand(data.get("rudder", {}), "rudder"), f"{source}: [rudder]"))
-    debugger = checked(lambda: _validate(
-        DebuggerConfig, expand(data.get("debugger", {}), "debugger", lenient=not server_needed), f"{source}: [debugger]"
-    ))  # fmt: skip
-    server = checked(lambda: _validate(
-        ServerConfig, expand(data.get("server", {}), "server", lenient=not server_needed), f"{source}: [server]"
-    ))  # fmt: skip
-    outbox = checked(lambda: _validate(OutboxConfig, expand(data.get("outbox", {}), "outbox"), f"{source}: [outbox]"))
+    rudder = table("rudder", RudderConfig)
+    debugger = table("debugger", DebuggerConfig, lenient=not server_needed)
+    server = table("server", ServerConfig, lenient=not server_needed)
+    outbox = table("outbox", OutboxConfig)
     tables = data.get("destinations", {})
     if not isinstance(tables, dict):
         problems.append(f"{source}: [destinations] must hold one table per destination instance")
         tables = {}
     instances: dict[str, Destination] = {}
     unconfigured: dict[str, str] = {}
-    for name, table in tables.items():
-        try:
-            instances[name] = _instance(name, table, source, expand)
-        except ConfigurationError as exc:
-            if instances_needed:
-                problems.append(str(exc))
-            else:
-                unconfigured[name] = str(exc)
+    for name, settings in tables.items():
+        own: list[str] = []
+        instance = _instance(name, settings, source, env, own)
+        if instance is not None:
+            instances[name] = instance
+        elif instances_needed:
+            problems.extend(own)
+        else:
+            unconfigured[name] = "; ".join(own)
     if problems or server is None or outbox is None or rudder is None or debugger is None:
         raise ConfigurationError("; ".join(problems), problems)
     return Config(server=server, outbox=outbox, destinations=instances, source=source, rudder=rudder,
                   debugger=debugger, unconfigured=unconfigured)  # fmt: skip
 
 
-def _instance(name: str, table: Any, source: str, expand: Callable[[Any, str], Any]) -> Destination:
-    """The destination instance `[destinations.<name>]` describes; ConfigurationError naming the file and table."""
+def _instance(name: str, table: Any, source: str, environ: Mapping[str, str], problems: list[str]
+              ) -> Destination | None:  # fmt: skip
+    """The destination instance `[destinations.<name>]` describes, or None with every problem of it noted in
+    `problems`, each naming the file, the table and the key."""
     where = f"{source}: [destinations.{name}]"
     if not isinstance(table, dict):
-        raise ConfigurationError(f"{where} must be a table")
-    settings = expand(dict(table), f"[destinations.{name}]")
+        problems.append(f"{where} must be a table")
+        return None
+    settings, left_out = _expanded(table, where, environ, problems)
     kind = settings.pop("type", None)
+    if "type" in left_out:  # which settings it takes is not known: its variables are what to fix
+        return None
     if not isinstance(kind, str) or not kind:
-        raise ConfigurationError(f"{where} type is required (one of: {', '.join(sorted(destination_types()))})")
+        problems.append(f"{where} type is required (one of: {', '.join(sorted(destination_types()))})")
+        return None
     try:
-        return get_destination(kind, settings)
+        instance = get_destination(kind, settings)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{where} {exc}", exc.problems) from None
+        if not exc.problems:  # about the type, not a setting
+            problems.append(f"{where} {exc}")
+        else:
+            problems.extend(f"{where} {kind} settings: {line}" for line in _about_others(exc.problems, left_out))
+        return None
+    return None if left_out else instance
 
 
 class _Lenient(dict):  # type: ignore[type-arg]

@@ -45,7 +45,7 @@ def test_missing_environment_variable_names_the_key(tmp_path: Path) -> None:
         '[destinations.shop]\ntype = "segmentify"\napiKey = "${NOPE}"\ndataCenterUrl = "https://x.example"\n'
     )
     with pytest.raises(
-        ConfigurationError, match=r"\[destinations\.shop\]\.apiKey: environment variable NOPE is not set"
+        ConfigurationError, match=r"\[destinations\.shop\] apiKey: environment variable NOPE is not set"
     ):
         load_config(path, environ={})
 
@@ -62,9 +62,10 @@ def test_bad_destination_settings_name_file_table_and_key(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"outbox": {"batch_size": 0}}, "[outbox] batch_size Input should be greater than or equal to 1"),
+        ({"outbox": {"batch_size": 0}}, "[outbox] batch_size must be 1 or more"),
         ({"outbox": {"retry_window": "soon"}}, "[outbox] retry_window must be a duration"),
-        ({"outbox": {"colour": "red"}}, "[outbox] colour is not a setting"),
+        ({"outbox": {"colour": "red"}}, "[outbox] colour is not a setting of this table"),
+        ({"outbox": {"concurrency": "four"}}, "[outbox] concurrency must be a whole number"),
         ({"server": {"delivery": "later"}}, "[server] delivery must be one of 'outbox' or 'direct'"),
         ({"servers": {}}, "unknown table [servers]"),
         ({"destinations": {"shop": {"apiKey": "k"}}}, "[destinations.shop] type is required"),
@@ -79,34 +80,43 @@ def test_validation_errors(data: dict, message: str) -> None:
 
 
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
-    """A file with problems in several tables and instances: each is named, in one error, a line a table or instance
-    (the library's message joins them), never the first alone; `outbox` commands still leave bad instances out."""
+    """A file with problems in several tables and instances, and several in one: each is named, a line each (the
+    library's message joins them), never the first alone. A key whose variable is not set is named for that, and the
+    other keys of its table are still checked; `outbox` commands still leave bad instances out."""
     data = {
         "servers": {},
-        "outbox": {"batch_size": 0},
-        "server": {"delivery": "later"},
+        "sever": {},
+        "outbox": {"batch_size": 0, "concurrency": "four"},
+        "server": {"delivery": "later", "write_keys": ["${NO_KEY}"]},
         "destinations": {
-            "shop": {"type": "segmentify", "apiKey": SECRET, "dataCenterUrl": "ftp://x"},
+            "shop": {"type": "segmentify", "apiKey": SECRET, "dataCenterUrl": "ftp://x", "devise": "PC"},
             "good": {"type": "segmentify", "apiKey": SECRET, "dataCenterUrl": "https://dce1.segmentify.com"},
-            "other": {"type": "wigzo", "orgToken": "${NOPE}", "token": SECRET},
+            "other": {"type": "wigzo", "orgToken": "${NOPE}", "token": SECRET, "baseUrl": "not a url"},
         },
     }
     with pytest.raises(ConfigurationError) as info:
         parse_config(data, "d.toml", environ={})
-    problems = info.value.problems
-    assert len(problems) == 5, problems
-    assert problems[0].startswith("d.toml: unknown table [servers]")
-    assert problems[1].startswith("d.toml: [server] delivery must be one of 'outbox' or 'direct'")
-    assert problems[2].startswith("d.toml: [outbox] batch_size Input should be greater than or equal to 1")
-    assert problems[3].startswith("d.toml: [destinations.shop] segmentify settings: dataCenterUrl must be an http(s)")
-    assert problems[4] == "d.toml: [destinations.other].orgToken: environment variable NOPE is not set"
-    assert str(info.value) == "; ".join(problems)
+    assert info.value.problems == [
+        "d.toml: unknown table [servers] (known: server, outbox, destinations, rudder, debugger)",
+        "d.toml: unknown table [sever] (known: server, outbox, destinations, rudder, debugger)",
+        "d.toml: [server] write_keys[0]: environment variable NO_KEY is not set",
+        "d.toml: [server] delivery must be one of 'outbox' or 'direct'",
+        "d.toml: [outbox] batch_size must be 1 or more",
+        "d.toml: [outbox] concurrency must be a whole number",
+        "d.toml: [destinations.shop] segmentify settings: dataCenterUrl must be an http(s) URL such as"
+        " https://host.example.com",
+        "d.toml: [destinations.shop] segmentify settings: devise is not a setting of this destination",
+        "d.toml: [destinations.other] orgToken: environment variable NOPE is not set",
+        "d.toml: [destinations.other] wigzo settings: baseUrl must be an http(s) URL such as https://host.example.com",
+    ]
+    assert str(info.value) == "; ".join(info.value.problems)
     assert SECRET not in str(info.value)
     # Without the file's own problems, the commands that read rows alone leave the bad instances out, named.
     rows_only = {"destinations": data["destinations"]}
     config = parse_config(rows_only, "d.toml", environ={}, instances_needed=False)
     assert sorted(config.destinations) == ["good"]
     assert sorted(config.unconfigured) == ["other", "shop"]
+    assert config.unconfigured["other"].startswith("d.toml: [destinations.other] orgToken: environment variable NOPE")
 
     path = tmp_path / "d.toml"
     path.write_text('[outbox]\nbatch_size = 0\n[destinations.shop]\ntype = "segmentfy"\n')
@@ -115,9 +125,15 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.splitlines() == [
         "destinations outbox: 2 problems:",
-        f"  {path}: [outbox] batch_size Input should be greater than or equal to 1",
+        f"  {path}: [outbox] batch_size must be 1 or more",
         f"  {path}: [destinations.shop] unknown destination 'segmentfy'; known: dengage, esputnik, segmentify, wigzo",
     ]
+    # A destination's own settings, given alone (not a file): one line, naming the type, as before.
+    settings = '{"apiKey": "", "dataCenterUrl": "ftp://x"}'
+    res = subprocess.run([SCRIPT, "transform", "segmentify", "--settings", settings], input="{}", capture_output=True,
+                         text=True, check=False, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.startswith("destinations transform: segmentify settings: apiKey must not be empty; dataCenterUrl")
 
 
 def test_not_toml_and_unreadable(tmp_path: Path) -> None:
@@ -167,12 +183,10 @@ def test_a_missing_variable_names_the_file_and_send_does_not_need_the_servers(tm
         '[server]\nwrite_keys = ["${NOPE_KEY}"]\n[destinations.shop]\ntype = "wigzo"\norgToken = "${ORG}"\n',
         encoding="utf-8",
     )
-    with pytest.raises(ConfigurationError, match=r"d\.toml: server\.write_keys\[0\]: environment variable NOPE_KEY"):
+    with pytest.raises(ConfigurationError, match=r"d\.toml: \[server\] write_keys\[0\]: environment variable NOPE_KEY"):
         load_config(path, environ={"ORG": "o"})
     # `send` and `outbox` never use the server's secrets: an unset one there counts as empty.
     config = load_config(path, environ={"ORG": "o"}, server_needed=False)
     assert config.server.write_keys == []
-    with pytest.raises(
-        ConfigurationError, match=r"d\.toml: \[destinations\.shop\]\.orgToken: environment variable ORG"
-    ):
+    with pytest.raises(ConfigurationError, match=r"d\.toml: \[destinations\.shop\] orgToken: environment variable ORG"):
         load_config(path, environ={}, server_needed=False)

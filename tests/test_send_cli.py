@@ -140,7 +140,7 @@ def test_outbox_commands_list_and_replay_dead_requests_without_secrets(tmp_path:
         listed = {line.split()[0]: line.split()[1:5] for line in keyless.stdout.splitlines()[1:]}
         assert listed == {"shop-broken": ["0", "0", "0", "0"], "shop-segmentify": ["0", "0", "0", "3"],
                           "shop-wigzo": ["0", "0", "3", "0"]}  # fmt: skip
-        assert "[destinations.shop-wigzo].orgToken: environment variable WIGZO_ORG is not set" in keyless.stderr
+        assert "[destinations.shop-wigzo] orgToken: environment variable WIGZO_ORG is not set" in keyless.stderr
         assert "[destinations.shop-broken] segmentify settings: dataCenterUrl must be an http(s) URL" in keyless.stderr
         keyless_dead = run("outbox", "dead", "--config", str(broken), "--destination", "shop-wigzo", environ=bare)
         assert keyless_dead.returncode == 0, keyless_dead.stderr
