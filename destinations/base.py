@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import idna
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from . import fields
+from . import fields as _fields
 from .errors import ConfigurationError, DestinationError, Filtered, InvalidMessage, MappingWarning
 from .fields import Call, Table, plain_roots
 from .redaction import mask_headers, mask_params, masked_traceback
@@ -340,16 +340,15 @@ class Destination:
         self._request_headers = {**headers, **self.headers}
         self._urls: dict[str, str] = {}  # path -> base URL + path
         self._own_build = type(self).build is Destination.build
-        # The straight-line code of this class's own mappers (`FastMapper`), for an instance that renames, filters
-        # and moves nothing (its shaping settings) and builds its requests as declared.
-        plain = self._own_build and not self.shaping.active and not self.shaping.overrides
-        self._fast_events = {e: m.fast for e, m in self.events.items() if isinstance(m, FastMapper)} if plain else {}
-        self._fast_calls = {
-            kind: m.fast for kind, m in self.calls.items() if isinstance(m, FastMapper) and kind in ("page", "screen")
-        } if plain else {}  # fmt: skip
-        # The general path's mappers, a FastMapper's own function called without its wrapper's frame.
-        self._event_mappers = {e: m.mapper if isinstance(m, FastMapper) else m for e, m in self.events.items()}
-        self._call_mappers = {k: m.mapper if isinstance(m, FastMapper) else m for k, m in self.calls.items()}
+        # The straight-line code of its mappers (`FastMapper`) serves an instance that renames, filters and moves
+        # nothing (its shaping settings) and gates, handles and builds as this class does: a plugin that overrides
+        # any of those keeps the general path, where its own code runs.
+        cls = type(self)
+        self._plain = (
+            cls.build is Destination.build and cls._gate is Destination._gate and cls._handle is Destination._handle
+            and not self.shaping.active and not self.shaping.overrides
+            and any(isinstance(m, FastMapper) for m in (*self.events.values(), *self.calls.values()))
+        )  # fmt: skip
 
     @classmethod
     def parse_settings(cls, settings: Mapping[str, Any] | SettingsModel | None) -> Any:
@@ -393,7 +392,7 @@ class Destination:
         try:
             # A raw message first to its event's straight-line code, if it has one (`FastMapper`); the mapping
             # stage hands on the parsed model, read once for every instance, which the general path maps.
-            if (self._fast_events or self._fast_calls) and type(message) is dict and fields.FAST_PATHS:
+            if self._plain and type(message) is dict and _fields.FAST_PATHS:
                 mapped = self._fast_map(message)
                 if mapped is not None:
                     return new_tuple(Handled, ([self.request(mapped)], []))
@@ -430,10 +429,11 @@ class Destination:
             enabled, options, _ = integration_setting(integrations, self.display_name)
             if not enabled:  # the general path says why
                 return None
-        fast = self._fast_events.get(canonical_event(event)) if event is not None else self._fast_calls.get(kind)
-        if fast is None:
+        # The tables as they are now: a plugin may change an instance's after it is made.
+        mapper = self.events.get(canonical_event(event)) if event is not None else self.calls.get(kind)
+        if type(mapper) is not FastMapper:
             return None
-        return fast(self, plain_roots(properties, context, options, message), message)
+        return mapper.fast(self, plain_roots(properties, context, options, message), message)
 
     def _gate(self, message: Mapping[str, Any] | Message) -> tuple[Message, dict[str, Any]]:
         """The parsed message and this instance's options, or Filtered/InvalidMessage when it does not take it."""
@@ -466,11 +466,13 @@ class Destination:
             call.custom_name = shaping.custom_name(parsed.event)
         if parsed.type == "track":
             # Through the class: a plain function stored on it must not become a bound method.
-            mapper = self._event_mappers.get(call.event) or type(self).other_event
+            mapper = self.events.get(call.event) or type(self).other_event
             if mapper is None:
                 raise Filtered(f"{self.display_name} does not take the event {call.event!r}")
         else:
-            mapper = self._call_mappers[parsed.type]
+            mapper = self.calls[parsed.type]
+        if type(mapper) is FastMapper:  # its own function, without the wrapper's frame
+            mapper = mapper.mapper
         mapped = mapper(call)
         # The common case, one Mapped, without `build`'s list and checks (unless a plugin overrides `build`).
         if type(mapped) is Mapped and self._own_build:

@@ -28,8 +28,9 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from enum import Enum
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from .errors import InvalidMessage, MappingWarning
@@ -327,8 +328,12 @@ def _field_lines(
 _UNPACK_ROOTS = "    " + ", ".join(f"R{i}" for i in range(len(ROOTS))) + " = R"
 
 
+class _Bail(Enum):
+    BAIL = "bail"
+
+
 #: What straight-line code without a Call (`bail`) gives for a message it leaves to the general path.
-BAIL: Any = object()
+BAIL: Final = _Bail.BAIL
 
 
 def _compiled(name: str, lines: list[str], ns: dict[str, Any]) -> Callable[..., Any]:
@@ -385,7 +390,7 @@ def _straight_row(row: Row, *, bail: bool = False) -> Callable[..., Any]:
     return _compiled(row.name, lines, ns)
 
 
-def _straight_body(body: Body) -> Callable[[list[Any]], Any]:
+def _straight_body(body: Body) -> Callable[[list[Any]], dict[str, Any] | _Bail]:
     """`Call.body` of `body` on the roots of a raw message (`plain_roots`) as straight-line code without a Call,
     made from its declarations once: the body when every value it reads is plain (`_PLAIN`), else BAIL, and the
     general path maps the message (so the two give the same, or this gives nothing)."""
@@ -492,10 +497,10 @@ class Row:
         self.reads = reads
         self.fast = _straight_row(self)
         #: The values on the roots of a raw message alone (`plain_roots`), or BAIL where the general path must read.
-        self.plain = _straight_row(self, bail=True)
+        self.plain: Callable[[list[Any]], tuple[Any, ...] | _Bail] = _straight_row(self, bail=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a declaration: itself alone, compared and hashed by identity
 class Body:
     """One vendor event's body as declared: `constants` first (`{"name": "CHECKOUT", "step": "purchase"}`), then
     the fields of `table` that have a value (read for the event's product when `product`: `Call.product`), then
@@ -511,9 +516,15 @@ class Body:
     product: bool = False
     each: tuple[tuple[str, Table], ...] = ()
     each_required: bool = False
-    fast: Callable[[list[Any]], Any] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    fast: Callable[[list[Any]], dict[str, Any] | _Bail] = field(
+        default=None,
+        compare=False,
+        repr=False,  # type: ignore[arg-type]
+    )
 
     def __post_init__(self) -> None:
+        if self.table.uses_product and not self.product:
+            raise ValueError(f"{self.name}: {self.table.event} reads a product's fields: declare it with product=True")
         object.__setattr__(self, "fast", _straight_body(self))
 
 
@@ -521,10 +532,15 @@ def plain_roots(properties: dict[str, Any], context: dict[str, Any], options: di
                 message: dict[str, Any]) -> list[Any]:  # fmt: skip
     """The roots (ROOTS order) of a raw track, page or screen message whose parts `spec.plain_parts` gave, as a
     Call derives them from its parsed form (`_Parts`): no traits of its own, `context.traits` when an object."""
-    context_traits = context.get("traits")
-    if type(context_traits) is not dict:
-        context_traits = context_traits if isinstance(context_traits, dict) else {}
-    return [properties, {}, context_traits, options, None, context, message]
+    return [properties, {}, _context_traits(context), options, None, context, message]
+
+
+def _context_traits(context: Mapping[str, Any]) -> dict[str, Any]:
+    """`context.traits` when it is an object, else none (MAPPINGS "Real traffic")."""
+    traits = context.get("traits")
+    if type(traits) is not dict:
+        traits = traits if isinstance(traits, dict) else {}
+    return traits  # type: ignore[no-any-return]
 
 
 # Sources shared by every vendor (MAPPINGS "Shared" and "Real traffic"), declared once.
@@ -658,9 +674,7 @@ class _Parts:
         self.properties: dict[str, Any] = message.properties if has_properties else {}  # type: ignore[attr-defined]
         # Not getattr: a pydantic model raises and catches AttributeError for a missing field, which is slow.
         own = message.traits if has_traits else {}  # type: ignore[attr-defined]
-        context_traits = message.context.get("traits")
-        if type(context_traits) is not dict:
-            context_traits = context_traits if isinstance(context_traits, dict) else {}
+        context_traits = _context_traits(message.context)
         self.own: dict[str, Any] = own
         self.context_traits: dict[str, Any] = context_traits
         if own and context_traits:  # a null own trait leaves the context's value
@@ -694,18 +708,28 @@ def _share(message: Message) -> _Parts:
     return parts
 
 
+def visitor_of(user_id: str | None, anonymous_id: str | None) -> str:
+    """The visitor a vendor's userId names: userId || anonymousId (`Call.visitor_id`)."""
+    return user_id or anonymous_id or ""
+
+
 def moment_of(value: Any) -> datetime:
     """A message time (`Call.time`) in UTC: a datetime, or ISO-8601 text (naive taken as UTC). ValueError else."""
     moment = value if isinstance(value, datetime) else parse_iso_datetime(value)
     return utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
 
 
-def plain_time(message: dict[str, Any]) -> Any:
-    """`Call.time` of a raw message (`spec.plain_parts` took its top level as the model keeps it): the first present
+def _time_given(value: Any) -> bool:
+    """Whether a message time is given: neither null nor empty text (by its type: a caller's object may refuse `==`)."""
+    return value is not None and not (isinstance(value, str) and not value)
+
+
+def plain_time(message: dict[str, Any]) -> datetime | _Bail | None:
+    """`Call.time` of a raw message (`spec.plain_parts` took its top level as the model keeps it): the first given
     time in UTC, None when none is, or BAIL when it cannot be read (the general path says so)."""
     for key in _TIME_SOURCES:
         value = message.get(key)
-        if value is None or value == "":
+        if not _time_given(value):
             continue
         try:
             return moment_of(value)
@@ -1102,7 +1126,7 @@ class Call:
     @property
     def visitor_id(self) -> str:
         """userId || anonymousId (the handler has checked that one exists)."""
-        return self.message.userId or self.message.anonymousId or ""
+        return visitor_of(self.message.userId, self.message.anonymousId)
 
     def time(self, target: str, *, required: bool = False) -> datetime | None:
         """The message time in UTC: the first present of timestamp, originalTimestamp, receivedAt and
@@ -1113,7 +1137,7 @@ class Call:
             return parts.moment
         for key in _TIME_SOURCES:
             value = getattr(self.message, key, None)
-            if value is None or value == "":
+            if not _time_given(value):
                 continue
             try:
                 parts.moment = moment_of(value)

@@ -67,6 +67,7 @@ from .fields import (
     line_item_sum,
     plain_time,
     present,
+    visitor_of,
 )  # fmt: skip
 from .spec import Number, has_words, language
 
@@ -268,16 +269,21 @@ DEVICE_SIGNS = Row(
 def session_id(call: Call, option: str | None) -> str:
     """options || context.sessionId || context.session_id (`option`, as read) || one session per visitor per UTC
     day."""
-    explicit = (option or "").strip()
+    explicit = given_session(option)
     if explicit:
         return explicit
     moment = call.time("event (sessionId, derived from the message time)", required=True)
-    return daily_session(call.message.anonymousId or call.message.userId or "", moment)
+    return daily_session(call.message.anonymousId, call.message.userId, moment)
 
 
-def daily_session(visitor: str, moment: datetime | None) -> str:
+def given_session(option: str | None) -> str:
+    """The session a message gives (its option or context, as read), trimmed; "" when none."""
+    return (option or "").strip()
+
+
+def daily_session(anonymous_id: str | None, user_id: str | None, moment: datetime | None) -> str:
     """The session of a visitor (anonymousId || userId) on the UTC day of `moment` (none: the empty day)."""
-    return _daily_session(visitor, moment.date().isoformat() if moment else "")
+    return _daily_session(anonymous_id or user_id or "", moment.date().isoformat() if moment else "")
 
 
 @lru_cache(maxsize=4096)  # a visitor sends many events a day: hash each (visitor, day) once
@@ -298,7 +304,11 @@ def device(call: Call, option: str | None, default: str) -> str:
         if chosen is None:  # named where it was read: a field mapping may move it
             raise call.fail(call.path_of(DEVICE_OPTION), f"must be one of {', '.join(DEVICES)} ({call.vendor} device)")
         return chosen
-    os_name, kind, agent = call.row(DEVICE_SIGNS)
+    return device_of_signs(*call.row(DEVICE_SIGNS), default)
+
+
+def device_of_signs(os_name: str | None, kind: str | None, agent: str | None, default: str) -> str:
+    """The device that context.os.name, context.device.type and context.userAgent (as read) tell, else `default`."""
     return _device_of(os_name or "", (kind or "").lower(), agent or "", default)
 
 
@@ -340,41 +350,41 @@ CONFIGURATION_CODES = frozenset(
 def event(own: Body | Callable[[Call], dict[str, Any]]) -> Mapper:
     """A Segmentify mapper (a declared body, or a function of the call) wrapped into the request body: the common
     and derived fields, then the event's own, nulls left out, as a one-event JSON array (batchable), with the
-    `Origin` header. A declared body also gets its straight-line code for plain messages (`FastMapper`)."""
-    mapper = own if callable(own) else None
+    `Origin` header. A declared body also gets its straight-line code for raw messages (`FastMapper`)."""
 
     def mapped(call: Call) -> Mapped:
         settings: Settings = call.settings
-        body = call.body(own) if mapper is None else mapper(call)  # type: ignore[arg-type]
+        body = call.body(own) if isinstance(own, Body) else own(call)
         if any(v is None for v in body.values()):  # a mapper's own null (a plugin's, wrapped by `event`): left out
             body = present(body)
         locale, session_option, device_option = call.row(EVENT_READS)
         session = session_id(call, session_option)
         chosen = device(call, device_option, settings.device)
-        return _request(settings, body, call.visitor_id, session, chosen, locale)
+        return _event_mapped(settings, body, call.visitor_id, session, chosen, locale)
 
-    if mapper is not None:
+    if not isinstance(own, Body):
         return mapped
-    declared: Body = own  # type: ignore[assignment]
+    declared = own
 
     def fast(destination: Destination, roots: list[Any], message: dict[str, Any]) -> Mapped | None:
-        """`mapped` for a raw message whose every value read is plain, or None (see `Body.fast`)."""
+        """`mapped` for a raw message whose every value read is plain (`Body.fast`, `Row.plain`), or None: each
+        derived value as `session_id` and `device` derive it, from the same reads."""
         settings: Settings = destination.settings
         reads = EVENT_READS.plain(roots)
         if reads is BAIL:
             return None
         locale, session_option, device_option = reads
-        session = (session_option or "").strip()
+        session = given_session(session_option)
         if not session:
             moment = plain_time(message)
             if moment is BAIL:
                 return None
-            session = daily_session(message.get("anonymousId") or message.get("userId") or "", moment)
+            session = daily_session(message.get("anonymousId"), message.get("userId"), moment)
         if device_option is None:
             signs = DEVICE_SIGNS.plain(roots)
             if signs is BAIL:
                 return None
-            chosen = _device_of(signs[0] or "", (signs[1] or "").lower(), signs[2] or "", settings.device)
+            chosen = device_of_signs(*signs, settings.device)
         else:
             chosen = _option_device(device_option)
             if chosen is None:  # the general path says why
@@ -382,20 +392,21 @@ def event(own: Body | Callable[[Call], dict[str, Any]]) -> Mapper:
         body = declared.fast(roots)
         if body is BAIL:
             return None
-        # `plain_parts` took the ids as the model keeps them: userId || anonymousId, as `Call.visitor_id` reads.
-        visitor = message.get("userId") or message["anonymousId"]
-        return _request(settings, body, visitor, session, chosen, locale)
+        # `plain_parts` took the ids as the model keeps them.
+        visitor = visitor_of(message.get("userId"), message.get("anonymousId"))
+        return _event_mapped(settings, body, visitor, session, chosen, locale)
 
     return FastMapper(mapped, fast)
 
 
-def _request(  # noqa: PLR0917 - on every event's path, where keyword arguments cost
-    settings: Settings, own: dict[str, Any], visitor: str, session: str, chosen: str, locale: str | None
+def _event_mapped(  # noqa: PLR0917 - on every event's path, where keyword arguments cost
+    settings: Settings, own: dict[str, Any], visitor: str, session: str, device: str, locale: str | None
 ) -> Mapped:
-    """The request of a mapped event (`own`, without nulls): its name, the visitor, session and device, the
-    language when known and the test flag when set, then the event's own fields; the `Origin` header."""
+    """The Mapped of an event's own fields (`own`, without nulls, its `name` taken out of it here): the name, the
+    visitor, session and device, the language when known and the test flag when set, then the event's own fields;
+    the `Origin` header."""
     lang = language(locale)
-    body = {"name": own.pop("name"), "userId": visitor, "sessionId": session, "device": chosen}
+    body = {"name": own.pop("name"), "userId": visitor, "sessionId": session, "device": device}
     if lang:
         body["lang"] = lang.upper()
     if settings.testMode:

@@ -58,6 +58,11 @@ def _id(value: Any) -> str | None:
     return text or None
 
 
+def _plain_id(value: Any) -> bool:
+    """An id `_id` keeps as it is: ASCII text, not blank, without spaces around it (`plain_parts`)."""
+    return type(value) is str and value.isascii() and value != "" and not value[0].isspace() and not value[-1].isspace()
+
+
 def _object(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -258,20 +263,21 @@ def message_id_of(message: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _plain_id(value: Any) -> bool:
-    """An id `_id` keeps as it is: ASCII text, not blank, without spaces around it."""
-    return type(value) is str and value.isascii() and value != "" and not value[0].isspace() and not value[-1].isspace()
-
-
 def plain_parts(raw: Any) -> tuple[str, str | None, dict[str, Any], dict[str, Any], dict[str, Any]] | None:
     """(type, event, properties, context, integrations) of a raw track, page or screen message that its model takes
-    exactly as it is, so that reading the raw message reads what `parse_message` gives: the type as the model names
-    it, userId and anonymousId absent or plain ids (`_plain_id`, one at least), a track's event ASCII text that is
-    not blank, properties, context and integrations objects or absent ({}). None for anything else, which
-    `parse_message` reads (and may refuse)."""
+    exactly as it is, so that reading the raw message reads what `parse_message` gives: keys of text, the type as
+    the model names it, userId and anonymousId absent or plain ids (`_plain_id`, one at least), a track's event
+    ASCII text that is not blank, properties, context and integrations objects or absent ({}). None for anything
+    else, which `parse_message` reads (and may refuse)."""
     if type(raw) is not dict:
         return None
+    try:
+        "".join(raw)  # keys of text (the model refuses any other), asked at C speed
+    except TypeError:
+        return None
     kind = raw.get("type")
+    if type(kind) is not str:  # as `message_type` reads it: text alone, never a value that only equals it
+        return None
     if kind == "track":
         event = raw.get("event")
         if type(event) is not str or not event.isascii() or event.isspace() or not event:

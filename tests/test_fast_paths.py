@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from test_robustness import BASES, SAMPLE_SETTINGS, _mutate, _paths, messages
 
 from destinations import Filtered, InvalidMessage, base, fields, get_destination
+from destinations.base import Mapped
 from destinations.conformance import find_cases
 from destinations.registry import BUILT_IN
-from destinations.spec import parse_message
+from destinations.spec import parse_message, plain_parts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -106,7 +107,11 @@ BODY_SETTINGS = [
 # surrogate, numbers as ids and prices, booleans, nulls, objects and lists where text is read, odd times.
 EDGE_VALUES = [None, "", " ", " x ", "x", "İstanbul", "\ud800", 0, 7, -1, 2.5, float("nan"), 10**30, True, False, [],
                {}, ["x"], {"a": 1}, "2026-11-20T10:00:00Z", "not a date", "https://shop.example/p", "http://[::1",
-               "mobile", "ios"]  # fmt: skip
+               "mobile", "Mobile", "ios", "iOS", "Android", "TABLET", " pc "]  # fmt: skip
+# The device's signs present, so that mutations reach them too.
+PLAIN += [
+    {**m, "context": {**m["context"], "os": {"name": "Android"}, "device": {"type": "Tablet"}}} for m in PLAIN[:3]
+]
 
 
 def body_code_takes(destination: Any, message: Any) -> bool:
@@ -169,7 +174,7 @@ def test_plain_messages_at_their_edges_map_the_same_on_both_paths(
     assert outcome(destination, parsed) == fast
 
 
-def test_the_switch_reaches_the_general_path_for_declared_bodies() -> None:
+def test_the_switch_reaches_the_general_path_for_declared_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
     """`FAST_PATHS` off turns the body code off too, so the comparisons above compare two paths."""
     calls = []
     real = base.Destination._fast_map
@@ -179,15 +184,114 @@ def test_the_switch_reaches_the_general_path_for_declared_bodies() -> None:
         return real(self, message)
 
     destination = get_destination("segmentify", SAMPLE_SETTINGS["segmentify"])
-    base.Destination._fast_map = counting  # type: ignore[method-assign]
-    try:
+    monkeypatch.setattr(base.Destination, "_fast_map", counting)
+    destination.handle_with_warnings(PLAIN[0])
+    assert calls == [1]
+    with general_path():
         destination.handle_with_warnings(PLAIN[0])
-        assert calls == [1]
-        with general_path():
-            destination.handle_with_warnings(PLAIN[0])
-        assert calls == [1]
-    finally:
-        base.Destination._fast_map = real  # type: ignore[method-assign]
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("os_name", "kind", "agent", "device"),
+    [("iOS", None, None, "IOS"), ("iPadOS", None, None, "IOS"), (None, "Mobile", None, "MOBILE"),
+     (None, "TABLET", None, "TABLET"), ("Android", "Tablet", None, "ANDROID"),
+     (None, None, "Mozilla (Linux; Android 14)", "ANDROID"), (None, None, "Mozilla (Windows NT 10.0)", "PC")],
+)  # fmt: skip
+def test_the_device_is_told_alike_on_both_paths(os_name: Any, kind: Any, agent: Any, device: str) -> None:
+    """The device from the OS name, device type (any case) and user agent, on a raw message the body code maps."""
+    order = next(m for m in PLAIN if m.get("event") == "Order Completed")
+    context = {**{k: v for k, v in order["context"].items() if k != "userAgent"}, "os": {"name": os_name},
+               "device": {"type": kind}}  # fmt: skip
+    if agent is not None:
+        context["userAgent"] = agent
+    message = {**order, "context": context}
+    destination = get_destination("segmentify", SAMPLE_SETTINGS["segmentify"])
+    assert body_code_takes(destination, message)
+    fast, general = both(destination, message)
+    assert fast == general
+    assert fast[1][0]["json"][0]["device"] == device
+
+
+def test_the_body_code_leaves_a_message_the_model_reads_otherwise() -> None:
+    """Keys that are not text (a library caller's dict), a type that only equals "page": the model refuses them,
+    so the body code leaves them to it, and both paths say the same."""
+
+    class Kind(str):
+        __slots__ = ()
+
+    page = next(m for m in PLAIN if m["type"] == "page")
+    destination = get_destination("segmentify", SAMPLE_SETTINGS["segmentify"])
+    assert body_code_takes(destination, page)
+    for message in ({**page, 1: "x"}, {**page, None: "x"}, {**page, "type": Kind("page")}):
+        assert not body_code_takes(destination, message)
+        fast, general = both(destination, message)
+        assert fast == general
+        assert fast[0] == "error"
+
+
+def test_a_plugin_that_gates_handles_or_builds_its_own_way_keeps_the_general_path() -> None:
+    """The body code stands in for `_gate`, `_handle` and `build` as Destination has them: a subclass that overrides
+    any of them gets its own code run on raw messages too, and one that changes an instance's tables after it is
+    made is read as it is then."""
+    from destinations.base import Handled
+    from destinations.errors import Filtered as Refused
+    from destinations.segmentify import SegmentifyDestination
+
+    order = next(m for m in PLAIN if m.get("event") == "Order Completed")
+    settings = SAMPLE_SETTINGS["segmentify"]
+
+    class NoTestUsers(SegmentifyDestination):
+        def _gate(self, message: Any) -> Any:
+            parsed, options = super()._gate(message)
+            if parsed.userId == "user-1":
+                raise Refused("a test user")
+            return parsed, options
+
+    class Renamed(SegmentifyDestination):
+        def _handle(self, message: Any) -> Handled:
+            handled = super()._handle(message)
+            handled.requests[0].json[0]["userId"] = "renamed"
+            return handled
+
+    class Built(SegmentifyDestination):
+        def build(self, call: Any, mapped: Any) -> list[Any]:
+            return [*super().build(call, mapped), *super().build(call, mapped)]
+
+    with pytest.raises(Refused, match="a test user"):
+        NoTestUsers(settings).handle(order)
+    assert Renamed(settings).handle(order)[0].json[0]["userId"] == "renamed"
+    assert len(Built(settings).handle(order)) == 2
+
+    changed = SegmentifyDestination(settings)
+    changed.events = {**changed.events, "Order Completed": lambda call: Mapped("/mine", {"ok": True})}
+    assert changed.handle(order)[0].json == {"ok": True}
+
+
+def test_a_body_that_reads_a_product_must_say_so() -> None:
+    from destinations.segmentify import BASKET_OPERATIONS
+
+    with pytest.raises(ValueError, match="reads a product's fields: declare it with product=True"):
+        fields.Body("BASKET_OPERATIONS", {"name": "BASKET_OPERATIONS"}, BASKET_OPERATIONS)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=messages)
+def test_what_plain_parts_takes_the_model_keeps_as_it_is(message: Any) -> None:
+    """`plain_parts` takes a raw message only when its model would keep its type, ids, event and objects as sent."""
+    parts = plain_parts(message)
+    if parts is None:
+        return
+    parsed = parse_message(message)
+    kind, event, properties, context, integrations = parts
+    assert (parsed.type, parsed.userId, parsed.anonymousId) == (kind, message.get("userId"), message.get("anonymousId"))
+    if kind == "track":
+        assert parsed.event == event
+    assert (getattr(parsed, "properties", {}), parsed.context, parsed.integrations) == (
+        properties,
+        context,
+        integrations,
+    )
 
 
 # Values at the edges of the plain forms the straight-line code takes itself (booleans, flags, ISO days,
