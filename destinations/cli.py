@@ -231,11 +231,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return int(run_worker(args.config, log_level=args.log_level))
 
 
+def _row_id(text: str) -> int:
+    """A row id as `outbox dead` prints it: a whole number SQLite can hold (1 to 2**63 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a row id (a whole number)") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is not a row id (1 to {2**63 - 1})")
+    return value
+
+
 def _replay_choice(parser: argparse.ArgumentParser) -> None:
     """`outbox replay --id …` (dead requests) or `--event …` (dead inbox events), as `outbox dead` names them."""
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--id", type=int, nargs="+", help="only these dead requests (their `id`)")
-    which.add_argument("--event", type=int, nargs="+", help="only these dead inbox events (`inboxEvent`)")
+    which.add_argument("--id", type=_row_id, nargs="+", help="only these dead requests (their `id`)")
+    which.add_argument("--event", type=_row_id, nargs="+", help="only these dead inbox events (`inboxEvent`)")
 
 
 def build_parser() -> argparse.ArgumentParser:

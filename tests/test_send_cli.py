@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from disk import on_disk
 
+from destinations.delivery import Outbox
 from destinations.sink import Answer, Received, RecordingServer
 
 SCRIPT = shutil.which("destinations", path=str(Path(sys.executable).parent)) or "destinations"
@@ -200,6 +202,27 @@ def test_replay_names_each_id_given_that_names_nothing_dead(tmp_path: Path) -> N
         events_given = run("outbox", "replay", "--config", str(config), "--event", "7")
         assert events_given.returncode == 2
         assert "inbox event 7: not in the inbox (mapped already, or never accepted)" in events_given.stderr
+        # A dead inbox event (as a mapping process sets one aside) given with --destination: no instance's, so left.
+        outbox = Outbox(tmp_path / "outbox.sqlite3")
+        outbox.accept_events([{"type": "track", "event": "Product Added", "userId": "u", "messageId": "stuck"}])
+        with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+            (stuck,) = db.execute("UPDATE inbox SET dead_reason = 'set aside', dead_at = 1 RETURNING id").fetchone()
+        outbox.close()
+        for_one = run("outbox", "replay", "--config", str(config), "--destination", "shop-segmentify", "--event",
+                      str(stuck))  # fmt: skip
+        assert for_one.returncode == 2
+        assert (f"inbox event {stuck}: dead, but an inbox event is no instance's: replay it without --destination"
+                in for_one.stderr)  # fmt: skip
+        assert run("outbox", "replay", "--config", str(config), "--event", str(stuck)).returncode == 0
+        huge = run("outbox", "replay", "--config", str(config), "--id", str(2**64))
+        assert huge.returncode == 2
+        assert f"{2**64} is not a row id (1 to {2**63 - 1})" in huge.stderr
+        assert "Traceback" not in huge.stderr
+        seg.script = wz.script = lambda _: Answer()
+        assert run("outbox", "replay", "--config", str(config)).returncode == 0
+        assert run("outbox", "drain", "--config", str(config)).returncode == 0
+        nothing = run("outbox", "replay", "--config", str(config))
+        assert (nothing.returncode, nothing.stdout) == (0, "nothing dead to replay\n")
 
 
 def test_drain_says_what_waits_for_instances_its_configuration_does_not_define(tmp_path: Path) -> None:

@@ -173,6 +173,8 @@ def _not_replayable(outbox: Outbox, destination: str | None, ids: list[int], eve
             out.append(f"inbox event {rid}: not in the inbox (mapped already, or never accepted)")
         elif not dead[rid]:
             out.append(f"inbox event {rid}: waiting to be mapped, not dead")
+        elif destination is not None:  # mapped again, it goes to every instance that takes it
+            out.append(f"inbox event {rid}: dead, but an inbox event is no instance's: replay it without --destination")
     return out
 
 
@@ -232,6 +234,9 @@ def cmd_outbox(
             print(f"{n + again} replayed; left as they are: {'; '.join(left)} (`destinations outbox dead` lists"
                   " what is dead)", file=sys.stderr)  # fmt: skip
             return 2
+        if not n and not again:
+            print("nothing dead to replay")
+            return 0
         print(
             f"{n} dead request(s) back in the outbox and {again} inbox event(s) back to be mapped; run"
             " `destinations outbox drain` or a worker to deliver them (requests go to the instance's URL as"
