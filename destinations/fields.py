@@ -988,7 +988,10 @@ class Call:
         if declared.each_required:
             for key, _, items in lists:
                 if not items:
-                    raise self.fail("properties.products", f"is required by {self.vendor} {declared.name} ({key})")
+                    raise self.fail(
+                        "properties.products",
+                        f"is required by {self.vendor} {declared.name} ({key}), one product at least",
+                    )
         out = {**declared.constants, **self.map(declared.table, self.product() if declared.product else None)}
         for key, table, items in lists:
             out[key] = self.map_each(table, items)

@@ -190,3 +190,17 @@ def test_huge_python_ints_are_not_numbers() -> None:
             assert not getattr(exc, "internal", False), exc
         else:
             json.dumps(request.to_dict())
+
+
+@pytest.mark.parametrize("products", [None, []])
+def test_a_checkout_without_products_says_one_is_needed(products: Any) -> None:
+    """Absent or sent empty, the product list of a checkout step past the basket needs one product at least."""
+    message = {"type": "track", "userId": "u", "event": "Payment Info Entered", "context": {"sessionId": "s"},
+               "properties": {"checkout_id": "c1", "revenue": 10, "products": products}}  # fmt: skip
+    with pytest.raises(InvalidMessage) as info:
+        handle("segmentify", message)
+    assert info.value.path == "properties.products"
+    assert str(info.value) == (
+        "Payment Info Entered: properties.products is required by Segmentify CHECKOUT (productList), one product at"
+        " least"
+    )
