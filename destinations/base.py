@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from types import MappingProxyType
@@ -168,16 +169,33 @@ def request_host(host: str) -> str | None:
             return None
         return f"[{host}]" if not zone or _ZONE.fullmatch(zone) else None
     if not host.isascii():
-        try:
+        try:  # what requests and httpx send to: IDNA 2008
             host = idna.encode(host, uts46=True).decode("ascii")
         except idna.IDNAError:
-            # A symbol IDNA 2008 leaves out and browsers take (the WHATWG URL standard reads a host by UTS 46,
-            # which keeps them: `i❤.ws`), as their Origin carries it: the IDNA 2003 codec, which takes them alike.
-            try:
-                host = host.encode("idna").decode("ascii")
-            except UnicodeError:
-                return None
+            return None
     return host if _HOST.fullmatch(host) else None
+
+
+def browser_host(host: str) -> str | None:
+    """A non-ASCII host as a browser's `Origin` carries it, by the WHATWG URL standard (UTS 46 nontransitional
+    mapping, each non-ASCII label checked for NFC, a leading mark, bidi and joiners, then punycoded): it takes
+    symbols IDNA 2008 leaves out (`i❤.ws` -> `xn--i-7iq.ws`). None when a browser refuses it."""
+    try:
+        labels = idna.uts46_remap(host, std3_rules=False, transitional=False).split(".")
+        for i, label in enumerate(labels):
+            if label.isascii():
+                continue
+            idna.check_nfc(label)
+            idna.check_bidi(label)
+            if unicodedata.category(label[0]).startswith("M"):
+                return None
+            if any(c in "\u200c\u200d" and not idna.valid_contextj(label, at) for at, c in enumerate(label)):
+                return None
+            labels[i] = "xn--" + label.encode("punycode").decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
+    encoded = ".".join(labels)
+    return encoded if _HOST.fullmatch(encoded) else None
 
 
 @lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
@@ -193,7 +211,8 @@ def origin_of(url: str | None) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not host:
         return None
-    host = request_host(host)
+    # As a browser sends it: a name of symbols IDNA 2008 refuses is the browser's encoding of it.
+    host = request_host(host) or (browser_host(host) if not host.isascii() else None)
     if host is None:  # control characters, spaces: nothing a header can carry
         return None
     return f"{parts.scheme}://{host}:{port}" if port is not None else f"{parts.scheme}://{host}"

@@ -317,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """A problem on one line: a line break inside it (a quoted key of the file) shown as its escape."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -334,9 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one can be read and fixed in one go; a line break inside one (a quoted key) shown as its escape.
         if len(exc.problems) > 1 and str(exc) == "; ".join(exc.problems):
             print(f"destinations {args.command}: {len(exc.problems)} problems:", file=sys.stderr)
-            print("\n".join(f"  {problem}".replace("\n", "\\n") for problem in exc.problems), file=sys.stderr)
+            print("\n".join(f"  {_one_line(problem)}" for problem in exc.problems), file=sys.stderr)
         else:
-            print(f"destinations {args.command}: {exc}", file=sys.stderr)
+            print(f"destinations {args.command}: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except UsageError as exc:
         print(f"destinations {args.command}: {exc}", file=sys.stderr)

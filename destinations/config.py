@@ -240,31 +240,30 @@ def expand_env(value: Any, where: str, environ: Mapping[str, str], unset: list[s
     return value
 
 
-def _expanded(table: dict[str, Any], where: str, environ: Mapping[str, str], problems: list[str]
+def _expanded(table: dict[str, Any], where: str, environ: Mapping[str, str], problems: list[str], known: Any
               ) -> tuple[dict[str, Any], frozenset[str]]:  # fmt: skip
-    """A table's keys with their variables expanded, less the keys holding a variable that is not set (each such
-    variable a problem: `<where> <key>: environment variable X is not set`), so that the others are still checked;
-    and those keys."""
+    """A table's keys with their variables expanded, less the settings (`known`) holding a variable that is not set
+    (each such variable a problem: `<where> <key>: environment variable X is not set`), so that the others are still
+    checked; and those settings. A key that is no setting stays, to be named for that too."""
     out: dict[str, Any] = {}
     left_out: set[str] = set()
     for key, value in table.items():
         unset: list[str] = []
-        expanded = expand_env(value, f"{where} {key}", environ, unset)
-        if unset:
-            problems.extend(unset)
+        out[key] = expand_env(value, f"{where} {key}", environ, unset)
+        problems.extend(unset)
+        if unset and key in known:
+            del out[key]
             left_out.add(key)
-        else:
-            out[key] = expanded
     return out, frozenset(left_out)
 
 
-_ROOT_KEY = re.compile(r"[ .\[]")
-
-
 def _about_others(lines: list[str], left_out: frozenset[str]) -> list[str]:
-    """Validation problems (`key rule`) but those about keys left out for a variable not set (a key left out is
-    required, or would have been checked: the variable is what to fix)."""
-    return [line for line in lines if _ROOT_KEY.split(line, maxsplit=1)[0] not in left_out]
+    """Validation problems (`key rule`) but those that name a setting left out for a variable not set (one left out
+    is required, or would have been checked, or another is checked against it: the variable is what to fix)."""
+    if not left_out:
+        return lines
+    named = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(left_out))) + r")\b")
+    return [line for line in lines if not named.search(line)]
 
 
 def _validate(model: type[_Table], data: dict[str, Any], where: str, left_out: frozenset[str] = frozenset()) -> Any:
@@ -303,7 +302,7 @@ def parse_config(
         if not isinstance(raw, dict):
             problems.append(f"{where} must be a table")
             return None
-        settings, left_out = _expanded(raw, where, _Lenient(env) if lenient else env, problems)
+        settings, left_out = _expanded(raw, where, _Lenient(env) if lenient else env, problems, model.model_fields)
         try:
             return _validate(model, settings, where, left_out)
         except ConfigurationError as exc:
@@ -343,13 +342,16 @@ def _instance(name: str, table: Any, source: str, environ: Mapping[str, str], pr
     if not isinstance(table, dict):
         problems.append(f"{where} must be a table")
         return None
-    settings, left_out = _expanded(table, where, environ, problems)
-    kind = settings.pop("type", None)
-    if "type" in left_out:  # which settings it takes is not known: its variables are what to fix
+    kind = expand_env(table.get("type"), f"{where} type", environ, unset := [])
+    if unset:  # which settings it takes is not known: its variable is what to fix
+        problems.extend(unset)
         return None
     if not isinstance(kind, str) or not kind:
         problems.append(f"{where} type is required (one of: {', '.join(sorted(destination_types()))})")
         return None
+    cls = destination_types().get(kind)
+    known = cls.Settings.model_fields if cls is not None else {}
+    settings, left_out = _expanded({k: v for k, v in table.items() if k != "type"}, where, environ, problems, known)
     try:
         instance = get_destination(kind, settings)
     except ConfigurationError as exc:

@@ -329,6 +329,8 @@ _UNPACK_ROOTS = "    " + ", ".join(f"R{i}" for i in range(len(ROOTS))) + " = R"
 
 
 class _Bail(Enum):
+    """The one value straight-line code without a Call gives up with (an Enum, so that `is BAIL` narrows a type)."""
+
     BAIL = "bail"
 
 
@@ -516,11 +518,7 @@ class Body:
     product: bool = False
     each: tuple[tuple[str, Table], ...] = ()
     each_required: bool = False
-    fast: Callable[[list[Any]], dict[str, Any] | _Bail] = field(
-        default=None,
-        compare=False,
-        repr=False,  # type: ignore[arg-type]
-    )
+    fast: Callable[[list[Any]], dict[str, Any] | _Bail] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.table.uses_product and not self.product:

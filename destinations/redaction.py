@@ -85,7 +85,9 @@ def secret_forms(values: Iterable[str]) -> list[str]:
         for encoded in (quote(v, safe=""), quote(v)):
             out += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
         out += [quote_plus(v), v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]
-        out += _base64_inside(v.encode())
+        # Inside longer base64 text (an echoed URL or body): the key as it is and as a URL carries it.
+        for form in dict.fromkeys((v, quote(v, safe=""), quote(v), quote_plus(v))):
+            out += _base64_inside(form.encode())
     return list(dict.fromkeys(v for v in out if len(v) >= 4))  # once each, in order
 
 

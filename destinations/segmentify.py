@@ -304,7 +304,8 @@ def device(call: Call, option: str | None, default: str) -> str:
         if chosen is None:  # named where it was read: a field mapping may move it
             raise call.fail(call.path_of(DEVICE_OPTION), f"must be one of {', '.join(DEVICES)} ({call.vendor} device)")
         return chosen
-    return device_of_signs(*call.row(DEVICE_SIGNS), default)
+    os_name, kind, agent = call.row(DEVICE_SIGNS)
+    return device_of_signs(os_name, kind, agent, default)
 
 
 def device_of_signs(os_name: str | None, kind: str | None, agent: str | None, default: str) -> str:
@@ -384,7 +385,8 @@ def event(own: Body | Callable[[Call], dict[str, Any]]) -> Mapper:
             signs = DEVICE_SIGNS.plain(roots)
             if signs is BAIL:
                 return None
-            chosen = device_of_signs(*signs, settings.device)
+            os_name, kind, agent = signs
+            chosen = device_of_signs(os_name, kind, agent, settings.device)
         else:
             chosen = _option_device(device_option)
             if chosen is None:  # the general path says why

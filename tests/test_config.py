@@ -136,6 +136,47 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     assert res.stderr.startswith("destinations transform: segmentify settings: apiKey must not be empty; dataCenterUrl")
 
 
+def test_a_variable_not_set_is_named_and_hides_nothing_else() -> None:
+    """A setting whose variable is not set is left out of the checks that would only repeat it (required, checked
+    against another setting); a key that is no setting is named for that too; an instance whose optional setting's
+    variable is not set is not made with the default in its place; a type whose variable is not set says no more."""
+    data = {
+        "outbox": {"read_timeout": "${RT}", "lease": 20, "colour": "${COLOUR}"},
+        "destinations": {
+            "shop": {"type": "${SHOP_TYPE}", "apiKey": "k"},
+            "wz": {"type": "wigzo", "orgToken": "o", "token": "t", "baseUrl": "${WIGZO_URL}"},
+        },
+    }
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(data, "d.toml", environ={})
+    assert info.value.problems == [
+        "d.toml: [outbox] read_timeout: environment variable RT is not set",
+        "d.toml: [outbox] colour: environment variable COLOUR is not set",
+        "d.toml: [outbox] colour is not a setting of this table",
+        "d.toml: [destinations.shop] type: environment variable SHOP_TYPE is not set",
+        "d.toml: [destinations.wz] baseUrl: environment variable WIGZO_URL is not set",
+    ]
+    config = parse_config({"destinations": data["destinations"]}, "d.toml", environ={}, instances_needed=False)
+    assert config.destinations == {}
+    assert config.unconfigured["wz"] == "d.toml: [destinations.wz] baseUrl: environment variable WIGZO_URL is not set"
+
+
+def test_a_line_break_in_a_quoted_key_stays_on_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text('[outbox]\n"a\\nb" = 1\n')
+    res = subprocess.run([SCRIPT, "outbox", "drain", "--config", str(path)], capture_output=True, text=True,
+                         check=False, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"destinations outbox: {path}: [outbox] a\\nb is not a setting of this table"]
+
+
+def test_a_body_is_a_declaration_compared_by_identity() -> None:
+    from destinations.segmentify import EVENTS, PAGE_VIEW_BODY
+
+    assert {PAGE_VIEW_BODY: 1}[PAGE_VIEW_BODY] == 1  # hashable: a declaration may key a table
+    assert EVENTS["Product Viewed"] is EVENTS["Product Clicked"]
+
+
 def test_not_toml_and_unreadable(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[outbox\npath = 1")

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from destinations import ConfigurationError, Filtered, InvalidMessage, get_destination
+from destinations.base import browser_host, http_url, origin_of
+from destinations.config import parse_config
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "segmentify": {"apiKey": "SECRET-K1", "dataCenterUrl": "https://dce1.segmentify.com"},
@@ -165,6 +167,24 @@ def test_a_page_on_a_host_of_symbols_gets_the_origin_a_browser_sends() -> None:
     (request,), _ = handle("segmentify", message)
     assert request.headers["Origin"] == "https://xn--i-7iq.ws"
     assert request.json[0]["pageUrl"] == "https://i❤.ws/p"
+
+
+@pytest.mark.parametrize(
+    ("host", "sent"),
+    [("i❤.ws", "xn--i-7iq.ws"), ("I❤.WS", "xn--i-7iq.ws"), ("i❤.straße.de", "xn--i-7iq.xn--strae-oqa.de"),
+     ("a\u200d❤.ws", None), ("\u0301❤.ws", None)],
+)  # fmt: skip
+def test_a_host_of_symbols_is_encoded_as_browsers_do_and_only_for_headers(host: str, sent: str | None) -> None:
+    """UTS 46 nontransitional, as the WHATWG URL standard reads a host (`straße` stays `ß`, unlike IDNA 2003; a
+    joiner out of context and a leading mark are refused). Only for what a browser sends (Origin, cors_origins):
+    a base URL on such a host is refused, as requests and httpx, which encode by IDNA 2008, cannot send to it."""
+    assert browser_host(host) == sent
+    assert origin_of(f"https://{host}/p") == (f"https://{sent}" if sent else None)
+    with pytest.raises(ValueError, match="must have a valid host name"):
+        http_url(f"https://{host}")
+    if sent:
+        config = parse_config({"server": {"cors_origins": [f"https://{host}"]}}, environ={})
+        assert config.server.cors_origins == [f"https://{sent}"]
 
 
 @pytest.mark.parametrize("url", ["http://exa\x00mple.com/", "http://exa mple.com/", "http://[::1", "http://h:99999/"])

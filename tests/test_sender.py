@@ -7,6 +7,7 @@ import email.utils
 import json
 import logging
 import time
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -180,11 +181,14 @@ def test_answers_are_masked_in_the_forms_vendors_echo_keys() -> None:
         assert echoed not in outcome.detail, echoed
     # The key inside a longer text echoed in base64 (a URL with its query), wherever it starts: 0, 1 or 2 bytes
     # past a multiple of 3, so encoded three ways.
-    for path in ("/add/events/v1.json?apiKey=", "/add/events/v1.json?apiKey=x", "/add/events/v1.json?apiKey=xy"):
-        echoed = base64.b64encode(f"{path}{key}&lang=en".encode()).decode()
+    for path, sent in [
+        (p, k) for p in ("/e?apiKey=", "/e?apiKey=x", "/e?apiKey=xy") for k in (key, quote(key, safe=""))
+    ]:
+        echoed = base64.b64encode(f"{path}{sent}&lang=en".encode()).decode()
         outcome = classify(destination, 400, {}, f'{{"b64": "{echoed}"}}'.encode())
         shown = outcome.detail.split('"b64": "', 1)[1].split('"', 1)[0]
-        # The 31-byte key is about 41 characters of base64: all but the two it shares with its neighbours masked.
+        # The key (31 bytes, 43 URL-encoded) is 41 characters of base64 or more: all but the two it shares with its
+        # neighbours masked.
         assert "***" in shown, (path, shown)
         assert len(shown) <= len(echoed) - 41 + 2 + 3, (path, shown)
     # eSputnik's key travels inside a Basic header: the key itself, decoded, is masked in every form too.
