@@ -79,6 +79,14 @@ def test_validation_errors(data: dict, message: str) -> None:
     assert message in str(info.value)
 
 
+def problems_of(data: dict) -> list[str]:
+    """The problems `parse_config` names for `data` (file d.toml), whose message is them joined."""
+    with pytest.raises(ConfigurationError) as info:
+        parse_config(data, "d.toml", environ={})
+    assert str(info.value) == "; ".join(info.value.problems)
+    return info.value.problems
+
+
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     """A file with problems in several tables and instances, and several in one: each is named, a line each (the
     library's message joins them), never the first alone. A key whose variable is not set is named for that, and the
@@ -94,9 +102,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
             "other": {"type": "wigzo", "orgToken": "${NOPE}", "token": SECRET, "baseUrl": "not a url"},
         },
     }
-    with pytest.raises(ConfigurationError) as info:
-        parse_config(data, "d.toml", environ={})
-    assert info.value.problems == [
+    problems = problems_of(data)
+    assert problems == [
         "d.toml: unknown table [servers] (known: server, outbox, destinations, rudder, debugger)",
         "d.toml: unknown table [sever] (known: server, outbox, destinations, rudder, debugger)",
         "d.toml: [server] write_keys[0]: environment variable NO_KEY is not set",
@@ -109,8 +116,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         "d.toml: [destinations.other] orgToken: environment variable NOPE is not set",
         "d.toml: [destinations.other] wigzo settings: baseUrl must be an http(s) URL such as https://host.example.com",
     ]
-    assert str(info.value) == "; ".join(info.value.problems)
-    assert SECRET not in str(info.value)
+    assert SECRET not in "".join(problems)
     # Without the file's own problems, the commands that read rows alone leave the bad instances out, named.
     rows_only = {"destinations": data["destinations"]}
     config = parse_config(rows_only, "d.toml", environ={}, instances_needed=False)
@@ -147,9 +153,7 @@ def test_a_variable_not_set_is_named_and_hides_nothing_else() -> None:
             "wz": {"type": "wigzo", "orgToken": "o", "token": "t", "baseUrl": "${WIGZO_URL}"},
         },
     }
-    with pytest.raises(ConfigurationError) as info:
-        parse_config(data, "d.toml", environ={})
-    assert info.value.problems == [
+    assert problems_of(data) == [
         "d.toml: [outbox] read_timeout: environment variable RT is not set",
         "d.toml: [outbox] colour: environment variable COLOUR is not set",
         "d.toml: [outbox] colour is not a setting of this table",
