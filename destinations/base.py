@@ -200,8 +200,9 @@ def browser_host(host: str) -> str | None:
 
 @lru_cache(maxsize=1024)  # a shop has few page URLs per origin; parsing each once is enough
 def origin_of(url: str | None) -> str | None:
-    """scheme://host[:port] of a URL, the host as a request carries it (`request_host`), so that it can
-    travel in a header (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
+    """scheme://host[:port] of a URL, the host as a request carries it (`request_host`), or for a name of symbols
+    IDNA 2008 refuses, as a browser does (`browser_host`), so that it can travel in a header
+    (`https://магазин.example` -> `https://xn--80aairftm.example`); None when it has none."""
     if not url:
         return None
     try:

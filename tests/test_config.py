@@ -174,13 +174,6 @@ def test_a_line_break_in_a_quoted_key_stays_on_its_line(tmp_path: Path) -> None:
     assert res.stderr.splitlines() == [f"destinations outbox: {path}: [outbox] a\\nb is not a setting of this table"]
 
 
-def test_a_body_is_a_declaration_compared_by_identity() -> None:
-    from destinations.segmentify import EVENTS, PAGE_VIEW_BODY
-
-    assert {PAGE_VIEW_BODY: 1}[PAGE_VIEW_BODY] == 1  # hashable: a declaration may key a table
-    assert EVENTS["Product Viewed"] is EVENTS["Product Clicked"]
-
-
 def test_not_toml_and_unreadable(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[outbox\npath = 1")
