@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
@@ -44,6 +44,10 @@ def duration(value: Any) -> float:
 
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Settings checked against others (`lease` against the timeouts): a problem of one is not told when another it
+    #: is checked against was left out for a variable not set (it would be checked against a default).
+    checked_against: ClassVar[dict[str, frozenset[str]]] = {}
 
 
 # The largest batch Segment's Webhooks (Actions) sends with its defaults: 1,000 events (segment-docs,
@@ -107,6 +111,8 @@ class ServerConfig(_Table):
 
 class OutboxConfig(_Table):
     """Where the outbox lives and how it delivers; durations in seconds or as "15m", "4h"."""
+
+    checked_against: ClassVar[dict[str, frozenset[str]]] = {"lease": frozenset({"connect_timeout", "read_timeout"})}
 
     path: Path = Path("var/outbox.sqlite3")
     batch_size: int = Field(default=100, ge=1, le=10_000)
@@ -257,20 +263,31 @@ def _expanded(table: dict[str, Any], where: str, environ: Mapping[str, str], pro
     return out, frozenset(left_out)
 
 
-def _about_others(lines: list[str], left_out: frozenset[str]) -> list[str]:
-    """Validation problems (`key rule`) but those that name a setting left out for a variable not set (one left out
-    is required, or would have been checked, or another is checked against it: the variable is what to fix)."""
+_ROOT_KEY = re.compile(r"[ .\[]")
+
+
+def _about_others(
+    lines: list[str], left_out: frozenset[str], checked_against: dict[str, frozenset[str]] | None = None
+) -> list[str]:
+    """Validation problems (`key rule`, as `describe_settings_errors` writes them) but those of a setting left out
+    for a variable not set (it is required, or would have been checked: the variable is what to fix), or of one
+    checked against a setting left out."""
     if not left_out:
         return lines
-    named = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(left_out))) + r")\b")
-    return [line for line in lines if not named.search(line)]
+    against = checked_against or {}
+    keys = [_ROOT_KEY.split(line, maxsplit=1)[0] for line in lines]
+    return [
+        line for line, key in zip(lines, keys, strict=True)
+        if key not in left_out and not against.get(key, frozenset()) & left_out
+    ]  # fmt: skip
 
 
 def _validate(model: type[_Table], data: dict[str, Any], where: str, left_out: frozenset[str] = frozenset()) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{where} {line}" for line in _about_others(describe_settings_errors(exc, "this table"), left_out)]
+        lines = _about_others(describe_settings_errors(exc, "this table"), left_out, model.checked_against)
+        problems = [f"{where} {line}" for line in lines]
         raise ConfigurationError("; ".join(problems), problems) from None
 
 

@@ -79,14 +79,15 @@ def secret_forms(values: Iterable[str]) -> list[str]:
                 plain.append(base64.b64decode(token).decode("utf-8").split(":", 1)[-1])
     out = []
     for v in plain:
-        out.append(v)
+        textual = [v]
         # Every character encoded, or all but "/" (what urllib's `quote` and most URL builders leave), each in
-        # either case of hex; `+` for spaces.
+        # either case of hex; `+` for spaces; slashes escaped (PHP's json_encode).
         for encoded in (quote(v, safe=""), quote(v)):
-            out += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
-        out += [quote_plus(v), v.replace("/", "\\/"), base64.b64encode(v.encode()).decode("ascii")]
-        # Inside longer base64 text (an echoed URL or body): the key as it is and as a URL carries it.
-        for form in dict.fromkeys((v, quote(v, safe=""), quote(v), quote_plus(v))):
+            textual += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
+        textual += [quote_plus(v), v.replace("/", "\\/")]
+        out += [*textual, base64.b64encode(v.encode()).decode("ascii")]
+        # Inside longer base64 text (an echoed URL or body): each of those forms, wherever it starts.
+        for form in dict.fromkeys(textual):
             out += _base64_inside(form.encode())
     return list(dict.fromkeys(v for v in out if len(v) >= 4))  # once each, in order
 

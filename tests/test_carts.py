@@ -318,7 +318,7 @@ def test_a_fault_while_mapping_sets_its_event_aside_and_the_round_goes_on(
     assert dead["message_id"] == "max-2"
     assert dead["reason"] == (
         "it could not be mapped (RuntimeError: a fault of this package, logged with its traceback); once fixed, map"
-        " it again with `destinations outbox replay --event ID`"
+        f" it again with `destinations outbox replay --event {dead['id']}`"
     )
 
 

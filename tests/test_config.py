@@ -165,6 +165,14 @@ def test_a_variable_not_set_is_named_and_hides_nothing_else() -> None:
     assert config.unconfigured["wz"] == "d.toml: [destinations.wz] baseUrl: environment variable WIGZO_URL is not set"
 
 
+def test_a_variable_not_set_hides_no_problem_that_only_mentions_its_setting() -> None:
+    """`[server] host` left out does not hide `cors_origins`' problem, whose rule says `scheme://host[:port]`."""
+    problems = problems_of({"server": {"host": "${HOST}", "cors_origins": ["ftp://x"]}})
+    assert problems[0] == "d.toml: [server] host: environment variable HOST is not set"
+    assert len(problems) == 2
+    assert problems[1].startswith("d.toml: [server] cors_origins")
+
+
 def test_a_line_break_in_a_quoted_key_stays_on_its_line(tmp_path: Path) -> None:
     path = tmp_path / "d.toml"
     path.write_text('[outbox]\n"a\\nb" = 1\n')

@@ -6,6 +6,7 @@ import base64
 import email.utils
 import json
 import logging
+import re
 import time
 from urllib.parse import quote
 
@@ -182,7 +183,14 @@ def test_answers_are_masked_in_the_forms_vendors_echo_keys() -> None:
     # The key inside a longer text echoed in base64 (a URL with its query), wherever it starts: 0, 1 or 2 bytes
     # past a multiple of 3, so encoded three ways.
     for path, sent in [
-        (p, k) for p in ("/e?apiKey=", "/e?apiKey=x", "/e?apiKey=xy") for k in (key, quote(key, safe=""))
+        (p, k)
+        for p in ("/e?apiKey=", "/e?apiKey=x", "/e?apiKey=xy")
+        for k in (
+            key,
+            quote(key, safe=""),
+            re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(key, safe="")),
+            key.replace("/", "\\/"),
+        )
     ]:
         echoed = base64.b64encode(f"{path}{sent}&lang=en".encode()).decode()
         outcome = classify(destination, 400, {}, f'{{"b64": "{echoed}"}}'.encode())

@@ -16,7 +16,7 @@ from ..carts import CartBook
 from ..errors import Filtered, InvalidMessage, MappingWarning
 from ..fields import sharing
 from ..redaction import masked_traceback
-from ..spec import has_surrogate, json_text, json_value, message_id_of, parse_message
+from ..spec import has_surrogate, json_text, json_value, message_id_of, parse_message, raw_label
 from . import debugger
 from .outbox import Holder, LeaseLost, MessageRequests, Outbox, StoredForm
 
@@ -96,14 +96,15 @@ def _map(
     try:
         items, outcomes = _hand(message, parsed, ids, destinations, report, keep_errors=keep_errors, carts=carts,
                                 origin=origin)  # fmt: skip
-    except sqlite3.Error:  # the database's state (locked, full), not the event's: the round fails and is retried
-        raise
+    except (sqlite3.Error, MemoryError):  # the machine's state (a locked or full file, memory), not the event's:
+        raise  # the round fails and is retried
     except Exception as exc:  # a fault of this package, not of the message: set aside, said, and the round goes on
-        secrets = [secret for destination in destinations.values() for secret in destination.secrets()]
-        log.error("%s could not be mapped\n%s", mid, masked_traceback(exc, secrets), extra={"messageId": mid})
-        return MessageRequests([], inbox_id, f"it could not be mapped ({type(exc).__name__}: a fault of this"
-                                             " package, logged with its traceback); once fixed, map it again"
-                                             " with `destinations outbox replay --event ID`", mid)  # fmt: skip
+        trace = masked_traceback(exc, _secrets(destinations))
+        log.error("%s (%s) could not be mapped\n%s", mid, raw_label(message), trace, extra={"messageId": mid})
+        again = (f"map it again with `destinations outbox replay --event {inbox_id}`" if inbox_id is not None
+                 else "send it again")  # fmt: skip
+        reason = f"it could not be mapped ({type(exc).__name__}: a fault of this package, logged with its traceback)"
+        return MessageRequests([], inbox_id, f"{reason}; once fixed, {again}", mid)
     finally:
         sharing(None)
     record = None
@@ -146,8 +147,9 @@ def _hand(
                 continue
             try:
                 handed = carts.hand(name, destination, message, parsed, mid)
-            except Exception:  # a bug in the cart must not stop the round: the message goes on as it came
-                log.exception("%s: the cart of %s could not be applied; it is handed on as it came", name, mid)
+            except Exception as exc:  # a bug in the cart must not stop the round: the message goes on as it came
+                log.error("%s: the cart of %s could not be applied; it is handed on as it came\n%s", name, mid,
+                          masked_traceback(exc, _secrets(destinations)))  # fmt: skip
         try:
             requests_, warnings = destination.handle_with_warnings(handed)
         except Filtered as exc:
@@ -174,6 +176,11 @@ def _hand(
                 "warnings": [str(w) for w in warnings],
             }
     return items, outcomes
+
+
+def _secrets(destinations: Mapping[str, Destination]) -> list[str]:
+    """Every instance's secrets, for a fault's traceback (`masked_traceback`)."""
+    return [secret for destination in destinations.values() for secret in destination.secrets()]
 
 
 def _identity(message: Any, inbox_id: int | None) -> tuple[str, str] | MessageRequests:
